@@ -1,0 +1,1 @@
+//! The sandbox agent: PID 1 in the guest and the container engine, in the guest and natively.

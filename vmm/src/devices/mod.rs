@@ -1,0 +1,3 @@
+//! Emulated devices and the buses that route guest accesses to them.
+
+pub mod bus;
