@@ -1,3 +1,4 @@
 //! Emulated devices and the buses that route guest accesses to them.
 
 pub mod bus;
+pub mod virtio;

@@ -1,0 +1,14 @@
+//! Virtio devices and the virtio-mmio transport.
+//!
+//! - [`device`]: the [`VirtioDevice`] contract between transport and device, the interrupt
+//!   abstraction, and how devices get their events on the device event-loop thread.
+
+pub mod device;
+
+pub use device::{
+    ActivateError, ActivationEvent, DeviceError, EventRegistry, InterruptKind, IrqTrigger,
+    VirtioDevice, VirtioInterrupt,
+};
+
+/// Feature bit every device offers: only modern (virtio 1.x) drivers are accepted.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
