@@ -1,1 +1,3 @@
 //! The sandbox agent: PID 1 in the guest and the container engine, in the guest and natively.
+
+pub mod protocol;
