@@ -2,8 +2,12 @@
 //!
 //! - [`device`]: the [`VirtioDevice`] contract between transport and device, the interrupt
 //!   abstraction, and how devices get their events on the device event-loop thread.
+//! - [`test_utils`]: the driver's side of a virtqueue in plain guest memory, for device tests
+//!   and benchmarks.
 
 pub mod device;
+#[doc(hidden)]
+pub mod test_utils;
 
 pub use device::{
     ActivateError, ActivationEvent, DeviceError, EventRegistry, InterruptKind, IrqTrigger,
