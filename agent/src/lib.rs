@@ -1,3 +1,4 @@
 //! The sandbox agent: PID 1 in the guest and the container engine, in the guest and natively.
 
+pub mod init;
 pub mod protocol;
