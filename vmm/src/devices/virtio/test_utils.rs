@@ -86,7 +86,7 @@ impl DriverQueue {
     /// Lays out the descriptor table at `base` (16-byte aligned), then the available and used
     /// rings, and zeroes them.
     pub fn new(mem: &GuestMemoryMmap, base: GuestAddress, size: u16) -> Self {
-        assert!(size.is_power_of_two() && base.0 % 16 == 0);
+        assert!(size.is_power_of_two() && base.0.is_multiple_of(16));
         let desc_table = base;
         let avail_ring = desc_table.unchecked_add(DESC_SIZE * size as u64);
         let avail_len = 6 + 2 * size as u64;
@@ -214,9 +214,7 @@ impl DriverQueue {
     }
 
     pub fn used_idx(&self) -> u16 {
-        self.mem
-            .read_obj(self.used_ring.unchecked_add(2))
-            .unwrap()
+        self.mem.read_obj(self.used_ring.unchecked_add(2)).unwrap()
     }
 
     /// The used element at ring position `pos`: (descriptor head id, bytes written).
