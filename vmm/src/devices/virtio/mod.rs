@@ -8,6 +8,7 @@
 
 pub mod device;
 pub mod mmio;
+pub mod net;
 #[doc(hidden)]
 pub mod test_utils;
 
