@@ -21,7 +21,12 @@ fn main() {
     let guest_dir = manifest_dir.join("test-guest");
     let source = guest_dir.join("guest.S");
     let script = guest_dir.join("guest.ld");
-    for input in [&source, &script, &guest_dir.join("build.rs")] {
+    for input in [
+        &source,
+        &guest_dir.join("virtio.S"),
+        &script,
+        &guest_dir.join("build.rs"),
+    ] {
         println!("cargo:rerun-if-changed={}", input.display());
     }
     println!("cargo:rerun-if-env-changed=CC");
@@ -34,7 +39,14 @@ fn main() {
         .arg(&object)
         .arg(&source));
     run(Command::new(&cc)
-        .args(["-nostdlib", "-static", "-no-pie", "-Wl,--build-id=none", "-Wl,--no-warn-rwx-segments", "-Wl,-T"])
+        .args([
+            "-nostdlib",
+            "-static",
+            "-no-pie",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+            "-Wl,-T",
+        ])
         .arg(&script)
         .arg("-o")
         .arg(&elf)

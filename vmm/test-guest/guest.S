@@ -115,6 +115,7 @@ _start:
     call check_mptable
     call probe_memory
     call check_cpus
+    call check_virtio
     call signal_boot_complete
     PRINT "TESTGUEST done\n"
     jmp reset_vm
@@ -411,7 +412,9 @@ check_cmdline:
     cmp %rdi, %rcx
     jb 1b
     jmp 8f
-2:  PRINTHEX "CMDLINE addr=", %rsi
+2:  mov %rsi, cmdline_addr(%rip)
+    mov %rcx, cmdline_len(%rip)
+    PRINTHEX "CMDLINE addr=", %rsi
     PRINTHEX " len=", %rcx
     mov BP_CMDLINE_SIZE(%r15), %eax
     PRINTHEX " cmdline_size=", %rax
@@ -990,3 +993,5 @@ idt:                .skip 32 * 16
 bsp_stack_top:
                     .skip 8192
 ap_stack_top:
+
+#include "virtio.S"
