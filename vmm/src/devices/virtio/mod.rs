@@ -2,10 +2,14 @@
 //!
 //! - [`device`]: the [`VirtioDevice`] contract between transport and device, the interrupt
 //!   abstraction, and how devices get their events on the device event-loop thread.
+//! - [`chain`]: validation of the descriptor chains a guest hands over.
+//! - [`block`]: virtio-blk on raw image files.
 //! - [`mmio`]: the virtio-mmio (version 2) transport, a bus device in front of each device.
 //! - [`test_utils`]: the driver's side of a virtqueue in plain guest memory, for device tests
 //!   and benchmarks.
 
+pub mod block;
+pub mod chain;
 pub mod device;
 pub mod mmio;
 pub mod net;
