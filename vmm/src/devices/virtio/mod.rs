@@ -4,15 +4,19 @@
 //!   abstraction, and how devices get their events on the device event-loop thread.
 //! - [`chain`]: validation of the descriptor chains a guest hands over.
 //! - [`block`]: virtio-blk on raw image files.
+//! - [`event_loop`]: the device event-loop thread that serves all devices.
 //! - [`mmio`]: the virtio-mmio (version 2) transport, a bus device in front of each device.
+//! - [`rng`]: virtio-rng fed by getrandom(2).
 //! - [`test_utils`]: the driver's side of a virtqueue in plain guest memory, for device tests
 //!   and benchmarks.
 
 pub mod block;
 pub mod chain;
 pub mod device;
+pub mod event_loop;
 pub mod mmio;
 pub mod net;
+pub mod rng;
 #[doc(hidden)]
 pub mod test_utils;
 
