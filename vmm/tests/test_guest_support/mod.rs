@@ -82,8 +82,26 @@ impl VmmRun {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        Self::run_with_prefix(&[], args, timeout)
+    }
+
+    /// Runs `prefix... sandbox-vmm args...`, where the prefix is a command that execs the VMM
+    /// in the same process (such as `ip netns exec NAME`).
+    pub fn run_with_prefix<I, S>(prefix: &[&str], args: I, timeout: Duration) -> VmmRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let mut child = Command::new(vmm_binary())
+        let mut command = match prefix.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(vmm_binary());
+                c
+            }
+            None => Command::new(vmm_binary()),
+        };
+        let mut child = command
             .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -194,6 +212,8 @@ pub struct GuestArgs {
     pub initrd: Option<PathBuf>,
     pub serial: String,
     pub extra: Vec<OsString>,
+    /// A command that execs the VMM (for example in a network namespace).
+    pub prefix: Vec<String>,
 }
 
 impl GuestArgs {
@@ -205,7 +225,15 @@ impl GuestArgs {
             initrd: None,
             serial: "stdout".to_string(),
             extra: Vec::new(),
+            prefix: Vec::new(),
         }
+    }
+
+    /// Adds `--flag value` after the base arguments.
+    pub fn with(mut self, flag: &str, value: impl Into<OsString>) -> Self {
+        self.extra.push(flag.into());
+        self.extra.push(value.into());
+        self
     }
 
     pub fn to_args(&self) -> Vec<OsString> {
@@ -232,7 +260,8 @@ impl GuestArgs {
     /// Boots the guest, expects it to finish and end the VM through the i8042 with status 0,
     /// and returns its report (read from stdout, or from the serial file when one is given).
     pub fn boot(&self) -> (VmmRun, GuestReport) {
-        let run = VmmRun::run(self.to_args(), VMM_TIMEOUT);
+        let prefix: Vec<&str> = self.prefix.iter().map(String::as_str).collect();
+        let run = VmmRun::run_with_prefix(&prefix, self.to_args(), VMM_TIMEOUT);
         run.assert_clean_exit();
         let serial = match self.serial.strip_prefix("file:") {
             Some(path) => std::fs::read_to_string(path)
