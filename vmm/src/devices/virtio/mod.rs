@@ -16,6 +16,7 @@ pub mod device;
 pub mod event_loop;
 pub mod mmio;
 pub mod net;
+pub mod vsock;
 pub mod rng;
 #[doc(hidden)]
 pub mod test_utils;
