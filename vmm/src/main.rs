@@ -1,4 +1,151 @@
-fn main() {
-    eprintln!("sandbox-vmm: not built yet");
-    std::process::exit(1);
+//! `sandbox-vmm`: boots one microVM and exits when it stops.
+//!
+//! Exit status: 0 the guest reset itself (its way to power off), 1 the VM could not be set
+//! up, 2 bad usage, 3 the VM ended with an error (unhandled vCPU exit, failed device).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+
+use vmm::arch::x86_64::cpu_template::CpuTemplate;
+use vmm::config::{SerialOutput, VmConfig};
+use vmm::{check, exit_code, logger, VmExit, VmmBuilder};
+
+#[derive(Parser)]
+#[command(name = "sandbox-vmm", version, about = "Boots a KVM microVM")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Report whether this host can run microVMs, and how fast guest kernel code runs.
+    Check {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// JSON file with the VM configuration; flags given as well override its values.
+    #[arg(long, value_name = "FILE.json")]
+    config: Option<PathBuf>,
+    /// Guest kernel: ELF vmlinux or bzImage.
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Kernel command line (default: "console=ttyS0 reboot=k panic=1 pci=off").
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB.
+    #[arg(long)]
+    mem_mib: Option<u64>,
+    /// Where COM1 output goes: stdout, none or file:PATH.
+    #[arg(long)]
+    serial: Option<SerialOutput>,
+    /// CPU template: none (all KVM supports) or minimal (baseline x86-64).
+    #[arg(long)]
+    cpu_template: Option<CpuTemplate>,
+}
+
+impl RunArgs {
+    fn into_config(self) -> Result<VmConfig, vmm::config::ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::new(self.kernel.clone().unwrap_or_default()),
+        };
+        if let Some(kernel) = self.kernel {
+            config.kernel = kernel;
+        }
+        if self.initrd.is_some() {
+            config.initrd = self.initrd;
+        }
+        if self.cmdline.is_some() {
+            config.cmdline = self.cmdline;
+        }
+        if let Some(vcpus) = self.vcpus {
+            config.vcpus = vcpus;
+        }
+        if let Some(mem) = self.mem_mib {
+            config.mem_mib = mem;
+        }
+        if let Some(serial) = self.serial {
+            config.serial = serial;
+        }
+        if let Some(template) = self.cpu_template {
+            config.cpu_template = template;
+        }
+        Ok(config)
+    }
+}
+
+fn run_vm(args: RunArgs, start: Instant) -> i32 {
+    let config = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("sandbox-vmm: {e}");
+            return exit_code::SETUP_ERROR;
+        }
+    };
+    let vmm = match VmmBuilder::new(&config, start).and_then(|b| b.start()) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            eprintln!("sandbox-vmm: {e}");
+            return exit_code::SETUP_ERROR;
+        }
+    };
+    let exit = vmm.wait();
+    if !matches!(exit, VmExit::GuestReset) {
+        eprintln!("sandbox-vmm: VM stopped: {exit}");
+    }
+    exit.exit_code()
+}
+
+fn main() -> ExitCode {
+    let start = Instant::now();
+    logger::init();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit_code::USAGE as u8
+            } else {
+                0
+            });
+        }
+    };
+    let code = match cli.command {
+        Some(Command::Check { json }) => {
+            let report = check::run_check();
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => eprintln!("sandbox-vmm: {e}"),
+                }
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.ok {
+                0
+            } else {
+                exit_code::SETUP_ERROR
+            }
+        }
+        None => run_vm(cli.run, start),
+    };
+    ExitCode::from(code as u8)
 }

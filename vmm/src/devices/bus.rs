@@ -71,10 +71,12 @@ impl Bus {
     fn find(&self, addr: u64) -> Option<(Range, &Arc<Mutex<dyn BusDevice>>)> {
         let (range, dev) = self
             .devices
-            .range(..=Range {
-                base: addr,
-                len: u64::MAX,
-            })
+            .range(
+                ..=Range {
+                    base: addr,
+                    len: u64::MAX,
+                },
+            )
             .next_back()?;
         (addr - range.base < range.len).then_some((*range, dev))
     }
@@ -84,9 +86,11 @@ impl Bus {
     pub fn read(&self, addr: u64, data: &mut [u8]) -> bool {
         match self.find(addr) {
             Some((range, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .read(range.base, addr - range.base, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).read(
+                    range.base,
+                    addr - range.base,
+                    data,
+                );
                 true
             }
             None => false,
@@ -96,9 +100,11 @@ impl Bus {
     pub fn write(&self, addr: u64, data: &[u8]) -> bool {
         match self.find(addr) {
             Some((range, dev)) => {
-                dev.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write(range.base, addr - range.base, data);
+                dev.lock().unwrap_or_else(|e| e.into_inner()).write(
+                    range.base,
+                    addr - range.base,
+                    data,
+                );
                 true
             }
             None => false,

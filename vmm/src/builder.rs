@@ -1,0 +1,268 @@
+//! Builds a VM from a `VmConfig`: KVM, memory, legacy devices, then (after the caller
+//! attached any MMIO devices) the kernel, boot structures and vCPU threads.
+//!
+//! Adding an MMIO device:
+//! ```ignore
+//! let mut builder = VmmBuilder::new(&config, start)?;
+//! let slot = builder.attach_mmio_device(device.clone())?;   // bus range + cmdline param
+//! builder.vm().register_irqfd(&irq_evt, slot.irq)?;          // device -> guest interrupt
+//! builder.vm().register_mmio_ioevent_datamatch(&queue_evt, slot.addr + 0x50, 0)?;
+//! let vmm = builder.start()?;
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::Kvm;
+
+use crate::arch::x86_64::boot_params::{self, BootInfo, BootParamsError};
+use crate::arch::x86_64::mptable::{self, MpTableError};
+use crate::config::{ConfigError, VmConfig};
+use crate::device_manager::{self, DeviceError, LegacyDevices, MmioAllocator, MmioSlot};
+use crate::devices::bus::{Bus, BusDevice};
+use crate::devices::legacy::SerialDevice;
+use crate::hypervisor::{self, KvmError};
+use crate::loader::{self, LoaderError};
+use crate::vstate::memory::{self, GuestMemory, MemoryError};
+use crate::vstate::stop::{StopHandle, VmExit};
+use crate::vstate::vcpu::{self, BootSetup, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError};
+
+const MIB: u64 = 1 << 20;
+/// How long to wait for vCPU threads to leave KVM_RUN after the VM stopped.
+const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Kvm(#[from] KvmError),
+    #[error("{requested} vCPUs requested, but KVM supports at most {max}")]
+    KvmVcpuLimit { requested: u8, max: usize },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error("VM: {0}")]
+    Vm(#[from] VmError),
+    #[error("devices: {0}")]
+    Device(#[from] DeviceError),
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error("boot parameters: {0}")]
+    BootParams(#[from] BootParamsError),
+    #[error("MP table: {0}")]
+    MpTable(#[from] MpTableError),
+    #[error("vCPU: {0}")]
+    Vcpu(#[from] VcpuError),
+}
+
+pub struct VmmBuilder {
+    config: VmConfig,
+    kvm: Kvm,
+    vm: Vm,
+    memory: GuestMemory,
+    pio_bus: Bus,
+    mmio_bus: Bus,
+    mmio_slots: MmioAllocator,
+    cmdline_extra: Vec<String>,
+    stop: StopHandle,
+    legacy: LegacyDevices,
+}
+
+impl VmmBuilder {
+    /// `start` is when the process started; the boot-complete port reports time since then.
+    pub fn new(config: &VmConfig, start: Instant) -> Result<Self, BuildError> {
+        config.validate()?;
+        let kvm = hypervisor::open_kvm()?;
+        hypervisor::check_caps(&kvm)?;
+        let max = kvm.get_max_vcpus();
+        if usize::from(config.vcpus) > max {
+            return Err(BuildError::KvmVcpuLimit {
+                requested: config.vcpus,
+                max,
+            });
+        }
+        let memory = memory::create_guest_memory(config.mem_mib)?;
+        let vm = Vm::new(&kvm)?;
+        vm.register_memory(&memory)?;
+        let stop = StopHandle::new();
+        let mut pio_bus = Bus::new();
+        let legacy =
+            device_manager::attach_legacy_devices(&vm, &mut pio_bus, &config.serial, &stop, start)?;
+        Ok(Self {
+            config: config.clone(),
+            kvm,
+            vm,
+            memory,
+            pio_bus,
+            mmio_bus: Bus::new(),
+            mmio_slots: MmioAllocator::default(),
+            cmdline_extra: Vec::new(),
+            stop,
+            legacy,
+        })
+    }
+
+    pub fn config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Device backends hold this to end the VM on a fatal error and to notice it stopping.
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    pub fn serial(&self) -> Arc<Mutex<SerialDevice>> {
+        self.legacy.serial.clone()
+    }
+
+    pub fn pio_bus_mut(&mut self) -> &mut Bus {
+        &mut self.pio_bus
+    }
+
+    /// Places `device` in the next virtio-mmio slot and announces it on the command line.
+    /// The caller wires the slot's interrupt and notification eventfds through `vm()`.
+    pub fn attach_mmio_device(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<MmioSlot, BuildError> {
+        let slot = self.mmio_slots.allocate()?;
+        self.mmio_bus
+            .insert(device, slot.addr, slot.len)
+            .map_err(DeviceError::from)?;
+        self.cmdline_extra.push(slot.cmdline_param());
+        Ok(slot)
+    }
+
+    /// Adds a parameter to the kernel command line.
+    pub fn append_cmdline(&mut self, param: impl Into<String>) {
+        self.cmdline_extra.push(param.into());
+    }
+
+    /// Loads the guest, configures the vCPUs and starts them.
+    pub fn start(self) -> Result<Vmm, BuildError> {
+        let mem = &self.memory;
+        let kernel = loader::load_kernel(mem, &self.config.kernel)?;
+        let initrd = match &self.config.initrd {
+            Some(path) => Some(loader::load_initrd(mem, path, &kernel)?),
+            None => None,
+        };
+        let cmdline = loader::build_cmdline(self.config.cmdline(), &self.cmdline_extra)?;
+        let (cmdline_addr, cmdline_size) = loader::write_cmdline(mem, &cmdline)?;
+        let params = boot_params::build_boot_params(&BootInfo {
+            setup_header: kernel.setup_header,
+            cmdline_addr,
+            cmdline_size,
+            initrd,
+            mem_size: self.config.mem_mib * MIB,
+        })?;
+        boot_params::write_boot_params(mem, &params)?;
+        mptable::write(mem, self.config.vcpus)?;
+        log::debug!(
+            "{} kernel entry {:#x}, command line {:?}",
+            kernel.format,
+            kernel.entry.0,
+            cmdline
+                .as_cstring()
+                .map(|c| c.into_string().unwrap_or_default())
+        );
+
+        let boot = BootSetup {
+            kvm: &self.kvm,
+            mem,
+            entry: kernel.entry,
+            vcpu_count: self.config.vcpus,
+            template: self.config.cpu_template,
+        };
+        let mut vcpus = Vec::with_capacity(usize::from(self.config.vcpus));
+        for id in 0..self.config.vcpus {
+            let mut vcpu = Vcpu::new(&self.vm, id, self.pio_bus.clone(), self.mmio_bus.clone())?;
+            vcpu.configure(&boot)?;
+            vcpus.push(vcpu);
+        }
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            match vcpu.spawn(self.stop.clone()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.stop.request(VmExit::DeviceFailed {
+                        device: "vcpu".into(),
+                        message: e.to_string(),
+                    });
+                    stop_threads(&threads);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Vmm {
+            threads,
+            stop: self.stop,
+            _vm: self.vm,
+            _memory: self.memory,
+        })
+    }
+}
+
+/// Kicks vCPU threads until they have all returned or the timeout passes.
+fn stop_threads(threads: &[JoinHandle<()>]) -> bool {
+    let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
+    loop {
+        let running: Vec<_> = threads.iter().filter(|t| !t.is_finished()).collect();
+        if running.is_empty() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        for t in running {
+            vcpu::kick(t);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A running VM.
+pub struct Vmm {
+    threads: Vec<JoinHandle<()>>,
+    stop: StopHandle,
+    // Kept alive until every vCPU thread is gone: KVM maps the memory through the VM.
+    _vm: Vm,
+    _memory: GuestMemory,
+}
+
+impl Vmm {
+    pub fn stop_handle(&self) -> StopHandle {
+        self.stop.clone()
+    }
+
+    /// Blocks until the VM stops for any reason, stops every vCPU and returns why.
+    pub fn wait(self) -> VmExit {
+        let Vmm {
+            threads,
+            stop,
+            _vm: vm,
+            _memory: memory,
+        } = self;
+        stop.wait();
+        if stop_threads(&threads) {
+            for t in threads {
+                let _ = t.join();
+            }
+        } else {
+            log::warn!("some vCPU threads did not stop within {VCPU_STOP_TIMEOUT:?}");
+            // A vCPU may still be inside KVM_RUN: its memory must outlive it.
+            std::mem::forget(vm);
+            std::mem::forget(memory);
+        }
+        stop.take_reason().unwrap_or(VmExit::GuestReset)
+    }
+}

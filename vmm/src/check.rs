@@ -1,0 +1,291 @@
+//! `sandbox-vmm check`: can this host run our microVMs, and how fast is guest kernel code?
+//!
+//! The speed probe runs a `dec ecx; jnz` loop at CPL0 in a throwaway one-vCPU VM. Under
+//! hardware virtualisation it retires about 1e9 iterations per second; hosts that emulate
+//! guest kernel mode manage around 1e6. The probe is bounded by a time limit, so it costs
+//! well under a second either way.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::arch::x86_64::cpu_template::CpuTemplate;
+use crate::arch::x86_64::layout::HIMEM_START;
+use crate::devices::bus::Bus;
+use crate::hypervisor::{self, KVM_PATH, REQUIRED_CAPS};
+use crate::vstate::memory::create_guest_memory;
+use crate::vstate::stop::StopHandle;
+use crate::vstate::vcpu::{self, BootSetup, Vcpu};
+use crate::vstate::vm::Vm;
+
+/// Loop iterations the probe runs.
+pub const PROBE_ITERATIONS: u32 = 100_000;
+/// Give up after this long and call kernel mode emulated.
+pub const PROBE_TIME_LIMIT: Duration = Duration::from_secs(1);
+/// At or above this rate guest kernel code runs on the CPU, not in an emulator.
+pub const HARDWARE_SPEED_THRESHOLD: f64 = 5.0e7;
+/// Port the probe writes to when the loop is done.
+const PROBE_DONE_PORT: u16 = 0x80;
+
+#[derive(Debug, Serialize)]
+pub struct CapabilityStatus {
+    pub name: &'static str,
+    pub present: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SpeedProbe {
+    pub iterations: u32,
+    pub completed: bool,
+    pub elapsed_us: u64,
+    pub iterations_per_sec: f64,
+    pub hardware_speed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub kvm_path: &'static str,
+    pub kvm_accessible: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm_error: Option<String>,
+    pub api_version: Option<i32>,
+    pub max_vcpus: Option<usize>,
+    pub capabilities: Vec<CapabilityStatus>,
+    pub missing_capabilities: Vec<&'static str>,
+    pub kernel_mode: Option<SpeedProbe>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_mode_error: Option<String>,
+    /// "hardware", "emulated" or "unknown".
+    pub kernel_mode_verdict: &'static str,
+    /// The CPU template to boot Linux with here.
+    pub recommended_cpu_template: Option<CpuTemplate>,
+    /// KVM is usable by `sandbox-vmm` (it may still be slow).
+    pub ok: bool,
+}
+
+pub fn run_check() -> CheckReport {
+    let mut report = CheckReport {
+        kvm_path: KVM_PATH,
+        kvm_accessible: false,
+        kvm_error: None,
+        api_version: None,
+        max_vcpus: None,
+        capabilities: Vec::new(),
+        missing_capabilities: Vec::new(),
+        kernel_mode: None,
+        kernel_mode_error: None,
+        kernel_mode_verdict: "unknown",
+        recommended_cpu_template: None,
+        ok: false,
+    };
+    let kvm = match hypervisor::open_kvm() {
+        Ok(kvm) => kvm,
+        Err(e) => {
+            report.kvm_error = Some(e.to_string());
+            return report;
+        }
+    };
+    report.kvm_accessible = true;
+    report.api_version = Some(kvm.get_api_version());
+    report.max_vcpus = Some(kvm.get_max_vcpus());
+    report.capabilities = REQUIRED_CAPS
+        .iter()
+        .map(|(cap, name)| CapabilityStatus {
+            name,
+            present: kvm.check_extension(*cap),
+        })
+        .collect();
+    report.missing_capabilities = hypervisor::missing_caps(&kvm);
+    report.ok = report.missing_capabilities.is_empty();
+    if !report.ok {
+        return report;
+    }
+    match probe_kernel_mode_speed(&kvm) {
+        Ok(probe) => {
+            report.kernel_mode_verdict = if probe.hardware_speed {
+                "hardware"
+            } else {
+                "emulated"
+            };
+            report.recommended_cpu_template = Some(if probe.hardware_speed {
+                CpuTemplate::None
+            } else {
+                CpuTemplate::Minimal
+            });
+            report.kernel_mode = Some(probe);
+        }
+        Err(e) => report.kernel_mode_error = Some(e),
+    }
+    report
+}
+
+/// mov ecx, N; 1: dec ecx; jnz 1b; out PROBE_DONE_PORT, al; hlt
+fn probe_code(iterations: u32) -> Vec<u8> {
+    let mut code = vec![0xb9];
+    code.extend_from_slice(&iterations.to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xe6, PROBE_DONE_PORT as u8, 0xf4]);
+    code
+}
+
+pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, String> {
+    let mem = create_guest_memory(2).map_err(|e| e.to_string())?;
+    let vm = Vm::new(kvm).map_err(|e| e.to_string())?;
+    vm.register_memory(&mem).map_err(|e| e.to_string())?;
+    mem.write_slice(&probe_code(PROBE_ITERATIONS), GuestAddress(HIMEM_START))
+        .map_err(|e| e.to_string())?;
+    // The probe's only port write ends the run.
+    let stop = StopHandle::new();
+    let mut pio = Bus::new();
+    let done = std::sync::Arc::new(std::sync::Mutex::new(ProbeDone(stop.clone())));
+    pio.insert(done, u64::from(PROBE_DONE_PORT), 1)
+        .map_err(|e| e.to_string())?;
+    let mut vcpu = Vcpu::new(&vm, 0, pio, Bus::new()).map_err(|e| e.to_string())?;
+    vcpu.configure(&BootSetup {
+        kvm,
+        mem: &mem,
+        entry: GuestAddress(HIMEM_START),
+        vcpu_count: 1,
+        template: CpuTemplate::None,
+    })
+    .map_err(|e| e.to_string())?;
+    vcpu::install_kick_handler().map_err(|e| e.to_string())?;
+
+    // A watchdog kicks this thread out of KVM_RUN when the limit passes.
+    let (cancel, cancelled) = mpsc::channel::<()>();
+    let timed_out_stop = stop.clone();
+    let this_thread = unsafe { libc::pthread_self() };
+    let watchdog = std::thread::spawn(move || {
+        if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(PROBE_TIME_LIMIT) {
+            timed_out_stop.request(crate::vstate::stop::VmExit::GuestReset);
+            // SAFETY: the probing thread is alive until it joins this watchdog.
+            unsafe { libc::pthread_kill(this_thread, vcpu::kick_signal()) };
+        }
+    });
+    let started = Instant::now();
+    let result = vcpu.run_loop(&stop);
+    let elapsed = started.elapsed();
+    let completed = result.is_ok()
+        && stop.take_reason().is_some_and(|r| r.exit_code() == 0)
+        && elapsed < PROBE_TIME_LIMIT;
+    drop(cancel);
+    let _ = watchdog.join();
+    result.map_err(|e| e.to_string())?;
+
+    let iterations_per_sec = if completed {
+        f64::from(PROBE_ITERATIONS) / elapsed.as_secs_f64()
+    } else {
+        0.0
+    };
+    Ok(SpeedProbe {
+        iterations: PROBE_ITERATIONS,
+        completed,
+        elapsed_us: elapsed.as_micros() as u64,
+        iterations_per_sec,
+        hardware_speed: completed && iterations_per_sec >= HARDWARE_SPEED_THRESHOLD,
+    })
+}
+
+struct ProbeDone(StopHandle);
+
+impl crate::devices::bus::BusDevice for ProbeDone {
+    fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn write(&mut self, _: u64, _: u64, _: &[u8]) {
+        self.0.request(crate::vstate::stop::VmExit::GuestReset);
+    }
+}
+
+impl CheckReport {
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        match (&self.kvm_error, self.api_version) {
+            (Some(e), _) => out.push_str(&format!("{}: NOT usable: {e}\n", self.kvm_path)),
+            (None, Some(v)) => out.push_str(&format!(
+                "{}: accessible, API version {v}, up to {} vCPUs\n",
+                self.kvm_path,
+                self.max_vcpus.unwrap_or(0)
+            )),
+            _ => {}
+        }
+        if !self.capabilities.is_empty() {
+            let names: Vec<_> = self.capabilities.iter().map(|c| c.name).collect();
+            if self.missing_capabilities.is_empty() {
+                out.push_str(&format!(
+                    "capabilities: all present ({})\n",
+                    names.join(", ")
+                ));
+            } else {
+                out.push_str(&format!(
+                    "capabilities: MISSING {}\n",
+                    self.missing_capabilities.join(", ")
+                ));
+            }
+        }
+        if let Some(p) = &self.kernel_mode {
+            let rate = if p.completed {
+                format!("{:.1} M iterations/s", p.iterations_per_sec / 1e6)
+            } else {
+                format!("not finished within {} ms", PROBE_TIME_LIMIT.as_millis())
+            };
+            out.push_str(&format!(
+                "guest kernel mode: {} ({} loop iterations in {} us: {rate}; hardware speed is >= {:.0} M/s)\n",
+                self.kernel_mode_verdict,
+                p.iterations,
+                p.elapsed_us,
+                HARDWARE_SPEED_THRESHOLD / 1e6
+            ));
+        }
+        if let Some(e) = &self.kernel_mode_error {
+            out.push_str(&format!("guest kernel mode: probe failed: {e}\n"));
+        }
+        if let Some(t) = self.recommended_cpu_template {
+            out.push_str(&format!("recommended cpu template: {t}\n"));
+        }
+        out.push_str(if self.ok { "ok\n" } else { "NOT ok\n" });
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_code_is_the_intended_loop() {
+        let code = probe_code(3);
+        assert_eq!(
+            code,
+            [0xb9, 3, 0, 0, 0, 0xff, 0xc9, 0x75, 0xfc, 0xe6, 0x80, 0xf4]
+        );
+        // jnz's displacement lands on `dec ecx`.
+        let jnz_end = 9i64;
+        assert_eq!(jnz_end + i64::from(code[8] as i8), 5);
+    }
+
+    #[test]
+    fn text_report_for_missing_kvm() {
+        let report = CheckReport {
+            kvm_path: KVM_PATH,
+            kvm_accessible: false,
+            kvm_error: Some("no device".into()),
+            api_version: None,
+            max_vcpus: None,
+            capabilities: vec![],
+            missing_capabilities: vec![],
+            kernel_mode: None,
+            kernel_mode_error: None,
+            kernel_mode_verdict: "unknown",
+            recommended_cpu_template: None,
+            ok: false,
+        };
+        let text = report.to_text();
+        assert!(text.contains("NOT usable: no device"));
+        assert!(text.ends_with("NOT ok\n"));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["kvm_error"], "no device");
+    }
+}

@@ -1,0 +1,246 @@
+//! VM configuration: what `--config FILE.json` holds and what the command-line flags set.
+//!
+//! New device kinds add a field here (with `#[serde(default)]`) and a flag in `main.rs`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::x86_64::cpu_template::CpuTemplate;
+use crate::arch::x86_64::mptable;
+
+pub const DEFAULT_VCPUS: u8 = 1;
+pub const DEFAULT_MEM_MIB: u64 = 128;
+/// Used when no command line is given: serial console, reset through the i8042 on reboot,
+/// reboot on panic, no PCI bus to probe.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 pci=off";
+
+/// Where the guest's COM1 output goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialOutput {
+    #[default]
+    Stdout,
+    None,
+    File(PathBuf),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid serial output {0:?}: expected stdout, none or file:PATH")]
+pub struct InvalidSerialOutput(String);
+
+impl FromStr for SerialOutput {
+    type Err = InvalidSerialOutput;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "none" => Ok(Self::None),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(Self::File(PathBuf::from(path))),
+                _ => Err(InvalidSerialOutput(s.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for SerialOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("stdout"),
+            Self::None => f.write_str("none"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+        }
+    }
+}
+
+impl Serialize for SerialOutput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+
+fn default_mem_mib() -> u64 {
+    DEFAULT_MEM_MIB
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; `DEFAULT_CMDLINE` when absent. Devices append their own
+    /// parameters to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u64,
+    #[serde(default)]
+    pub serial: SerialOutput,
+    #[serde(default)]
+    pub cpu_template: CpuTemplate,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("no kernel given (--kernel PATH or \"kernel\" in the config file)")]
+    NoKernel,
+    #[error("vcpus must be at least 1")]
+    ZeroVcpus,
+    #[error("at most {max} vCPUs are supported, not {requested}")]
+    TooManyVcpus { requested: u8, max: u8 },
+}
+
+impl VmConfig {
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            vcpus: DEFAULT_VCPUS,
+            mem_mib: DEFAULT_MEM_MIB,
+            serial: SerialOutput::default(),
+            cpu_template: CpuTemplate::default(),
+        }
+    }
+
+    pub fn from_json(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text, path)
+    }
+
+    /// Checks what can be checked without touching the host.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        if self.vcpus == 0 {
+            return Err(ConfigError::ZeroVcpus);
+        }
+        if self.vcpus > mptable::MAX_CPUS {
+            return Err(ConfigError::TooManyVcpus {
+                requested: self.vcpus,
+                max: mptable::MAX_CPUS,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn cmdline(&self) -> &str {
+        self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<VmConfig, ConfigError> {
+        VmConfig::from_json(json, Path::new("test.json"))
+    }
+
+    #[test]
+    fn minimal_json_gets_defaults() {
+        let cfg = parse(r#"{"kernel": "/boot/vmlinux"}"#).unwrap();
+        assert_eq!(cfg, VmConfig::new("/boot/vmlinux"));
+        assert_eq!(cfg.cmdline(), DEFAULT_CMDLINE);
+        cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn full_json_round_trips() {
+        let json = r#"{
+            "kernel": "k", "initrd": "i", "cmdline": "console=ttyS0 quiet",
+            "vcpus": 2, "mem_mib": 256, "serial": "file:/tmp/console.log",
+            "cpu_template": "minimal"
+        }"#;
+        let cfg = parse(json).unwrap();
+        assert_eq!(cfg.vcpus, 2);
+        assert_eq!(cfg.mem_mib, 256);
+        assert_eq!(cfg.initrd, Some(PathBuf::from("i")));
+        assert_eq!(cfg.serial, SerialOutput::File("/tmp/console.log".into()));
+        assert_eq!(cfg.cpu_template, CpuTemplate::Minimal);
+        assert_eq!(cfg.cmdline(), "console=ttyS0 quiet");
+        let again = parse(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again, cfg);
+    }
+
+    #[test]
+    fn bad_json_is_reported_with_the_file() {
+        let err = parse(r#"{"kernel": "k", "vcpu": 2}"#).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("test.json") && text.contains("vcpu"),
+            "{text}"
+        );
+        assert!(parse(r#"{"kernel": "k", "serial": "tty"}"#).is_err());
+        assert!(parse(r#"{"kernel": "k", "cpu_template": "T2"}"#).is_err());
+        assert!(parse(r#"{"kernel": "k", "vcpus": -1}"#).is_err());
+        assert!(parse(r#"{}"#).is_err());
+        assert!(matches!(
+            VmConfig::from_file(Path::new("/nonexistent.json")),
+            Err(ConfigError::Read { .. })
+        ));
+    }
+
+    #[test]
+    fn validation_catches_vcpu_counts_and_empty_kernel() {
+        let mut cfg = VmConfig::new("k");
+        cfg.vcpus = 0;
+        assert!(matches!(cfg.validate(), Err(ConfigError::ZeroVcpus)));
+        cfg.vcpus = 33;
+        assert!(matches!(
+            cfg.validate(),
+            Err(ConfigError::TooManyVcpus { .. })
+        ));
+        cfg.vcpus = 32;
+        cfg.validate().unwrap();
+        assert!(matches!(
+            VmConfig::new("").validate(),
+            Err(ConfigError::NoKernel)
+        ));
+    }
+
+    #[test]
+    fn serial_output_parses() {
+        assert_eq!("stdout".parse(), Ok(SerialOutput::Stdout));
+        assert_eq!("none".parse(), Ok(SerialOutput::None));
+        assert_eq!("file:/x".parse(), Ok(SerialOutput::File("/x".into())));
+        assert!("file:".parse::<SerialOutput>().is_err());
+        assert!("tty".parse::<SerialOutput>().is_err());
+    }
+}

@@ -1,0 +1,401 @@
+//! vCPUs: boot-time configuration, one thread each, and the exit dispatch loop.
+
+use std::cell::Cell;
+use std::sync::Once;
+use std::thread::JoinHandle;
+
+use kvm_bindings::{kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
+use vm_memory::GuestAddress;
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use super::memory::GuestMemory;
+use super::stop::{StopHandle, VmExit};
+use super::vm::Vm;
+use crate::arch::x86_64::{cpu_template::CpuTemplate, cpuid, regs};
+use crate::devices::bus::Bus;
+
+/// `KVM_INTERNAL_ERROR_EMULATION`: the in-kernel instruction emulator gave up.
+const INTERNAL_ERROR_EMULATION: u32 = 1;
+/// `KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES` in `data[0]`.
+const EMULATION_FLAG_INSN_BYTES: u64 = 1;
+const INT3_OPCODE: u8 = 0xcc;
+const BREAKPOINT_VECTOR: u8 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_CREATE_VCPU {id} failed: {source}")]
+    Create { id: u8, source: kvm_ioctls::Error },
+    #[error("KVM_GET_SUPPORTED_CPUID failed: {0}")]
+    SupportedCpuid(kvm_ioctls::Error),
+    #[error("CPUID: {0}")]
+    Cpuid(#[from] cpuid::CpuidError),
+    #[error("{what} failed: {source}")]
+    Ioctl {
+        what: &'static str,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM accepted only {set} of {total} boot MSRs (first refused: {first:#x})")]
+    Msrs {
+        set: usize,
+        total: usize,
+        first: u32,
+    },
+    #[error("boot state: {0}")]
+    BootState(#[from] regs::RegsError),
+    #[error("KVM_EXIT_INTERNAL_ERROR (emulation failure) at RIP {rip:#x}, instruction bytes [{}]", hex(.insn))]
+    EmulationFailure { rip: u64, insn: Vec<u8> },
+    #[error("KVM_EXIT_INTERNAL_ERROR suberror {suberror} at RIP {rip:#x}, data {data:x?}")]
+    InternalError {
+        suberror: u32,
+        rip: u64,
+        data: Vec<u64>,
+    },
+    #[error("KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x} on CPU {cpu}) at RIP {rip:#x}")]
+    FailEntry { reason: u64, cpu: u32, rip: u64 },
+    #[error("KVM_EXIT_SHUTDOWN (triple fault) at RIP {rip:#x}")]
+    Shutdown { rip: u64 },
+    #[error("unhandled vCPU exit {exit} at RIP {rip:#x}")]
+    UnhandledExit { exit: String, rip: u64 },
+    #[error("KVM_RUN failed: {0}")]
+    Run(kvm_ioctls::Error),
+    #[error("cannot spawn the vCPU thread: {0}")]
+    Spawn(std::io::Error),
+    #[error("cannot install the vCPU kick signal handler: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn ioctl(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VcpuError {
+    move |source| VcpuError::Ioctl { what, source }
+}
+
+thread_local! {
+    /// The `kvm_run` page of the vCPU running on this thread, for the kick signal handler.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// The signal used to kick a vCPU thread out of KVM_RUN.
+pub fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Only an atomic-enough byte store: async-signal-safe. Setting immediate_exit closes the
+    // window between "checked the stop flag" and "entered KVM_RUN".
+    let run = KVM_RUN.with(Cell::get);
+    if !run.is_null() {
+        // SAFETY: the pointer is the mapped kvm_run of this thread's vCPU, set while the
+        // VcpuFd is alive and cleared before it is dropped.
+        unsafe { std::ptr::write_volatile(&raw mut (*run).immediate_exit, 1) };
+    }
+}
+
+/// Installs the kick handler once per process.
+pub fn install_kick_handler() -> Result<(), VcpuError> {
+    static ONCE: Once = Once::new();
+    let mut result = Ok(());
+    ONCE.call_once(|| {
+        result = register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal);
+    });
+    result
+}
+
+/// Registers `fd`'s kvm_run with the kick handler for the current thread.
+pub struct KickGuard;
+
+impl KickGuard {
+    pub fn arm(fd: &mut VcpuFd) -> Self {
+        let run: *mut kvm_run = fd.get_kvm_run();
+        KVM_RUN.with(|p| p.set(run));
+        KickGuard
+    }
+}
+
+impl Drop for KickGuard {
+    fn drop(&mut self) {
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+    }
+}
+
+/// Everything a vCPU needs to boot the kernel.
+pub struct BootSetup<'a> {
+    pub kvm: &'a Kvm,
+    pub mem: &'a GuestMemory,
+    pub entry: GuestAddress,
+    pub vcpu_count: u8,
+    pub template: CpuTemplate,
+}
+
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    pio: Bus,
+    mmio: Bus,
+}
+
+/// What the loop does after an exit.
+enum Next {
+    Continue,
+    Internal,
+    Fail(VcpuError),
+}
+
+impl Vcpu {
+    pub fn new(vm: &Vm, id: u8, pio: Bus, mmio: Bus) -> Result<Self, VcpuError> {
+        let fd = vm
+            .fd()
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        Ok(Vcpu { id, fd, pio, mmio })
+    }
+
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    pub fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
+    /// CPUID, MSRs, registers, FPU and LAPIC for the 64-bit Linux entry. Application
+    /// processors get the same state; with an in-kernel LAPIC they wait for INIT/SIPI.
+    pub fn configure(&mut self, boot: &BootSetup) -> Result<(), VcpuError> {
+        let mut cpuid: CpuId = boot
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(VcpuError::SupportedCpuid)?;
+        cpuid::normalize(&mut cpuid, self.id, boot.vcpu_count)?;
+        boot.template.apply(&mut cpuid);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(ioctl("KVM_SET_CPUID2"))?;
+
+        let entries = regs::boot_msrs();
+        let msrs = Msrs::from_entries(&entries).map_err(|_| VcpuError::Msrs {
+            set: 0,
+            total: entries.len(),
+            first: entries[0].index,
+        })?;
+        let set = self.fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        if set != entries.len() {
+            return Err(VcpuError::Msrs {
+                set,
+                total: entries.len(),
+                first: entries[set].index,
+            });
+        }
+
+        self.fd
+            .set_regs(&regs::boot_regs(boot.entry))
+            .map_err(ioctl("KVM_SET_REGS"))?;
+        let mut sregs = self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
+        regs::setup_boot_sregs(boot.mem, &mut sregs)?;
+        self.fd.set_sregs(&sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        self.fd
+            .set_fpu(&regs::boot_fpu())
+            .map_err(ioctl("KVM_SET_FPU"))?;
+        let mut lapic = self.fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?;
+        regs::set_lint(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+        Ok(())
+    }
+
+    /// Starts the vCPU on its own thread. The thread ends when the VM stops; an error it hits
+    /// stops the VM.
+    pub fn spawn(self, stop: StopHandle) -> Result<JoinHandle<()>, VcpuError> {
+        install_kick_handler()?;
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let mut vcpu = self;
+                if let Err(error) = vcpu.run_loop(&stop) {
+                    stop.request(VmExit::VcpuFailed { vcpu: id, error });
+                }
+            })
+            .map_err(VcpuError::Spawn)
+    }
+
+    /// Runs until the VM is asked to stop (Ok) or this vCPU hits an unhandled exit (Err).
+    pub fn run_loop(&mut self, stop: &StopHandle) -> Result<(), VcpuError> {
+        let _kick = KickGuard::arm(&mut self.fd);
+        loop {
+            if stop.is_stopping() {
+                return Ok(());
+            }
+            match self.run_once() {
+                Next::Continue => {}
+                Next::Internal => self.handle_internal_error()?,
+                Next::Fail(e) => return Err(e),
+            }
+        }
+    }
+
+    fn run_once(&mut self) -> Next {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.fd.set_kvm_immediate_exit(0);
+                return Next::Continue;
+            }
+            Err(e) => return Next::Fail(VcpuError::Run(e)),
+        };
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                if !self.pio.read(u64::from(port), data) {
+                    // Nothing decodes this port: the bus floats high.
+                    data.fill(0xff);
+                }
+                Next::Continue
+            }
+            VcpuExit::IoOut(port, data) => {
+                if !self.pio.write(u64::from(port), data) {
+                    log::trace!("unclaimed write to port {port:#x}: {data:x?}");
+                }
+                Next::Continue
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                if !self.mmio.read(addr, data) {
+                    log::debug!("unclaimed MMIO read at {addr:#x}");
+                    data.fill(0xff);
+                }
+                Next::Continue
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                if !self.mmio.write(addr, data) {
+                    log::debug!("unclaimed MMIO write at {addr:#x}: {data:x?}");
+                }
+                Next::Continue
+            }
+            VcpuExit::Intr => Next::Continue,
+            VcpuExit::InternalError => Next::Internal,
+            VcpuExit::Shutdown => Next::Fail(VcpuError::Shutdown { rip: self.rip() }),
+            VcpuExit::FailEntry(reason, cpu) => Next::Fail(VcpuError::FailEntry {
+                reason,
+                cpu,
+                rip: self.rip(),
+            }),
+            other => {
+                let exit = format!("{other:?}");
+                Next::Fail(VcpuError::UnhandledExit {
+                    exit,
+                    rip: self.rip(),
+                })
+            }
+        }
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(u64::MAX)
+    }
+
+    /// An emulation failure on `int3` is answered by delivering #BP, as the CPU would have
+    /// done; anything else ends the VM with the instruction bytes KVM reported.
+    fn handle_internal_error(&mut self) -> Result<(), VcpuError> {
+        // SAFETY: reading the `internal` member is what KVM_EXIT_INTERNAL_ERROR means.
+        let internal = unsafe { self.fd.get_kvm_run().__bindgen_anon_1.internal };
+        let ndata = (internal.ndata as usize).min(internal.data.len());
+        let data = internal.data[..ndata].to_vec();
+        let rip = self.rip();
+        if internal.suberror != INTERNAL_ERROR_EMULATION {
+            return Err(VcpuError::InternalError {
+                suberror: internal.suberror,
+                rip,
+                data,
+            });
+        }
+        let insn = emulation_failure_bytes(&data);
+        if insn.first() == Some(&INT3_OPCODE) {
+            log::debug!("vCPU {}: delivering #BP for int3 at {rip:#x}", self.id);
+            return self.deliver_breakpoint();
+        }
+        Err(VcpuError::EmulationFailure { rip, insn })
+    }
+
+    /// #BP is a trap: the saved RIP points after the `int3`.
+    fn deliver_breakpoint(&mut self) -> Result<(), VcpuError> {
+        let mut regs = self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?;
+        regs.rip += 1;
+        self.fd.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+        let mut events = self
+            .fd
+            .get_vcpu_events()
+            .map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        events.exception.injected = 1;
+        events.exception.nr = BREAKPOINT_VECTOR;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        self.fd
+            .set_vcpu_events(&events)
+            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+}
+
+/// Instruction bytes of an emulation-failure exit: `data[0]` holds flags, byte 0 of `data[1]`
+/// the length, and the bytes follow it.
+pub fn emulation_failure_bytes(data: &[u64]) -> Vec<u8> {
+    if data.len() < 2 || data[0] & EMULATION_FLAG_INSN_BYTES == 0 {
+        return Vec::new();
+    }
+    let raw: Vec<u8> = data[1..].iter().flat_map(|w| w.to_le_bytes()).collect();
+    let len = usize::from(raw[0]).min(raw.len() - 1).min(15);
+    raw[1..=len].to_vec()
+}
+
+/// Sends the kick signal to a vCPU thread that may be inside KVM_RUN.
+pub fn kick(handle: &JoinHandle<()>) {
+    if !handle.is_finished() {
+        let _ = handle.kill(kick_signal());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instruction_bytes_follow_the_length_byte() {
+        // flags = has bytes; data[1] = len 2, bytes cc 90; data[2] continues the bytes.
+        let data = [1u64, 0x0000_0000_0090_cc02, 0];
+        assert_eq!(emulation_failure_bytes(&data), vec![0xcc, 0x90]);
+        let long = [
+            1u64,
+            u64::from_le_bytes([15, 1, 2, 3, 4, 5, 6, 7]),
+            u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]),
+        ];
+        assert_eq!(
+            emulation_failure_bytes(&long),
+            (1..=15).collect::<Vec<u8>>()
+        );
+        assert!(
+            emulation_failure_bytes(&[0, 0x0102]).is_empty(),
+            "no flag, no bytes"
+        );
+        assert!(emulation_failure_bytes(&[1]).is_empty());
+        // A length larger than the data is clamped, never out of bounds.
+        assert_eq!(emulation_failure_bytes(&[1, 0xff]).len(), 7);
+    }
+
+    #[test]
+    fn errors_name_exit_rip_and_bytes() {
+        let e = VcpuError::EmulationFailure {
+            rip: 0xffff_ffff_8100_0000,
+            insn: vec![0xf3, 0x0f, 0xb8, 0xc0],
+        };
+        assert_eq!(
+            e.to_string(),
+            "KVM_EXIT_INTERNAL_ERROR (emulation failure) at RIP 0xffffffff81000000, instruction bytes [f3 0f b8 c0]"
+        );
+        assert!(VcpuError::Shutdown { rip: 0x10 }
+            .to_string()
+            .contains("KVM_EXIT_SHUTDOWN (triple fault) at RIP 0x10"));
+    }
+}
