@@ -884,7 +884,7 @@ signal_boot_complete:
     mov $BOOT_COMPLETE_VALUE, %al
     mov $BOOT_COMPLETE_PORT, %dx
     out %al, %dx
-    PRINT "CHECK boot_complete ok port=0x510\n"
+    PRINT "CHECK boot_complete ok port=0x510 value=0x1\n"
     ret
 
 /* ------------------------------------------------------------------------------------------ */
