@@ -5,6 +5,8 @@ pub mod config;
 pub mod datapath;
 pub mod device;
 pub mod tap;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use backend::{MemoryBackend, NetBackend};
 pub use config::{MacAddr, NetConfig, NetConfigError};
