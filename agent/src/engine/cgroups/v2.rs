@@ -1,0 +1,169 @@
+//! cgroup v2: one directory in the unified hierarchy; controllers are enabled in every
+//! ancestor's cgroup.subtree_control on the way down.
+
+use std::fs;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+
+use oci_spec::runtime::LinuxResources;
+
+use super::{keyed, read, write, CgroupStats, CgroupVersion, OomWatcher};
+use crate::engine::error::EngineError;
+
+const WANTED: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
+
+pub(super) fn create(mountpoint: &Path, dir: &Path) -> Result<(), EngineError> {
+    let rel = dir.strip_prefix(mountpoint).unwrap_or(Path::new(""));
+    let mut cur = mountpoint.to_path_buf();
+    for comp in rel.components() {
+        // Delegate the controllers from the parent to the level we are about to create.
+        let available = read(&cur.join("cgroup.controllers")).unwrap_or_default();
+        let enabled = read(&cur.join("cgroup.subtree_control")).unwrap_or_default();
+        for c in available.split_whitespace().filter(|c| WANTED.contains(c)) {
+            if !enabled.split_whitespace().any(|e| e == c) {
+                // A controller that cannot be delegated shows up later as a missing
+                // interface file, with its name.
+                let _ = fs::write(cur.join("cgroup.subtree_control"), format!("+{c}"));
+            }
+        }
+        cur.push(comp);
+        match fs::create_dir(&cur) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(EngineError::cgroup(&cur, "mkdir", e)),
+        }
+    }
+    Ok(())
+}
+
+/// cpu.shares (2..=262144) to cpu.weight (1..=10000), the conversion runc and crun use.
+pub(crate) fn shares_to_weight(shares: u64) -> u64 {
+    if shares == 0 {
+        return 100;
+    }
+    1 + (shares.clamp(2, 262_144) - 2) * 9999 / 262_142
+}
+
+fn max_or(v: i64) -> String {
+    if v < 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+pub(super) fn apply(d: &Path, res: &LinuxResources) -> Result<(), EngineError> {
+    if let Some(mem) = res.memory() {
+        if let Some(l) = mem.limit() {
+            write(&d.join("memory.max"), &max_or(l))?;
+        }
+        if let Some(s) = mem.swap() {
+            // The spec's swap is memory+swap (the v1 meaning); v2 limits swap alone.
+            let v = match (s, mem.limit()) {
+                (s, _) if s < 0 => "max".to_string(),
+                (s, Some(l)) if l > 0 => (s - l).max(0).to_string(),
+                (s, _) => s.to_string(),
+            };
+            write(&d.join("memory.swap.max"), &v)?;
+        }
+        if let Some(r) = mem.reservation() {
+            write(&d.join("memory.low"), &max_or(r))?;
+        }
+    }
+    if let Some(cpu) = res.cpu() {
+        if let Some(s) = cpu.shares() {
+            write(&d.join("cpu.weight"), &shares_to_weight(s).to_string())?;
+        }
+        if cpu.quota().is_some() || cpu.period().is_some() {
+            let cur = read(&d.join("cpu.max")).unwrap_or_else(|_| "max 100000".into());
+            let mut it = cur.split_whitespace();
+            let cur_quota = it.next().unwrap_or("max").to_string();
+            let cur_period = it.next().unwrap_or("100000").to_string();
+            let quota = cpu.quota().map(max_or).unwrap_or(cur_quota);
+            let period = cpu.period().map(|p| p.to_string()).unwrap_or(cur_period);
+            write(&d.join("cpu.max"), &format!("{quota} {period}"))?;
+        }
+        if let Some(i) = cpu.idle() {
+            write(&d.join("cpu.idle"), &i.to_string())?;
+        }
+        if let Some(c) = cpu.cpus() {
+            write(&d.join("cpuset.cpus"), c)?;
+        }
+        if let Some(m) = cpu.mems() {
+            write(&d.join("cpuset.mems"), m)?;
+        }
+    }
+    if let Some(p) = res.pids() {
+        let v = if p.limit() <= 0 { "max".to_string() } else { p.limit().to_string() };
+        write(&d.join("pids.max"), &v)?;
+    }
+    if let Some(u) = res.unified() {
+        for (k, v) in u {
+            write(&d.join(k), v)?;
+        }
+    }
+    Ok(())
+}
+
+fn num_or_max(path: &Path) -> Result<Option<u64>, EngineError> {
+    let t = read(path)?;
+    Ok(t.trim().parse().ok())
+}
+
+pub(super) fn stats(d: &Path) -> Result<CgroupStats, EngineError> {
+    let mut s = CgroupStats::default();
+    if d.join("memory.current").exists() {
+        s.memory_usage = num_or_max(&d.join("memory.current"))?.unwrap_or(0);
+        s.memory_limit = num_or_max(&d.join("memory.max"))?;
+        s.memory_max_usage = num_or_max(&d.join("memory.peak")).ok().flatten();
+        s.swap_usage = num_or_max(&d.join("memory.swap.current")).ok().flatten();
+        s.oom_kills = keyed(&read(&d.join("memory.events"))?, "oom_kill").unwrap_or(0);
+    }
+    let st = read(&d.join("cpu.stat"))?;
+    s.cpu_usage_ns = keyed(&st, "usage_usec").unwrap_or(0) * 1000;
+    s.cpu_user_ns = keyed(&st, "user_usec").unwrap_or(0) * 1000;
+    s.cpu_system_ns = keyed(&st, "system_usec").unwrap_or(0) * 1000;
+    if d.join("pids.current").exists() {
+        s.pids_current = num_or_max(&d.join("pids.current"))?.unwrap_or(0);
+        s.pids_limit = num_or_max(&d.join("pids.max"))?;
+    }
+    Ok(s)
+}
+
+/// inotify on memory.events: the kernel reports a modification whenever a counter moves.
+pub(super) fn oom_watcher(d: &Path) -> Result<OomWatcher, EngineError> {
+    let file = d.join("memory.events");
+    // SAFETY: inotify_init1 creates a new descriptor, owned right below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(EngineError::sys("inotify_init1", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is fresh.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let c = std::ffi::CString::new(file.as_os_str().as_encoded_bytes())
+        .map_err(|_| EngineError::CgroupUnsupported("NUL in cgroup path".into()))?;
+    // SAFETY: valid descriptor and NUL-terminated path.
+    let r = unsafe {
+        libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), libc::IN_MODIFY)
+    };
+    if r < 0 {
+        return Err(EngineError::cgroup(&file, "inotify_add_watch", std::io::Error::last_os_error()));
+    }
+    Ok(OomWatcher {
+        fd,
+        version: CgroupVersion::V2,
+        file,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_convert_to_weight() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(1024), 39);
+    }
+}

@@ -1,0 +1,369 @@
+//! The container lifecycle: create (init forked, namespaces, rootfs and cgroup set up,
+//! blocked before execve), start, signal, exec, stats, update, OOM events, destroy.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, Process, Spec};
+
+use super::cgroups::{Cgroup, CgroupStats, CgroupVersion, Layout, OomWatcher};
+use super::error::{EngineError, SpecError};
+use super::exec::ExecProcess;
+use super::namespaces::NsPlan;
+use super::seccomp::{self, Filter};
+use super::spawn::{spawn, ChildSetup, InitSetup, Spawned};
+use super::stdio::Stdio;
+use super::validate::{validate_process, validate_resources, validate_spec};
+use super::wait::{reap_quietly, wait_pid, ExitStatus};
+
+/// What to create.
+#[derive(Debug)]
+pub struct CreateOptions {
+    /// Container id: letters, digits, `_`, `-` and `.`; it names the cgroup.
+    pub id: String,
+    /// The bundle directory; `spec.root.path` is relative to it.
+    pub bundle: PathBuf,
+    pub spec: Spec,
+    pub stdio: Stdio,
+    /// Parent of the container's cgroup when the spec has no `linux.cgroupsPath`:
+    /// absolute from the hierarchy root, relative to the engine's own cgroup. Default
+    /// `sandbox`.
+    pub cgroup_parent: Option<String>,
+    /// Use MS_MOVE + chroot instead of pivot_root (needed where the root is the initramfs;
+    /// a failing pivot_root falls back to this by itself).
+    pub no_pivot_root: bool,
+}
+
+impl CreateOptions {
+    pub fn new(id: impl Into<String>, bundle: impl Into<PathBuf>, spec: Spec) -> Self {
+        CreateOptions {
+            id: id.into(),
+            bundle: bundle.into(),
+            spec,
+            stdio: Stdio::Inherit,
+            cgroup_parent: None,
+            no_pivot_root: false,
+        }
+    }
+}
+
+/// Reads `config.json` of a bundle.
+pub fn load_bundle_spec(bundle: &Path) -> Result<Spec, EngineError> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| EngineError::sys(format!("read {}", path.display()), e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| EngineError::Spec(SpecError::new("config.json", e.to_string())))
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    /// Init set up and waiting before execve.
+    Created,
+    /// The program runs.
+    Running,
+    /// Init has exited (reported through `set_exited` or `wait`).
+    Stopped,
+}
+
+impl ContainerState {
+    fn name(self) -> &'static str {
+        match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A container whose init process exists.
+#[derive(Debug)]
+pub struct Container {
+    id: String,
+    init: Spawned,
+    state: ContainerState,
+    cgroup: Cgroup,
+    seccomp: Option<Filter>,
+    exit: Option<ExitStatus>,
+    torn_down: bool,
+}
+
+fn check_id(id: &str) -> Result<(), EngineError> {
+    let bad = |problem: &str| {
+        Err(EngineError::InvalidId {
+            id: id.to_string(),
+            problem: problem.to_string(),
+        })
+    };
+    if id.is_empty() || id.len() > 1024 {
+        return bad("must be 1-1024 characters");
+    }
+    if id.starts_with('.') || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return bad("may only contain letters, digits, `_`, `-` and `.` (not first)");
+    }
+    Ok(())
+}
+
+impl Container {
+    /// Creates the container: validates the spec, creates and configures the cgroup, forks
+    /// the init into its namespaces and builds its root filesystem. Returns once the init
+    /// waits before execve. On failure nothing is left: no process, cgroup or mount.
+    pub fn create(opts: CreateOptions) -> Result<Container, EngineError> {
+        check_id(&opts.id)?;
+        let spec = &opts.spec;
+        validate_spec(spec, &opts.bundle)?;
+        let bundle = opts
+            .bundle
+            .canonicalize()
+            .map_err(|e| EngineError::sys(format!("bundle {}", opts.bundle.display()), e))?;
+        let root = spec.root().as_ref().expect("validated");
+        let rootfs = bundle
+            .join(root.path())
+            .canonicalize()
+            .map_err(|e| SpecError::new("root.path", e.to_string()))?;
+        let process = spec.process().as_ref().expect("validated");
+        if process.terminal() == Some(true) && !matches!(opts.stdio, Stdio::Pty) {
+            return Err(SpecError::new("process.terminal", "true needs Stdio::Pty").into());
+        }
+        let linux = spec.linux().as_ref().expect("validated");
+        let filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
+        let ns = NsPlan::from_spec(spec)?;
+
+        let cgroup_path = match linux.cgroups_path() {
+            Some(p) => p.to_string_lossy().into_owned(),
+            None => {
+                let parent = opts.cgroup_parent.as_deref().unwrap_or("sandbox");
+                format!("{}/{}", parent.trim_end_matches('/'), opts.id)
+            }
+        };
+        let cgroup = Cgroup::create(&cgroup_path)?;
+        if let Err(e) = ensure_empty(&cgroup) {
+            // Someone else's cgroup: leave it alone.
+            return Err(e);
+        }
+        let res = linux.resources().clone().unwrap_or_default();
+        if let Err(e) = cgroup.apply(&res) {
+            let _ = cgroup.remove();
+            return Err(e);
+        }
+        let setup = ChildSetup {
+            ns: &ns,
+            cgroup: &cgroup,
+            stdio: &opts.stdio,
+            process,
+            seccomp: filter.as_ref(),
+            init: Some(InitSetup {
+                spec,
+                rootfs,
+                bundle,
+                no_pivot: opts.no_pivot_root,
+                uid_mappings: linux.uid_mappings().clone().unwrap_or_default(),
+                gid_mappings: linux.gid_mappings().clone().unwrap_or_default(),
+            }),
+        };
+        let init = match spawn(&setup) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = cgroup.kill_all(Duration::from_secs(2));
+                let _ = cgroup.remove();
+                return Err(e);
+            }
+        };
+        Ok(Container {
+            id: opts.id,
+            init,
+            state: ContainerState::Created,
+            cgroup,
+            seccomp: filter,
+            exit: None,
+            torn_down: false,
+        })
+    }
+
+    /// Lets the init exec the program. Returns when it has, or why it could not (the init
+    /// then exits with status 127).
+    pub fn start(&mut self) -> Result<(), EngineError> {
+        self.expect(ContainerState::Created)?;
+        let r = self.init.go();
+        self.state = ContainerState::Running;
+        r
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The init's pid in the caller's pid namespace.
+    pub fn pid(&self) -> Pid {
+        self.init.pid
+    }
+
+    pub fn state(&self) -> ContainerState {
+        self.state
+    }
+
+    pub fn cgroup_version(&self) -> CgroupVersion {
+        self.cgroup.version()
+    }
+
+    /// The host directories of the container's cgroup (one per v1 hierarchy).
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        match &self.cgroup.layout {
+            Layout::V1(hs) => hs.iter().map(|h| h.dir.clone()).collect(),
+            Layout::V2(d) => vec![d.clone()],
+        }
+    }
+
+    /// The master side of the init's terminal (once; `None` without a terminal).
+    pub fn pty_master(&mut self) -> Option<OwnedFd> {
+        self.init.pty_master.take()
+    }
+
+    /// Sends a signal to the init, or with `all` to every process of the container.
+    pub fn signal(&self, sig: Signal, all: bool) -> Result<(), EngineError> {
+        if self.exit.is_some() {
+            return Err(EngineError::WrongState {
+                expected: "created or running",
+                actual: "stopped",
+            });
+        }
+        if all {
+            for p in self.cgroup.pids()? {
+                match kill(p, sig) {
+                    Ok(()) | Err(Errno::ESRCH) => {}
+                    Err(e) => return Err(EngineError::sys(format!("kill({p}, {sig})"), e)),
+                }
+            }
+            return Ok(());
+        }
+        kill(self.init.pid, sig).map_err(|e| EngineError::sys(format!("kill({}, {sig})", self.init.pid), e))
+    }
+
+    /// Starts another process in the running container: same namespaces, cgroup and
+    /// seccomp profile, with the capabilities, user, rlimits, env and cwd of `process`.
+    pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<ExecProcess, EngineError> {
+        if self.exit.is_some() {
+            return Err(EngineError::WrongState {
+                expected: "running",
+                actual: "stopped",
+            });
+        }
+        validate_process(process, "process")?;
+        if process.terminal() == Some(true) && !matches!(stdio, Stdio::Pty) {
+            return Err(SpecError::new("process.terminal", "true needs Stdio::Pty").into());
+        }
+        let ns = NsPlan::of_process(self.init.pid.as_raw())?;
+        let setup = ChildSetup {
+            ns: &ns,
+            cgroup: &self.cgroup,
+            stdio: &stdio,
+            process,
+            seccomp: self.seccomp.as_ref(),
+            init: None,
+        };
+        let spawned = spawn(&setup)?;
+        let pid = spawned.pid;
+        if let Err(e) = spawned.go() {
+            // It exits 127 after reporting; it is ours to reap.
+            reap_quietly(pid);
+            return Err(e);
+        }
+        Ok(ExecProcess {
+            pid,
+            pty_master: spawned.pty_master,
+        })
+    }
+
+    pub fn stats(&self) -> Result<CgroupStats, EngineError> {
+        self.cgroup.stats()
+    }
+
+    /// Changes the cgroup limits of the running container.
+    pub fn update(&self, resources: &LinuxResources) -> Result<(), EngineError> {
+        validate_resources(resources, "linux.resources")?;
+        self.cgroup.apply(resources)
+    }
+
+    /// A pollable descriptor for the cgroup's OOM events.
+    pub fn oom_events(&self) -> Result<OomWatcher, EngineError> {
+        self.cgroup.oom_watcher()
+    }
+
+    /// Records the init's exit, for callers whose event loop reaped it.
+    pub fn set_exited(&mut self, status: ExitStatus) {
+        self.exit = Some(status);
+        self.state = ContainerState::Stopped;
+    }
+
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.exit
+    }
+
+    /// Blocks until the init exits and reaps it (for callers without an event loop).
+    pub fn wait(&mut self) -> Result<ExitStatus, EngineError> {
+        if let Some(s) = self.exit {
+            return Ok(s);
+        }
+        let s = wait_pid(self.init.pid)?;
+        self.set_exited(s);
+        Ok(s)
+    }
+
+    /// Kills every process of the container, reaps the init (unless already reported
+    /// through `set_exited`) and removes the cgroup. The mount namespace, and with it every
+    /// mount, goes away with the last process.
+    pub fn destroy(mut self) -> Result<(), EngineError> {
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Result<(), EngineError> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        if self.exit.is_none() {
+            let _ = kill(self.init.pid, Signal::SIGKILL);
+        }
+        let killed = self.cgroup.kill_all(Duration::from_secs(5));
+        if self.exit.is_none() {
+            reap_quietly(self.init.pid);
+            self.state = ContainerState::Stopped;
+        }
+        killed?;
+        self.cgroup.remove()
+    }
+
+    fn expect(&self, s: ContainerState) -> Result<(), EngineError> {
+        if self.state != s {
+            return Err(EngineError::WrongState {
+                expected: s.name(),
+                actual: self.state.name(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown() {
+            log::warn!("container {}: clean-up on drop: {e}", self.id);
+        }
+    }
+}
+
+/// A cgroup that already holds processes belongs to someone else.
+fn ensure_empty(cg: &Cgroup) -> Result<(), EngineError> {
+    if !cg.pids()?.is_empty() {
+        return Err(EngineError::CgroupUnsupported(format!(
+            "{} already has processes: another container uses it",
+            cg.procs_files()[0].display()
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! The OCI container engine: turns an `oci_spec::runtime::Spec` into a running process, the
+//! same code whether it runs natively on the host or as PID 1 inside a guest.
+//!
+//! Each concern lives in its own module and is applied step by step, the way runc and youki
+//! do it: `validate` checks the spec up front, `spawn` forks the processes, `namespaces`,
+//! `rootfs`, `devices`, `cgroups`, `capabilities`, `seccomp` and `process` each apply one
+//! part of the spec, and `container` ties them into the create/start/exec/destroy lifecycle.
+//!
+//! # Process model and the reaping contract
+//!
+//! `Container::create` forks a short-lived intermediate process which joins the cgroup and
+//! the namespaces and then clones the container's init with `CLONE_PARENT`, so that the
+//! init (and every process started by `Container::exec`) is a direct child of the calling
+//! process: the caller can `waitpid` it like any other child. The intermediate processes are
+//! reaped by the engine itself; an event loop that calls `waitpid(-1, ..)` may reap one of
+//! them first, which is harmless (the engine tolerates `ECHILD`): such a loop should ignore
+//! exits of pids it does not know.
+//!
+//! Whoever reaps the init of a container must tell it with [`Container::set_exited`], so that
+//! `signal` refuses to signal a pid that may have been reused and `destroy` does not wait for
+//! it again. [`wait_pid`] and [`Container::wait`] are blocking helpers for callers without
+//! an event loop.
+
+mod capabilities;
+mod devices;
+mod cgroups;
+mod container;
+mod error;
+mod exec;
+mod fds;
+mod mounts;
+mod namespaces;
+mod process;
+mod rootfs;
+mod seccomp;
+mod spawn;
+mod stdio;
+mod sync;
+mod validate;
+mod wait;
+
+pub use cgroups::{CgroupStats, CgroupVersion, OomWatcher};
+pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
+pub use error::{EngineError, SpecError};
+pub use exec::ExecProcess;
+pub use stdio::Stdio;
+pub use validate::validate_spec;
+pub use wait::{exit_status, wait_pid, ExitStatus};
+
+pub use nix::sys::signal::Signal;
+pub use nix::unistd::Pid;

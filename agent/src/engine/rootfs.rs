@@ -1,0 +1,167 @@
+//! The container's root filesystem, set up by its init inside the new mount namespace:
+//! propagation, the rootfs bind mount, the spec's mounts and devices, pivot_root (or
+//! MS_MOVE + chroot where pivot_root cannot work, e.g. a rootfs on the initramfs), then
+//! masked paths, read-only paths and the read-only root.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, chroot, pivot_root};
+use oci_spec::runtime::Spec;
+
+use super::cgroups::Cgroup;
+use super::devices;
+use super::mounts::{mount_entry, propagation, secure_join};
+
+/// Everything the rootfs steps need.
+pub(crate) struct RootfsPlan<'a> {
+    pub spec: &'a Spec,
+    /// Absolute path of the rootfs on the host.
+    pub rootfs: PathBuf,
+    pub bundle: PathBuf,
+    pub cgroup: Option<&'a Cgroup>,
+    pub cgroupns: bool,
+    pub userns: bool,
+    pub no_pivot: bool,
+}
+
+fn none() -> Option<&'static str> {
+    None
+}
+
+/// Steps before the root changes.
+pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
+    let linux = plan.spec.linux().as_ref();
+    // Nothing mounted from here on may leak back to the host: the default is rslave.
+    let prop = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .map(|p| propagation(p).expect("validated"))
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    let first = if prop.contains(MsFlags::MS_SHARED) {
+        // Shared propagation is applied to the new root below; the host side stays slave.
+        MsFlags::MS_SLAVE | MsFlags::MS_REC
+    } else {
+        prop | MsFlags::MS_REC
+    };
+    mount(none(), "/", none(), first, none()).map_err(|e| format!("make / {first:?}: {e}"))?;
+
+    // pivot_root needs the new root to be a mount point.
+    mount(
+        Some(&plan.rootfs),
+        &plan.rootfs,
+        none(),
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none(),
+    )
+    .map_err(|e| format!("bind-mount the rootfs {}: {e}", plan.rootfs.display()))?;
+
+    let mounts = plan.spec.mounts().as_deref().unwrap_or(&[]);
+    for (i, m) in mounts.iter().enumerate() {
+        mount_entry(m, &plan.rootfs, &plan.bundle, plan.cgroup, plan.cgroupns)
+            .map_err(|e| format!("mounts[{i}] ({}): {e}", m.destination().display()))?;
+    }
+    let spec_mounted = |dest: &str| mounts.iter().any(|m| m.destination() == Path::new(dest));
+    for node in devices::defaults() {
+        devices::create(&plan.rootfs, &node, plan.userns)?;
+    }
+    for d in linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]) {
+        devices::create(&plan.rootfs, &devices::from_spec(d), plan.userns)?;
+    }
+    devices::pts_and_shm(&plan.rootfs, &spec_mounted)?;
+    devices::symlinks(&plan.rootfs)?;
+    Ok(())
+}
+
+/// Makes the rootfs the root of the mount namespace.
+pub(crate) fn change_root(rootfs: &Path, no_pivot: bool) -> Result<(), String> {
+    chdir(rootfs).map_err(|e| format!("chdir {}: {e}", rootfs.display()))?;
+    if !no_pivot {
+        match pivot_root(".", ".") {
+            Ok(()) => {
+                // The old root is now stacked under the new one: detach it, without letting
+                // the unmount propagate to the host.
+                mount(none(), ".", none(), MsFlags::MS_SLAVE | MsFlags::MS_REC, none())
+                    .map_err(|e| format!("make the old root rslave: {e}"))?;
+                umount2(".", MntFlags::MNT_DETACH)
+                    .map_err(|e| format!("detach the old root: {e}"))?;
+                return chdir("/").map_err(|e| format!("chdir /: {e}"));
+            }
+            // The initramfs (rootfs) cannot be pivoted away from.
+            Err(Errno::EINVAL) => {}
+            Err(e) => return Err(format!("pivot_root: {e}")),
+        }
+    }
+    mount(Some("."), "/", none(), MsFlags::MS_MOVE, none())
+        .map_err(|e| format!("move the rootfs onto /: {e}"))?;
+    chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Steps inside the new root.
+pub(crate) fn finish(spec: &Spec) -> Result<(), String> {
+    let linux = spec.linux().as_ref();
+    for p in linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or(&[]) {
+        mask(Path::new(p))?;
+    }
+    for p in linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or(&[]) {
+        readonly(Path::new(p))?;
+    }
+    if let Some(true) = spec.root().as_ref().and_then(|r| r.readonly()) {
+        remount_ro(Path::new("/"))?;
+    }
+    if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_deref()) {
+        let f = propagation(p).expect("validated");
+        if f.contains(MsFlags::MS_SHARED) {
+            mount(none(), "/", none(), f, none()).map_err(|e| format!("make / {p}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Hides a path: /dev/null over a file, an empty read-only tmpfs over a directory.
+fn mask(p: &Path) -> Result<(), String> {
+    let p = secure_join(Path::new("/"), p);
+    match fs::metadata(&p) {
+        Err(_) => Ok(()),
+        Ok(m) if m.is_dir() => mount(
+            Some("tmpfs"),
+            &p,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("size=0,mode=555"),
+        )
+        .map_err(|e| format!("mask {}: {e}", p.display())),
+        Ok(_) => mount(Some("/dev/null"), &p, none(), MsFlags::MS_BIND, none())
+            .map_err(|e| format!("mask {}: {e}", p.display())),
+    }
+}
+
+fn readonly(p: &Path) -> Result<(), String> {
+    let p = secure_join(Path::new("/"), p);
+    if fs::symlink_metadata(&p).is_err() {
+        return Ok(());
+    }
+    mount(Some(&p), &p, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())
+        .map_err(|e| format!("bind {} for read-only: {e}", p.display()))?;
+    remount_ro(&p)
+}
+
+/// Remounts a mount point read-only, keeping its nosuid/nodev/noexec flags (a bind
+/// remount that dropped them would be refused in a user namespace).
+fn remount_ro(p: &Path) -> Result<(), String> {
+    let st = nix::sys::statvfs::statvfs(p).map_err(|e| format!("statvfs {}: {e}", p.display()))?;
+    use nix::sys::statvfs::FsFlags;
+    let mut f = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+    for (fs_flag, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+    ] {
+        if st.flags().contains(fs_flag) {
+            f |= ms;
+        }
+    }
+    mount(none(), p, none(), f, none()).map_err(|e| format!("remount {} read-only: {e}", p.display()))
+}

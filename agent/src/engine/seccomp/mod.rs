@@ -1,0 +1,263 @@
+//! The spec's seccomp profile, compiled to classic BPF here (no libseccomp) and installed
+//! with seccomp(2).
+
+mod bpf;
+mod syscalls_x86_64;
+
+use oci_spec::runtime::{
+    Arch, LinuxSeccomp, LinuxSeccompAction, LinuxSeccompFilterFlag, LinuxSeccompOperator,
+};
+
+pub(crate) use bpf::SockFilter;
+use bpf::{ArgCmp, CmpOp, Rule};
+
+use super::error::SpecError;
+
+const RET_KILL_THREAD: u32 = 0x0000_0000;
+const RET_KILL_PROCESS: u32 = 0x8000_0000;
+const RET_TRAP: u32 = 0x0003_0000;
+const RET_ERRNO: u32 = 0x0005_0000;
+const RET_TRACE: u32 = 0x7ff0_0000;
+const RET_LOG: u32 = 0x7ffc_0000;
+const RET_ALLOW: u32 = 0x7fff_0000;
+
+/// A compiled filter, ready to install in the container process.
+#[derive(Debug, Clone)]
+pub(crate) struct Filter {
+    prog: Vec<SockFilter>,
+    flags: u32,
+}
+
+fn action(field: &str, a: LinuxSeccompAction, errno: Option<u32>) -> Result<u32, SpecError> {
+    use LinuxSeccompAction::*;
+    if errno.is_some() && !matches!(a, ScmpActErrno | ScmpActTrace) {
+        return Err(SpecError::new(
+            format!("{field}"),
+            format!("errnoRet is only valid with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not {a}"),
+        ));
+    }
+    let data = |default: u32| -> Result<u32, SpecError> {
+        let v = errno.unwrap_or(default);
+        if v > 0xffff {
+            return Err(SpecError::new(
+                format!("{field}"),
+                format!("errnoRet must fit in 16 bits, got {v}"),
+            ));
+        }
+        Ok(v)
+    };
+    Ok(match a {
+        ScmpActKill | ScmpActKillThread => RET_KILL_THREAD,
+        ScmpActKillProcess => RET_KILL_PROCESS,
+        ScmpActTrap => RET_TRAP,
+        ScmpActErrno => RET_ERRNO | data(libc::EPERM as u32)?,
+        ScmpActTrace => RET_TRACE | data(libc::EPERM as u32)?,
+        ScmpActLog => RET_LOG,
+        ScmpActAllow => RET_ALLOW,
+        ScmpActNotify => {
+            return Err(SpecError::new(
+                field,
+                "SCMP_ACT_NOTIFY is not supported (no seccomp agent)",
+            ))
+        }
+    })
+}
+
+fn cmp(field: &str, arg: &oci_spec::runtime::LinuxSeccompArg) -> Result<ArgCmp, SpecError> {
+    let index = arg.index();
+    if index > 5 {
+        return Err(SpecError::new(
+            format!("{field}.index"),
+            format!("a system call has 6 arguments (0-5), got {index}"),
+        ));
+    }
+    use LinuxSeccompOperator::*;
+    let (op, value) = match arg.op() {
+        ScmpCmpNe => (CmpOp::Ne, arg.value()),
+        ScmpCmpLt => (CmpOp::Lt, arg.value()),
+        ScmpCmpLe => (CmpOp::Le, arg.value()),
+        ScmpCmpEq => (CmpOp::Eq, arg.value()),
+        ScmpCmpGe => (CmpOp::Ge, arg.value()),
+        ScmpCmpGt => (CmpOp::Gt, arg.value()),
+        ScmpCmpMaskedEq => (
+            CmpOp::MaskedEq { mask: arg.value() },
+            arg.value_two().unwrap_or(0),
+        ),
+    };
+    Ok(ArgCmp {
+        index: index as u8,
+        op,
+        value,
+    })
+}
+
+/// Compiles the profile, checking every field on the way. Unknown system call names are
+/// skipped (profiles list calls newer or older than any one kernel), as runc does.
+pub(crate) fn compile(s: &LinuxSeccomp) -> Result<Filter, SpecError> {
+    const F: &str = "linux.seccomp";
+    let default = action(
+        &format!("{F}.defaultAction"),
+        s.default_action(),
+        s.default_errno_ret(),
+    )?;
+    if let Some(archs) = s.architectures() {
+        let native = archs
+            .iter()
+            .any(|a| matches!(a, Arch::ScmpArchX86_64 | Arch::ScmpArchNative));
+        if !archs.is_empty() && !native {
+            return Err(SpecError::new(
+                format!("{F}.architectures"),
+                "no supported architecture: this engine compiles filters for SCMP_ARCH_X86_64",
+            ));
+        }
+    }
+    let mut flags = 0u32;
+    for f in s.flags().iter().flatten() {
+        flags |= match f {
+            LinuxSeccompFilterFlag::SeccompFilterFlagTsync => 1,
+            LinuxSeccompFilterFlag::SeccompFilterFlagLog => 2,
+            LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow => 4,
+            LinuxSeccompFilterFlag::SeccompFilterFlagWaitKillableRecv => 0,
+        };
+    }
+    let mut rules = Vec::new();
+    for (i, sc) in s.syscalls().iter().flatten().enumerate() {
+        let field = format!("{F}.syscalls[{i}]");
+        if sc.names().is_empty() {
+            return Err(SpecError::new(format!("{field}.names"), "must not be empty"));
+        }
+        let act = action(&format!("{field}.action"), sc.action(), sc.errno_ret())?;
+        let mut conds = Vec::new();
+        let mut per_index = [0u8; 6];
+        for (j, a) in sc.args().iter().flatten().enumerate() {
+            let c = cmp(&format!("{field}.args[{j}]"), a)?;
+            per_index[c.index as usize] += 1;
+            conds.push(c);
+        }
+        if act == default {
+            continue;
+        }
+        // Conditions on different arguments must all hold; several conditions on the same
+        // argument are alternatives (libseccomp's and runc's reading of the spec).
+        let alternatives: Vec<Vec<ArgCmp>> = if per_index.iter().any(|&n| n > 1) {
+            conds.into_iter().map(|c| vec![c]).collect()
+        } else {
+            vec![conds]
+        };
+        for name in sc.names() {
+            let Some(nr) = syscalls_x86_64::number(name) else {
+                continue;
+            };
+            for conditions in &alternatives {
+                rules.push(Rule {
+                    nr,
+                    conditions: conditions.clone(),
+                    action: act,
+                });
+            }
+        }
+    }
+    // Calls of other ABIs cannot be matched against x86_64 numbers: refuse them.
+    let foreign = RET_ERRNO | libc::ENOSYS as u32;
+    let prog = bpf::compile(&rules, default, foreign)
+        .map_err(|e| SpecError::new(format!("{F}.syscalls"), e))?;
+    Ok(Filter { prog, flags })
+}
+
+impl Filter {
+    /// Installs the filter on the calling thread. Needs no_new_privs or CAP_SYS_ADMIN.
+    pub(crate) fn install(&self) -> Result<(), String> {
+        #[repr(C)]
+        struct SockFprog {
+            len: u16,
+            filter: *const SockFilter,
+        }
+        let fprog = SockFprog {
+            len: self.prog.len() as u16,
+            filter: self.prog.as_ptr(),
+        };
+        const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+        // SAFETY: fprog points at a valid program that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                self.flags as libc::c_ulong,
+                &fprog as *const SockFprog,
+            )
+        };
+        if r < 0 {
+            return Err(format!(
+                "installing the seccomp filter: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn program(&self) -> &[SockFilter] {
+        &self.prog
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn profile(json: serde_json::Value) -> LinuxSeccomp {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn compiles_per_syscall_actions() {
+        let f = compile(&profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "architectures": ["SCMP_ARCH_X86_64"],
+            "syscalls": [
+                {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+                {"names": ["no_such_call"], "action": "SCMP_ACT_KILL"},
+                {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}
+            ]
+        })))
+        .unwrap();
+        let run = |nr: i64, a0: u64| {
+            bpf::tests::run(f.program(), bpf::AUDIT_ARCH_X86_64, nr as u32, [a0, 0, 0, 0, 0, 0])
+        };
+        assert_eq!(run(libc::SYS_mkdir, 0), RET_ERRNO | 13);
+        assert_eq!(run(libc::SYS_mkdirat, 0), RET_ERRNO | 13);
+        assert_eq!(run(libc::SYS_personality, 8), RET_ERRNO | 1);
+        assert_eq!(run(libc::SYS_personality, 0), RET_ALLOW);
+        assert_eq!(run(libc::SYS_getpid, 0), RET_ALLOW);
+    }
+
+    #[test]
+    fn bad_profiles_name_the_field() {
+        let e = compile(&profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 5}]
+        })))
+        .unwrap_err();
+        assert_eq!(e.field, "linux.seccomp.syscalls[0].action");
+        let e = compile(&profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO",
+                          "args": [{"index": 6, "value": 1, "op": "SCMP_CMP_EQ"}]}]
+        })))
+        .unwrap_err();
+        assert_eq!(e.field, "linux.seccomp.syscalls[0].args[0].index");
+        let e = compile(&profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_AARCH64"]
+        })))
+        .unwrap_err();
+        assert_eq!(e.field, "linux.seccomp.architectures");
+    }
+
+    #[test]
+    fn syscall_table_matches_libc() {
+        assert_eq!(syscalls_x86_64::number("read"), Some(libc::SYS_read as u32));
+        assert_eq!(syscalls_x86_64::number("clone3"), Some(libc::SYS_clone3 as u32));
+        assert_eq!(syscalls_x86_64::number("bogus"), None);
+    }
+}
