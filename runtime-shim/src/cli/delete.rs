@@ -1,0 +1,18 @@
+//! `sandbox delete [--force] ID`: release the sandbox and its state directory.
+
+use clap::Args;
+
+use crate::cli::GlobalOpts;
+use crate::error::Result;
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Kill the container if it still runs, and clean up after a crashed runtime.
+    #[arg(short, long)]
+    pub force: bool,
+    pub id: String,
+}
+
+pub fn run(g: &GlobalOpts, a: DeleteArgs) -> Result<()> {
+    crate::sandbox::launch::delete_container(g, &a.id, a.force)
+}

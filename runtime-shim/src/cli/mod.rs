@@ -1,0 +1,157 @@
+//! The `sandbox` command line: runc's commands and flags (so containerd's runc shim, Docker's
+//! `--runtime` and other runc callers can drive it), plus `run` for people, `image` and `check`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::state::Isolation;
+
+pub mod check;
+pub mod create;
+pub mod delete;
+pub mod events;
+pub mod exec;
+pub mod image;
+pub mod kill;
+pub mod list;
+pub mod ps;
+pub mod run;
+pub mod spec;
+pub mod start;
+pub mod state;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sandbox",
+    version,
+    about = "An OCI runtime that runs every container in its own microVM"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalOpts {
+    /// Directory holding one state directory per container.
+    #[arg(
+        long,
+        global = true,
+        default_value = "/run/sandbox",
+        env = "SANDBOX_ROOT"
+    )]
+    pub root: PathBuf,
+    /// Write log messages to this file instead of stderr.
+    #[arg(long, global = true)]
+    pub log: Option<PathBuf>,
+    #[arg(long = "log-format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[arg(long, global = true)]
+    pub debug: bool,
+    /// How containers are isolated: each sandbox in its own microVM, or in namespaces on the
+    /// host kernel.
+    #[arg(long, global = true, value_enum, env = "SANDBOX_ISOLATION")]
+    pub isolation: Option<Isolation>,
+    /// Run microVMs even where guest kernels do not run at hardware speed (very slow).
+    #[arg(long = "allow-slow-kvm", global = true)]
+    pub allow_slow_kvm: bool,
+    /// Where imported images and cached rootfs disk images live.
+    #[arg(
+        long = "image-store",
+        global = true,
+        default_value = "/var/lib/sandbox/images",
+        env = "SANDBOX_IMAGE_STORE"
+    )]
+    pub image_store: PathBuf,
+    /// Accepted for runc compatibility; cgroups are managed by the agent.
+    #[arg(long = "systemd-cgroup", global = true, hide = true)]
+    pub systemd_cgroup: bool,
+    /// Accepted for runc compatibility.
+    #[arg(long, global = true, hide = true)]
+    pub rootless: Option<String>,
+    /// Accepted for runc compatibility; checkpointing is not supported.
+    #[arg(long, global = true, hide = true)]
+    pub criu: Option<PathBuf>,
+}
+
+impl GlobalOpts {
+    pub fn isolation(&self) -> Isolation {
+        self.isolation.unwrap_or(Isolation::Vm)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ListFormat {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a container from a bundle; it waits for `start`.
+    Create(create::CreateArgs),
+    /// Run the user process of a created container.
+    Start(start::StartArgs),
+    /// Print the OCI state of a container.
+    State(state::StateArgs),
+    /// Send a signal to a container's init (or, with --all, to all its processes).
+    Kill(kill::KillArgs),
+    /// Release everything a container holds.
+    Delete(delete::DeleteArgs),
+    /// Create, start and wait for a container: from a bundle (runc style) or from an image.
+    Run(run::RunArgs),
+    /// Run another process in a running container.
+    Exec(exec::ExecArgs),
+    /// List the processes running in a container.
+    Ps(ps::PsArgs),
+    /// List containers.
+    List(list::ListArgs),
+    /// Write a starting config.json.
+    Spec(spec::SpecArgs),
+    /// Print container events and resource statistics.
+    Events(events::EventsArgs),
+    /// Report what this host can do (KVM and its speed, TUN, cgroups, tools).
+    Check(check::CheckArgs),
+    /// Manage local images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Not supported: containers cannot be paused.
+    Pause { id: String },
+    /// Not supported: containers cannot be paused.
+    Resume { id: String },
+    /// Internal: the per-container monitor process that `create` starts.
+    #[command(name = "__monitor", hide = true)]
+    Monitor(crate::sandbox::monitor::MonitorArgs),
+}
+
+pub fn dispatch(cli: Cli) -> crate::error::Result<i32> {
+    let g = cli.global;
+    match cli.command {
+        Command::Create(a) => create::run(&g, a).map(|_| 0),
+        Command::Start(a) => start::run(&g, a).map(|_| 0),
+        Command::State(a) => state::run(&g, a).map(|_| 0),
+        Command::Kill(a) => kill::run(&g, a).map(|_| 0),
+        Command::Delete(a) => delete::run(&g, a).map(|_| 0),
+        Command::Run(a) => run::run(&g, a),
+        Command::Exec(a) => exec::run(&g, a),
+        Command::Ps(a) => ps::run(&g, a).map(|_| 0),
+        Command::List(a) => list::run(&g, a).map(|_| 0),
+        Command::Spec(a) => spec::run(&g, a).map(|_| 0),
+        Command::Events(a) => events::run(&g, a).map(|_| 0),
+        Command::Check(a) => check::run(&g, a),
+        Command::Image(c) => image::run(&g, c).map(|_| 0),
+        Command::Pause { .. } | Command::Resume { .. } => Err(crate::error::Error::Usage(
+            "pause and resume are not supported by this runtime".into(),
+        )),
+        Command::Monitor(a) => crate::sandbox::monitor::run(&g, a),
+    }
+}

@@ -1,0 +1,75 @@
+//! `sandbox ps [--format table|json] ID [PS_ARGS...]`: the container's processes. Natively the
+//! pids are host pids and `ps` describes them; in a VM they are guest pids.
+
+use std::process::Command;
+
+use clap::Args;
+
+use crate::cli::{GlobalOpts, ListFormat};
+use crate::error::{Error, Result};
+use crate::sandbox::link;
+use crate::state::{Isolation, StateStore, Status};
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+    pub format: ListFormat,
+    pub id: String,
+    /// Options passed to ps(1) for the table (default -ef).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub ps_args: Vec<String>,
+}
+
+pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<()> {
+    let rec = StateStore::new(&g.root).load(&a.id)?;
+    let status = rec.live_status();
+    if !matches!(status, Status::Created | Status::Running) {
+        return Err(Error::WrongState {
+            id: a.id.clone(),
+            status: status.to_string(),
+            action: "list processes of",
+            needed: "created or running",
+        });
+    }
+    let pids = link::connect(&rec)?
+        .processes(&a.id)
+        .map_err(link::agent_err("list processes"))?;
+    match a.format {
+        ListFormat::Json => println!("{}", serde_json::json!(pids)),
+        ListFormat::Table if rec.isolation == Isolation::Native => {
+            let args = if a.ps_args.is_empty() {
+                vec!["-ef".to_string()]
+            } else {
+                a.ps_args
+            };
+            let out = Command::new("ps")
+                .args(&args)
+                .output()
+                .map_err(|e| Error::Other(format!("cannot run ps: {e}")))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let header = lines.next().unwrap_or("");
+            let pid_col = header
+                .split_whitespace()
+                .position(|c| c == "PID")
+                .ok_or_else(|| Error::Other("ps output has no PID column".into()))?;
+            println!("{header}");
+            for line in lines {
+                let pid = line
+                    .split_whitespace()
+                    .nth(pid_col)
+                    .and_then(|p| p.parse::<i32>().ok());
+                if pid.is_some_and(|p| pids.contains(&p)) {
+                    println!("{line}");
+                }
+            }
+        }
+        ListFormat::Table => {
+            println!("PID (in the sandbox VM)");
+            for p in pids {
+                println!("{p}");
+            }
+        }
+    }
+    Ok(())
+}

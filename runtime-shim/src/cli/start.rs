@@ -1,0 +1,15 @@
+//! `sandbox start`: run the user process of a created container.
+
+use clap::Args;
+
+use crate::cli::GlobalOpts;
+use crate::error::Result;
+
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    pub id: String,
+}
+
+pub fn run(g: &GlobalOpts, a: StartArgs) -> Result<()> {
+    crate::sandbox::launch::start_container(g, &a.id)
+}

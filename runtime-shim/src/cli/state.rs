@@ -1,0 +1,21 @@
+//! `sandbox state`: the OCI state document of one container.
+
+use clap::Args;
+
+use crate::cli::GlobalOpts;
+use crate::error::Result;
+use crate::state::StateStore;
+
+#[derive(Args, Debug)]
+pub struct StateArgs {
+    pub id: String,
+}
+
+pub fn run(g: &GlobalOpts, a: StateArgs) -> Result<()> {
+    let rec = StateStore::new(&g.root).load(&a.id)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&rec.oci_state()).unwrap_or_default()
+    );
+    Ok(())
+}

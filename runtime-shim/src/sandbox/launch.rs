@@ -1,0 +1,284 @@
+//! The OCI lifecycle operations on the host side: create (start a monitor and wait until it
+//! reports the container created), start, kill and delete, with the spec's state rules.
+
+use std::ffi::OsString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use agent::protocol::ProcessRef;
+
+use crate::bundle::Bundle;
+use crate::cli::GlobalOpts;
+use crate::error::{Error, Result};
+use crate::sandbox::{link, native, vm};
+use crate::state::{
+    validate_id, write_atomic, ContainerRecord, HostProcess, Isolation, StateStore, Status,
+};
+
+/// The fd on which a monitor reports "ok" or the reason it failed.
+pub const READY_FD: i32 = 3;
+
+pub struct CreateOptions {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub console_socket: Option<PathBuf>,
+    pub pid_file: Option<PathBuf>,
+    /// Keep the monitor as a child of this process (`run`) instead of letting it go.
+    pub foreground: bool,
+    /// Give the container /dev/null as stdin instead of ours.
+    pub stdin_null: bool,
+    /// Host resources made for this container before it existed, released on delete.
+    pub cleanup: crate::state::Cleanup,
+}
+
+/// Creates the container and returns its monitor (as a child when `foreground`).
+pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Option<Child>)> {
+    validate_id(&o.id)?;
+    let store = StateStore::new(&g.root);
+    if store.exists(&o.id) {
+        return Err(Error::AlreadyExists(o.id.clone()));
+    }
+    // Check everything the caller can get wrong before anything is created.
+    let bundle = Bundle::load(&o.bundle)?;
+    let isolation = g.isolation();
+    if isolation == Isolation::Vm {
+        vm::preflight(g)?;
+    }
+    if let Some(sock) = &o.console_socket {
+        if !sock.exists() {
+            return Err(Error::Usage(format!(
+                "console socket {} does not exist",
+                sock.display()
+            )));
+        }
+    }
+    let dir = store.claim(&o.id)?;
+    let annotations = bundle
+        .spec
+        .annotations()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let rec = ContainerRecord {
+        id: o.id.clone(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        status: Status::Creating,
+        isolation,
+        created: crate::timefmt::now_rfc3339(),
+        annotations,
+        monitor: None,
+        backend: None,
+        container_pid: None,
+        agent_socket: match isolation {
+            Isolation::Native => dir.join(native::AGENT_SOCKET),
+            Isolation::Vm => dir.join(vm::VSOCK_SOCKET),
+        },
+        exit_code: None,
+        cleanup: o.cleanup.clone(),
+    };
+    if let Err(e) = store.save(&rec) {
+        let _ = store.remove(&o.id);
+        return Err(e);
+    }
+
+    let mut args: Vec<OsString> = vec!["__monitor".into(), "create".into(), o.id.clone().into()];
+    if let Some(sock) = &o.console_socket {
+        args.push("--console-socket".into());
+        args.push(sock.clone().into());
+    }
+    let (pid, child) = match spawn_monitor(g, &args, o.stdin_null) {
+        Ok(v) => v,
+        Err(e) => {
+            teardown(&store, &o.id);
+            return Err(e);
+        }
+    };
+    if let Some(pid_file) = &o.pid_file {
+        if let Err(e) = write_atomic(pid_file, pid.to_string().as_bytes()) {
+            teardown(&store, &o.id);
+            return Err(e);
+        }
+    }
+    Ok((pid, o.foreground.then_some(child)))
+}
+
+/// Starts `sandbox __monitor ARGS` in its own session and waits for its verdict on fd 3.
+pub fn spawn_monitor(g: &GlobalOpts, args: &[OsString], stdin_null: bool) -> Result<(i32, Child)> {
+    let exe = std::env::current_exe()
+        .map_err(|e| Error::io("find own executable", "/proc/self/exe", e))?;
+    let (rd, wr): (OwnedFd, OwnedFd) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--root").arg(&g.root);
+    cmd.arg("--isolation").arg(g.isolation().to_string());
+    cmd.arg("--image-store").arg(&g.image_store);
+    if g.allow_slow_kvm {
+        cmd.arg("--allow-slow-kvm");
+    }
+    if let Some(log) = &g.log {
+        cmd.arg("--log").arg(log);
+        cmd.arg("--log-format").arg(match g.log_format {
+            crate::cli::LogFormat::Json => "json",
+            crate::cli::LogFormat::Text => "text",
+        });
+    }
+    if g.debug {
+        cmd.arg("--debug");
+    }
+    cmd.args(args);
+    if stdin_null {
+        cmd.stdin(std::process::Stdio::null());
+    }
+    let wr_fd = wr.as_raw_fd();
+    // SAFETY: setsid and dup2 are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Signals we block for our own use must not stay blocked in the child.
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::dup2(wr_fd, READY_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::Other(format!("cannot start the monitor process: {e}")))?;
+    drop(wr);
+    let mut verdict = String::new();
+    let _ = std::fs::File::from(rd).read_to_string(&mut verdict);
+    let pid = child.id() as i32;
+    match verdict.trim_end() {
+        "ok" => Ok((pid, child)),
+        "" => {
+            let status = child.wait().ok();
+            Err(Error::Other(format!(
+                "the monitor process exited before the container was created ({})",
+                status.map(|s| s.to_string()).unwrap_or_default()
+            )))
+        }
+        msg => {
+            let _ = child.wait();
+            Err(Error::Other(msg.to_string()))
+        }
+    }
+}
+
+pub fn start_container(g: &GlobalOpts, id: &str) -> Result<()> {
+    let store = StateStore::new(&g.root);
+    let _lock = store.lock(id)?;
+    let mut rec = store.load(id)?;
+    let status = rec.live_status();
+    if status != Status::Created {
+        return Err(Error::WrongState {
+            id: id.to_string(),
+            status: status.to_string(),
+            action: "start",
+            needed: "created",
+        });
+    }
+    let mut client = link::connect(&rec)?;
+    client
+        .start_container(id)
+        .map_err(link::agent_err("start container"))?;
+    rec.status = Status::Running;
+    store.save(&rec)
+}
+
+pub fn kill_container(g: &GlobalOpts, id: &str, signal: i32, all: bool) -> Result<()> {
+    let store = StateStore::new(&g.root);
+    let rec = store.load(id)?;
+    let status = rec.live_status();
+    if !matches!(status, Status::Created | Status::Running) {
+        return Err(Error::WrongState {
+            id: id.to_string(),
+            status: status.to_string(),
+            action: "kill",
+            needed: "created or running",
+        });
+    }
+    let mut client = link::connect(&rec)?;
+    client
+        .signal(ProcessRef::init(id), signal, all)
+        .map_err(link::agent_err("signal container"))
+}
+
+pub fn delete_container(g: &GlobalOpts, id: &str, force: bool) -> Result<()> {
+    validate_id(id)?;
+    let store = StateStore::new(&g.root);
+    if !store.exists(id) {
+        return Err(Error::NotFound(id.to_string()));
+    }
+    match store.load(id) {
+        Ok(rec) => {
+            let status = rec.live_status();
+            // runc deletes created containers too (callers clean up failed starts that way).
+            if status == Status::Running && !force {
+                return Err(Error::WrongState {
+                    id: id.to_string(),
+                    status: status.to_string(),
+                    action: "delete",
+                    needed: "stopped (or pass --force)",
+                });
+            }
+            if status == Status::Creating && !force {
+                return Err(Error::WrongState {
+                    id: id.to_string(),
+                    status: status.to_string(),
+                    action: "delete",
+                    needed: "stopped (or pass --force)",
+                });
+            }
+        }
+        Err(Error::CorruptState { .. }) if force => {}
+        Err(e) => return Err(e),
+    }
+    teardown(&store, id);
+    Ok(())
+}
+
+/// Releases everything the container holds, whatever state it got to: asks the agent to kill
+/// the container, stops the monitor and back end, removes per-container files and TAPs, then
+/// the state directory. Each step tolerates what earlier failures left.
+pub fn teardown(store: &StateStore, id: &str) {
+    if let Ok(rec) = store.load(id) {
+        let alive = |p: &Option<HostProcess>| p.map(|p| p.alive()).unwrap_or(false);
+        if alive(&rec.backend) {
+            if let Ok(mut c) = link::connect(&rec) {
+                let _ = c.stream().set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = c.signal(ProcessRef::init(id), libc::SIGKILL, true);
+            }
+        }
+        // The monitor exits once the container has; give it a moment to record that.
+        wait_gone(rec.monitor, Duration::from_secs(3));
+        for p in [rec.monitor, rec.backend].into_iter().flatten() {
+            if p.alive() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p.pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        wait_gone(rec.backend, Duration::from_secs(3));
+        vm::release(&rec.cleanup);
+    }
+    let _ = store.remove(id);
+}
+
+fn wait_gone(p: Option<HostProcess>, limit: Duration) {
+    let Some(p) = p else { return };
+    let deadline = Instant::now() + limit;
+    while p.alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

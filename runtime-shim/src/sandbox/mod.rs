@@ -1,0 +1,12 @@
+//! Sandbox lifecycle: the monitor process that owns a sandbox, the native and vm back ends
+//! that run the agent, stdio plumbing and teardown.
+
+pub mod binaries;
+pub mod console;
+pub mod foreground;
+pub mod launch;
+pub mod link;
+pub mod monitor;
+pub mod native;
+pub mod stdio;
+pub mod vm;

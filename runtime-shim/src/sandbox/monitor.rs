@@ -1,0 +1,384 @@
+//! The monitor: one host process per container (and per detached exec) whose exit is the
+//! process's exit. It owns the back end (agent or VMM), pumps stdio between the caller's file
+//! descriptors and the agent, records the exit in the state directory, tears the back end
+//! down, and finally exits the way the process did, so runc callers that wait on the pid
+//! `create` reported see the container's own status.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use agent::protocol::{
+    Client, CreateContainer, Endpoint, ExecRequest, ExitStatus, ProcessRef, ProtocolError,
+};
+use clap::{Args, ValueEnum};
+
+use crate::bundle::Bundle;
+use crate::cli::GlobalOpts;
+use crate::error::{Error, Result};
+use crate::sandbox::console::{self, HostPty};
+use crate::sandbox::launch::READY_FD;
+use crate::sandbox::link::agent_err;
+use crate::sandbox::stdio::{self, HostStdio, Plumbing};
+use crate::sandbox::{native, vm};
+use crate::state::{HostProcess, Isolation, StateStore, Status};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum MonitorMode {
+    Create,
+    Exec,
+}
+
+#[derive(Args, Debug)]
+pub struct MonitorArgs {
+    #[arg(value_enum)]
+    pub mode: MonitorMode,
+    pub id: String,
+    #[arg(long = "console-socket")]
+    pub console_socket: Option<PathBuf>,
+    #[arg(long = "exec-id")]
+    pub exec_id: Option<String>,
+    /// The OCI process (JSON) to exec.
+    #[arg(long)]
+    pub process: Option<PathBuf>,
+}
+
+/// The back end of a sandbox, kept so it can be shut down when the container ends.
+pub enum Backend {
+    Native(native::NativeAgent),
+    Vm(Box<vm::VmInstance>),
+}
+
+impl Backend {
+    fn endpoint(&self) -> Endpoint {
+        match self {
+            Backend::Native(a) => a.endpoint.clone(),
+            Backend::Vm(v) => v.endpoint.clone(),
+        }
+    }
+
+    fn child(&mut self) -> &mut Child {
+        match self {
+            Backend::Native(a) => &mut a.child,
+            Backend::Vm(v) => &mut v.child,
+        }
+    }
+
+    fn what(&self) -> &'static str {
+        match self {
+            Backend::Native(_) => "sandbox-agent",
+            Backend::Vm(_) => "sandbox-vmm",
+        }
+    }
+
+    /// Asks the agent to clean up, then makes sure the process is gone.
+    fn shut_down(mut self) {
+        if let Ok(mut c) = Client::connect(self.endpoint()) {
+            let _ = c.stream().set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = c.destroy_sandbox(matches!(self, Backend::Vm(_)));
+        }
+        let child = self.child();
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+pub fn run(g: &GlobalOpts, a: MonitorArgs) -> Result<i32> {
+    // SAFETY: the launcher put the write end of the ready pipe on this fd for us alone.
+    let ready = unsafe { File::from_raw_fd(READY_FD) };
+    match a.mode {
+        MonitorMode::Create => monitor_container(g, &a, ready),
+        MonitorMode::Exec => monitor_exec(g, &a, ready),
+    }
+}
+
+fn report(mut ready: File, outcome: &Result<()>) {
+    let _ = match outcome {
+        Ok(()) => ready.write_all(b"ok\n"),
+        Err(e) => ready.write_all(format!("{e}\n").as_bytes()),
+    };
+}
+
+fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32> {
+    let store = StateStore::new(&g.root);
+    let id = a.id.clone();
+    // SIGWINCH is taken by a dedicated thread; block it before any thread exists.
+    block_sigwinch();
+    let mut backend: Option<Backend> = None;
+    let set_up = set_up_container(g, &store, a, &mut backend);
+    let (client, plumbing, pty) = match set_up {
+        Ok(v) => {
+            report(ready, &Ok(()));
+            v
+        }
+        Err(e) => {
+            log::error!("create {id}: {e}");
+            report(ready, &Err(e));
+            if let Some(b) = backend {
+                b.shut_down();
+            }
+            return Ok(1);
+        }
+    };
+    let mut client = client;
+    let backend = backend.expect("set-up succeeded with a back end");
+    if let Some(pty) = pty {
+        spawn_resize_forwarder(client.endpoint().clone(), ProcessRef::init(&id), pty);
+    }
+
+    let waited = client.wait(ProcessRef::init(&id));
+    plumbing.finish(Duration::from_secs(2));
+    let status = match waited {
+        Ok(s) => s,
+        Err(e) => {
+            // The agent or VMM went away under the container: say so, and report it as a
+            // failure rather than pretending the container exited.
+            let why = describe_backend_loss(&e, backend.what());
+            log::error!("container {id}: {why}");
+            let _ = std::fs::write(store.dir(&id).join("error"), format!("{why}\n"));
+            ExitStatus::exited(255)
+        }
+    };
+    record_exit(&store, &id, status);
+    backend.shut_down();
+    Ok(exit_like(status))
+}
+
+type Running = (Client, Plumbing, Option<HostPty>);
+
+fn set_up_container(
+    g: &GlobalOpts,
+    store: &StateStore,
+    a: &MonitorArgs,
+    backend: &mut Option<Backend>,
+) -> Result<Running> {
+    let id = &a.id;
+    let dir = store.dir(id);
+    let mut rec = store.load(id)?;
+    let bundle = Bundle::load(&rec.bundle)?;
+    let (rootfs, sandbox_cfg) = match rec.isolation {
+        Isolation::Native => {
+            *backend = Some(Backend::Native(native::start_agent(&dir)?));
+            (native::rootfs_source(&bundle.dir), None)
+        }
+        Isolation::Vm => {
+            let vm = vm::launch(g, &dir, &bundle, &mut rec.cleanup)?;
+            let r = (vm.rootfs.clone(), Some(vm.sandbox_config.clone()));
+            *backend = Some(Backend::Vm(Box::new(vm)));
+            r
+        }
+    };
+    let b = backend.as_mut().expect("just set");
+    rec.backend = HostProcess::of(b.child().id() as i32);
+    store.save(&rec)?;
+
+    let timeout = match rec.isolation {
+        Isolation::Native => Duration::from_secs(10),
+        Isolation::Vm => Duration::from_secs(60),
+    };
+    let mut client = connect_while_alive(b, timeout)?;
+    if let Some(cfg) = sandbox_cfg {
+        client
+            .create_sandbox(cfg)
+            .map_err(agent_err("configure the sandbox"))?;
+    }
+
+    let tty = bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    let (io, pty) = host_stdio(tty, a.console_socket.as_ref())?;
+    let spec = serde_json::to_value(&bundle.spec).map_err(|e| Error::Other(e.to_string()))?;
+    let pid = client
+        .create_container(CreateContainer {
+            container_id: id.clone(),
+            spec,
+            rootfs,
+            stdio: io.request(tty),
+        })
+        .map_err(agent_err("create container"))?;
+    let plumbing = stdio::attach(&client, &ProcessRef::init(id), tty, io)?;
+    if let Some(pty) = &pty {
+        if let Some((rows, cols)) = console::window_size(&pty.slave) {
+            let _ = client.resize_tty(ProcessRef::init(id), rows, cols);
+        }
+    }
+
+    let _lock = store.lock(id)?;
+    let mut rec = store.load(id)?;
+    rec.status = Status::Created;
+    rec.monitor = HostProcess::of(std::process::id() as i32);
+    rec.container_pid = Some(pid);
+    store.save(&rec)?;
+    Ok((client, plumbing, pty))
+}
+
+/// Connects to the agent, giving up early if the back end process dies meanwhile.
+fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
+    let deadline = Instant::now() + timeout;
+    let endpoint = b.endpoint();
+    loop {
+        match Client::connect_timeout(endpoint.clone(), Duration::from_millis(100)) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if let Ok(Some(status)) = b.child().try_wait() {
+                    return Err(Error::Agent(format!(
+                        "{} exited ({status}) before its agent answered",
+                        b.what()
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Agent(format!(
+                        "no answer from the agent within {}s: {e}",
+                        timeout.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// The host fds the process's stdio is joined to: the monitor's own stdio (inherited from
+/// the caller of `create`), or a fresh pty whose master goes to the console socket.
+fn host_stdio(tty: bool, console_socket: Option<&PathBuf>) -> Result<(HostStdio, Option<HostPty>)> {
+    let dup = |fd: std::os::fd::BorrowedFd<'_>| fd.try_clone_to_owned().ok();
+    if tty {
+        if let Some(sock) = console_socket {
+            let pty = console::open_pty()?;
+            console::send_console(sock, &pty.master)?;
+            // Make the slave our controlling terminal so a resize of the master reaches us
+            // as SIGWINCH.
+            // SAFETY: TIOCSCTTY on a pty slave we own, in our own session.
+            unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
+            let io = HostStdio {
+                stdin: dup(pty.slave.as_fd()),
+                stdout: dup(pty.slave.as_fd()),
+                stderr: None,
+            };
+            return Ok((io, Some(pty)));
+        }
+    }
+    let io = HostStdio {
+        stdin: dup(std::io::stdin().as_fd()),
+        stdout: dup(std::io::stdout().as_fd()),
+        stderr: dup(std::io::stderr().as_fd()),
+    };
+    Ok((io, None))
+}
+
+fn block_sigwinch() {
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(nix::sys::signal::Signal::SIGWINCH);
+    let _ = set.thread_block();
+}
+
+fn spawn_resize_forwarder(endpoint: Endpoint, process: ProcessRef, pty: HostPty) {
+    std::thread::spawn(move || {
+        let mut set = nix::sys::signal::SigSet::empty();
+        set.add(nix::sys::signal::Signal::SIGWINCH);
+        let Ok(mut client) = Client::connect(endpoint) else {
+            return;
+        };
+        // Keep the master open too: the caller may close its copy before the container ends.
+        let _master: OwnedFd = pty.master;
+        while set.wait().is_ok() {
+            if let Some((rows, cols)) = console::window_size(&pty.slave) {
+                if client.resize_tty(process.clone(), rows, cols).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+fn describe_backend_loss(e: &ProtocolError, what: &str) -> String {
+    format!("lost the connection to {what} while waiting for the container: {e}")
+}
+
+fn record_exit(store: &StateStore, id: &str, status: ExitStatus) {
+    let Ok(_lock) = store.lock(id) else { return };
+    if let Ok(mut rec) = store.load(id) {
+        rec.status = Status::Stopped;
+        rec.exit_code = Some(status.shell_code());
+        let _ = store.save(&rec);
+    }
+}
+
+/// Ends this process the way the container's process ended: the same exit code, or death by
+/// the same signal (with core dumps off, so a SIGSEGV'd container does not dump the monitor).
+pub fn exit_like(status: ExitStatus) -> i32 {
+    if let (None, Some(sig)) = (status.code, status.signal) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+        if let Ok(signal) = nix::sys::signal::Signal::try_from(sig) {
+            // SAFETY: restoring the default action of a signal before raising it.
+            unsafe {
+                let _ = nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigDfl);
+            }
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(signal);
+            let _ = set.thread_unblock();
+            let _ = nix::sys::signal::raise(signal);
+        }
+    }
+    status.shell_code()
+}
+
+fn monitor_exec(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32> {
+    block_sigwinch();
+    let store = StateStore::new(&g.root);
+    let exec_id = a.exec_id.clone().unwrap_or_default();
+    let started = (|| -> Result<(Client, Plumbing, Option<HostPty>)> {
+        let rec = store.load(&a.id)?;
+        let path = a
+            .process
+            .as_ref()
+            .ok_or_else(|| Error::Usage("exec monitor needs --process".into()))?;
+        let text = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+        let process: serde_json::Value =
+            serde_json::from_slice(&text).map_err(|e| Error::Usage(e.to_string()))?;
+        let tty = process["terminal"].as_bool().unwrap_or(false);
+        let mut client = crate::sandbox::link::connect(&rec)?;
+        let (io, pty) = host_stdio(tty, a.console_socket.as_ref())?;
+        let pref = ProcessRef::exec(&a.id, &exec_id);
+        client
+            .exec(ExecRequest {
+                container_id: a.id.clone(),
+                exec_id: exec_id.clone(),
+                process,
+                stdio: io.request(tty),
+            })
+            .map_err(agent_err("exec"))?;
+        let plumbing = stdio::attach(&client, &pref, tty, io)?;
+        Ok((client, plumbing, pty))
+    })();
+    let (mut client, plumbing, pty) = match started {
+        Ok(v) => {
+            report(ready, &Ok(()));
+            v
+        }
+        Err(e) => {
+            log::error!("exec in {}: {e}", a.id);
+            report(ready, &Err(e));
+            return Ok(1);
+        }
+    };
+    let pref = ProcessRef::exec(&a.id, &exec_id);
+    if let Some(pty) = pty {
+        spawn_resize_forwarder(client.endpoint().clone(), pref.clone(), pty);
+    }
+    let status = client.wait(pref).unwrap_or(ExitStatus::exited(255));
+    plumbing.finish(Duration::from_secs(2));
+    Ok(exit_like(status))
+}

@@ -1,0 +1,235 @@
+//! VM isolation: one `sandbox-vmm` per sandbox, booting the guest kernel with an initramfs
+//! whose /init is a static `sandbox-agent`. The container's rootfs reaches the guest as a
+//! read-only ext4 image cached by content, plus a per-container writable disk that the agent
+//! joins to it with overlayfs, so the cached image is never written.
+
+use std::fs::{self, File};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use agent::protocol::{Endpoint, RootfsSource, SandboxConfig, StorageConfig};
+
+use crate::bundle::Bundle;
+use crate::cli::GlobalOpts;
+use crate::error::{Error, IoContext, Result};
+use crate::image::disk;
+use crate::sandbox::binaries;
+use crate::state::Cleanup;
+
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
+const GUEST_CID: u32 = 3;
+const DEFAULT_VCPUS: u64 = 1;
+const DEFAULT_MEM_MIB: u64 = 256;
+/// Memory for the guest kernel and agent on top of the container's own limit.
+const GUEST_OVERHEAD_MIB: u64 = 64;
+const UPPER_DISK_MIB: u64 = 1024;
+
+const LOWER_MOUNT: &str = "/run/sandbox/lower";
+const UPPER_MOUNT: &str = "/run/sandbox/upper";
+const ROOTFS_MOUNT: &str = "/run/sandbox/rootfs";
+
+pub struct VmInstance {
+    pub child: Child,
+    pub endpoint: Endpoint,
+    pub rootfs: RootfsSource,
+    pub sandbox_config: SandboxConfig,
+}
+
+/// Refuses vm isolation where guest kernels would not run at hardware speed, unless the user
+/// asked for it explicitly. Never falls back to native isolation.
+pub fn preflight(g: &GlobalOpts) -> Result<()> {
+    let kvm = crate::cli::check::kvm_report();
+    if !kvm.usable {
+        return Err(Error::Vm(format!(
+            "KVM is not usable on this host: {}; use --isolation native to run without a VM",
+            kvm.detail
+        )));
+    }
+    if !kvm.hardware_speed && !g.allow_slow_kvm {
+        return Err(Error::Vm(format!(
+            "guest kernels do not run at hardware speed here ({}); a microVM would take minutes \
+             to boot. Pass --allow-slow-kvm to run it anyway, or choose --isolation native",
+            kvm.detail
+        )));
+    }
+    Ok(())
+}
+
+pub fn kernel_path() -> PathBuf {
+    std::env::var_os("SANDBOX_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL))
+}
+
+/// Builds (or reuses) the disks and starts the VMM.
+pub fn launch(
+    g: &GlobalOpts,
+    dir: &Path,
+    bundle: &Bundle,
+    cleanup: &mut Cleanup,
+) -> Result<VmInstance> {
+    let kernel = kernel_path();
+    if !kernel.is_file() {
+        return Err(Error::Vm(format!(
+            "guest kernel {} not found (build it with guest-kernel-config, or set SANDBOX_KERNEL)",
+            kernel.display()
+        )));
+    }
+    let vmm = binaries::find("sandbox-vmm", "SANDBOX_VMM")?;
+    let initrd = disk::agent_initramfs(&g.image_store)?;
+    let lower = disk::rootfs_image(&g.image_store, &bundle.rootfs)?;
+    let upper = dir.join("upper.img");
+    disk::writable_layer(&upper, UPPER_DISK_MIB)?;
+    cleanup.files.push(upper.clone());
+
+    let (vcpus, mem_mib) = vm_size(&bundle.spec);
+    let socket = dir.join(VSOCK_SOCKET);
+    let console = dir.join("console.log");
+    let log_path = dir.join("vmm.log");
+    let log = File::create(&log_path).ctx("create", &log_path)?;
+    let log2 = log.try_clone().ctx("dup", &log_path)?;
+    let mut cmd = Command::new(&vmm);
+    cmd.arg("--kernel")
+        .arg(&kernel)
+        .arg("--initrd")
+        .arg(&initrd)
+        .arg("--cmdline")
+        .arg("console=ttyS0 reboot=k panic=-1 quiet rdinit=/init")
+        .arg("--vcpus")
+        .arg(vcpus.to_string())
+        .arg("--mem-mib")
+        .arg(mem_mib.to_string())
+        .arg("--serial")
+        .arg(&console)
+        .arg("--disk")
+        .arg(format!("path={},ro=on", lower.display()))
+        .arg("--disk")
+        .arg(format!("path={}", upper.display()))
+        .arg("--vsock")
+        .arg(format!("cid={GUEST_CID},path={}", socket.display()))
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
+    // SAFETY: prctl is async-signal-safe; the VMM must not outlive its monitor.
+    unsafe {
+        cmd.pre_exec(|| {
+            // Signals we block for our own use must not stay blocked in the child.
+            let empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::Vm(format!("cannot start {}: {e}", vmm.display())))?;
+    Ok(VmInstance {
+        child,
+        endpoint: Endpoint::guest_agent(socket),
+        rootfs: RootfsSource::Directory {
+            path: ROOTFS_MOUNT.into(),
+        },
+        sandbox_config: guest_storage(),
+    })
+}
+
+/// The guest mounts: the shared read-only image, the container's writable disk, and the
+/// overlay of the two that becomes the container's rootfs.
+fn guest_storage() -> SandboxConfig {
+    SandboxConfig {
+        storage: vec![
+            StorageConfig {
+                source: "/dev/vda".into(),
+                fs_type: "ext4".into(),
+                mount_point: LOWER_MOUNT.into(),
+                read_only: true,
+                options: vec!["noload".into()],
+            },
+            StorageConfig {
+                source: "/dev/vdb".into(),
+                fs_type: "ext4".into(),
+                mount_point: UPPER_MOUNT.into(),
+                read_only: false,
+                options: vec![],
+            },
+            StorageConfig {
+                source: "overlay".into(),
+                fs_type: "overlay".into(),
+                mount_point: ROOTFS_MOUNT.into(),
+                read_only: false,
+                options: vec![format!(
+                    "lowerdir={LOWER_MOUNT},upperdir={UPPER_MOUNT}/upper,workdir={UPPER_MOUNT}/work"
+                )],
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+/// vCPUs and memory from the spec's limits: CPU quota/period rounded up, the memory limit
+/// plus room for the guest kernel; defaults where the spec sets none.
+pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    let vcpus = res
+        .and_then(|r| r.cpu().as_ref())
+        .and_then(|c| match (c.quota(), c.period()) {
+            (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_VCPUS)
+        .clamp(1, 32);
+    let mem = res
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .filter(|l| *l > 0)
+        .map(|l| (l as u64).div_ceil(1 << 20) + GUEST_OVERHEAD_MIB)
+        .unwrap_or(DEFAULT_MEM_MIB)
+        .max(128);
+    (vcpus, mem)
+}
+
+/// Removes per-container files recorded for cleanup.
+pub fn release(cleanup: &Cleanup) {
+    for m in &cleanup.mounts {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    for d in &cleanup.dirs {
+        let _ = fs::remove_dir_all(d);
+    }
+    for f in &cleanup.files {
+        let _ = fs::remove_file(f);
+    }
+    for tap in &cleanup.taps {
+        let mut cmd = Command::new("ip");
+        if let Some(ns) = &tap.netns {
+            cmd.arg("-n").arg(ns);
+        }
+        let _ = cmd
+            .args(["link", "del", &tap.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_follows_limits_with_defaults() {
+        let spec = oci_spec::runtime::Spec::default();
+        assert_eq!(vm_size(&spec), (DEFAULT_VCPUS, DEFAULT_MEM_MIB));
+        let spec: oci_spec::runtime::Spec = serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "linux": {"resources": {"cpu": {"quota": 150000, "period": 100000},
+                                    "memory": {"limit": 536870912}}}
+        }))
+        .unwrap();
+        assert_eq!(vm_size(&spec), (2, 512 + GUEST_OVERHEAD_MIB));
+    }
+}

@@ -1,0 +1,395 @@
+//! Runtime state: one directory per container under the runtime root, each holding a
+//! `state.json` that is only ever replaced whole (write a temporary file, fsync, rename), so a
+//! runtime that dies mid-update leaves either the old or the new record, never half of one.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+
+pub const STATE_FILE: &str = "state.json";
+pub const OCI_VERSION: &str = "1.2.0";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Stopped,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Vm,
+    Native,
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Isolation::Vm => "vm",
+            Isolation::Native => "native",
+        })
+    }
+}
+
+/// A host process named by pid and its start time, so a recycled pid is never mistaken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostProcess {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+impl HostProcess {
+    pub fn of(pid: i32) -> Option<Self> {
+        proc_start_time(pid).map(|start_time| HostProcess { pid, start_time })
+    }
+
+    /// True while the process exists, is not a zombie, and is the one we recorded.
+    pub fn alive(&self) -> bool {
+        match read_proc_stat(self.pid) {
+            Some((state, start)) => state != 'Z' && state != 'X' && start == self.start_time,
+            None => false,
+        }
+    }
+}
+
+/// Everything the runtime keeps about one container between invocations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerRecord {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub status: Status,
+    pub isolation: Isolation,
+    pub created: String,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The host process whose exit is the container's exit (the pid `create` reports).
+    pub monitor: Option<HostProcess>,
+    /// The per-sandbox `sandbox-agent` (native) or `sandbox-vmm` (vm) process.
+    pub backend: Option<HostProcess>,
+    /// The container's init pid as the agent sees it (a guest pid under vm isolation).
+    pub container_pid: Option<i32>,
+    /// Unix socket that reaches the agent (native: the agent's socket; vm: the vsock socket).
+    pub agent_socket: PathBuf,
+    /// Set once the container's init has exited: the wait status in shell form (128+n for a
+    /// signal).
+    pub exit_code: Option<i32>,
+    /// Files and resources to release on delete beyond the state directory itself.
+    #[serde(default)]
+    pub cleanup: Cleanup,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cleanup {
+    /// Per-container writable disk images (vm isolation).
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// TAP devices created for the VM, deleted in the namespace they live in.
+    #[serde(default)]
+    pub taps: Vec<TapRecord>,
+    /// Host mounts made for the container (the overlay rootfs of `sandbox run --image`).
+    #[serde(default)]
+    pub mounts: Vec<PathBuf>,
+    /// Directories made for the container (generated bundles).
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TapRecord {
+    pub name: String,
+    pub netns: Option<PathBuf>,
+}
+
+impl ContainerRecord {
+    /// The status as it really is now: a created/running container whose monitor is gone has
+    /// stopped, whatever the file says (the monitor may have been killed before it could record
+    /// that).
+    pub fn live_status(&self) -> Status {
+        match self.status {
+            Status::Created | Status::Running | Status::Creating => match &self.monitor {
+                Some(m) if m.alive() => self.status,
+                Some(_) => Status::Stopped,
+                None if self.status == Status::Creating => Status::Creating,
+                None => Status::Stopped,
+            },
+            Status::Stopped => Status::Stopped,
+        }
+    }
+
+    /// The OCI runtime-spec state document, with runc's extra fields.
+    pub fn oci_state(&self) -> serde_json::Value {
+        let status = self.live_status();
+        let pid = match status {
+            Status::Created | Status::Running => self.monitor.map(|m| m.pid).unwrap_or(0),
+            _ => 0,
+        };
+        serde_json::json!({
+            "ociVersion": OCI_VERSION,
+            "id": self.id,
+            "status": status.to_string(),
+            "pid": pid,
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "owner": "",
+            "annotations": self.annotations,
+        })
+    }
+}
+
+/// The runtime root: `<root>/<id>/state.json`.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    root: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        StateStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Claims the id: the directory is created exclusively, so two concurrent creates of one id
+    /// cannot both succeed.
+    pub fn claim(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        fs::create_dir_all(&self.root).ctx("create runtime root", &self.root)?;
+        let dir = self.dir(id);
+        match fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(Error::AlreadyExists(id.to_string()))
+            }
+            Err(e) => Err(Error::io("create state directory", dir, e)),
+        }
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.dir(id).is_dir()
+    }
+
+    pub fn load(&self, id: &str) -> Result<ContainerRecord> {
+        validate_id(id)?;
+        let path = self.dir(id).join(STATE_FILE);
+        let text = match fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.dir(id).is_dir() {
+                    return Err(Error::CorruptState {
+                        id: id.to_string(),
+                        path,
+                        reason: "state.json is missing (a create was interrupted); `delete --force` removes it".into(),
+                    });
+                }
+                return Err(Error::NotFound(id.to_string()));
+            }
+            Err(e) => return Err(Error::io("read state", path, e)),
+        };
+        serde_json::from_slice(&text).map_err(|e| Error::CorruptState {
+            id: id.to_string(),
+            path,
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn save(&self, rec: &ContainerRecord) -> Result<()> {
+        let dir = self.dir(&rec.id);
+        let data = serde_json::to_vec_pretty(rec).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomic(&dir.join(STATE_FILE), &data)
+    }
+
+    /// Ids of every container directory under the root, sorted.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        let mut ids = Vec::new();
+        let entries = match fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+            Err(e) => return Err(Error::io("list runtime root", &self.root, e)),
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if let Some(name) = entry.file_name().to_str() {
+                    if validate_id(name).is_ok() {
+                        ids.push(name.to_string());
+                    }
+                }
+            }
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub fn remove(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io("remove state directory", dir, e)),
+        }
+    }
+}
+
+/// An exclusive lock on one container's state, held while a command reads, checks and
+/// rewrites it, so `start` and the monitor's exit record cannot overwrite each other.
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl StateStore {
+    pub fn lock(&self, id: &str) -> Result<StateLock> {
+        validate_id(id)?;
+        let dir = self.dir(id);
+        if !dir.is_dir() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        let path = dir.join("lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .ctx("open lock", &path)?;
+        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| Error::sys("lock container state", e))?;
+        Ok(StateLock { _lock: lock })
+    }
+}
+
+/// Writes `data` to `path` so that readers see the old or the new contents, never a mix.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    };
+    write().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("write", path, e)
+    })
+}
+
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 1024
+        && !id.starts_with('.')
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidId(id.to_string()))
+    }
+}
+
+fn read_proc_stat(pid: i32) -> Option<(char, u64)> {
+    if pid <= 0 {
+        return None;
+    }
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first()?.chars().next()?;
+    // starttime is field 22 of the whole line, i.e. index 19 after pid and comm.
+    let start = fields.get(19)?.parse().ok()?;
+    Some((state, start))
+}
+
+pub fn proc_start_time(pid: i32) -> Option<u64> {
+    read_proc_stat(pid).map(|(_, s)| s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(validate_id("abc-1.2_3").is_ok());
+        for bad in ["", "../x", "a/b", ".hidden", "-flag", "sp ace"] {
+            assert!(
+                matches!(validate_id(bad), Err(Error::InvalidId(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn own_process_is_alive_and_recycled_pid_is_not() {
+        let me = HostProcess::of(std::process::id() as i32).unwrap();
+        assert!(me.alive());
+        let fake = HostProcess {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        assert!(!fake.alive());
+    }
+
+    #[test]
+    fn claim_is_exclusive_and_save_roundtrips() {
+        let tmp = std::env::temp_dir().join(format!("sandbox-state-test-{}", std::process::id()));
+        let store = StateStore::new(&tmp);
+        store.claim("c1").unwrap();
+        assert!(matches!(store.claim("c1"), Err(Error::AlreadyExists(_))));
+        assert!(matches!(store.load("c1"), Err(Error::CorruptState { .. })));
+        let rec = ContainerRecord {
+            id: "c1".into(),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            status: Status::Created,
+            isolation: Isolation::Native,
+            created: "now".into(),
+            annotations: Default::default(),
+            monitor: None,
+            backend: None,
+            container_pid: None,
+            agent_socket: "/s".into(),
+            exit_code: None,
+            cleanup: Default::default(),
+        };
+        store.save(&rec).unwrap();
+        let back = store.load("c1").unwrap();
+        assert_eq!(back.status, Status::Created);
+        // No monitor recorded for a created container: it cannot be running any more.
+        assert_eq!(back.live_status(), Status::Stopped);
+        assert_eq!(store.ids().unwrap(), vec!["c1".to_string()]);
+        store.remove("c1").unwrap();
+        assert!(matches!(store.load("c1"), Err(Error::NotFound(_))));
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+}
