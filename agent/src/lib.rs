@@ -3,3 +3,4 @@
 pub mod init;
 pub mod protocol;
 pub mod engine;
+pub mod server;

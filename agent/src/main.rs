@@ -1,4 +1,99 @@
-fn main() {
-    eprintln!("sandbox-agent: not built yet");
-    std::process::exit(1);
+//! `sandbox-agent`: PID 1 of a sandbox guest, or the native-isolation agent on the host.
+//!
+//! As PID 1 (no arguments needed) it sets up the guest, serves on vsock port 1024 and powers
+//! the VM off when the server ends. Natively it needs `--socket PATH` and serves there.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use agent::init;
+use agent::protocol::AGENT_VSOCK_PORT;
+use agent::server::{self, ListenAddr, Mode, ServerConfig};
+
+/// Default directory for per-container state in native mode.
+const NATIVE_ROOT: &str = "/run/sandbox-agent";
+/// Per-container state inside a guest (/run is a tmpfs there).
+const GUEST_ROOT: &str = "/run/sandbox-agent";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sandbox-agent",
+    version,
+    about = "Sandbox agent: guest PID 1 and container engine server"
+)]
+struct Args {
+    /// Serve on this unix socket (native isolation). Required unless running as PID 1.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Serve on AF_VSOCK at this port (guest). Implied as PID 1.
+    #[arg(long, value_name = "PORT", conflicts_with = "socket")]
+    vsock: Option<u32>,
+    /// Directory for per-container state.
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    if nix::unistd::getpid().as_raw() == 1 {
+        run_as_pid1()
+    } else {
+        run_native(Args::parse())
+    }
+}
+
+fn run_native(args: Args) -> ExitCode {
+    let listen = match (args.socket, args.vsock) {
+        (Some(path), None) => ListenAddr::Unix(path),
+        (None, Some(port)) => ListenAddr::Vsock { port },
+        _ => {
+            eprintln!("sandbox-agent: give --socket PATH (or --vsock PORT inside a guest)");
+            return ExitCode::from(2);
+        }
+    };
+    // Orphans of processes we start (an exec'd daemon's children) come back to us rather
+    // than to the host's init, so the reaper collects them.
+    // SAFETY: prctl with integer arguments only.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    let config = ServerConfig {
+        listen,
+        mode: Mode::Native,
+        root: args.root.unwrap_or_else(|| PathBuf::from(NATIVE_ROOT)),
+    };
+    match server::run(config) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sandbox-agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// PID 1 must never exit (the kernel panics): every path ends in power-off.
+fn run_as_pid1() -> ExitCode {
+    if let Err(e) = init::mounts::mount_pseudo_filesystems(std::path::Path::new("/")) {
+        eprintln!("sandbox-agent: {e}");
+    }
+    let missing = init::mounts::enable_cgroup_controllers(std::path::Path::new("/sys/fs/cgroup"));
+    if !missing.is_empty() {
+        eprintln!("sandbox-agent: cgroup controllers not available: {missing:?}");
+    }
+    let config = ServerConfig {
+        listen: ListenAddr::Vsock {
+            port: AGENT_VSOCK_PORT,
+        },
+        mode: Mode::Guest,
+        root: PathBuf::from(GUEST_ROOT),
+    };
+    match server::run(config) {
+        Ok(_) => eprintln!("sandbox-agent: sandbox destroyed, powering off"),
+        Err(e) => eprintln!("sandbox-agent: {e}; powering off"),
+    }
+    let Err(e) = init::power::power_off();
+    eprintln!("sandbox-agent: power off: {e}");
+    // Power-off failed: halting here keeps the kernel from panicking on PID 1's exit.
+    loop {
+        nix::unistd::pause();
+    }
 }

@@ -549,29 +549,24 @@ pub struct ContainerState {
     pub exit: Option<ExitStatus>,
 }
 
-/// cgroup figures of a container. Fields the host's cgroup does not provide are absent.
+/// cgroup figures of a container. Optional fields are absent where the host's cgroup
+/// layout does not provide them or where there is no limit.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStats {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_usage_usec: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_user_usec: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_system_usec: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_throttled_usec: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_usage_bytes: Option<u64>,
+    pub cpu_usage_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub memory_usage_bytes: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_limit_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub memory_swap_usage_bytes: Option<u64>,
+    pub memory_max_usage_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pids_current: Option<u64>,
+    pub swap_usage_bytes: Option<u64>,
+    pub pids_current: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids_limit: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub oom_kills: Option<u64>,
+    pub oom_kills: u64,
 }
 
 /// One OOM kill inside a container. `sequence` increases by one per event across the agent.

@@ -1,0 +1,127 @@
+//! The one place where the agent reaps children.
+//!
+//! A thread blocks in `waitpid(-1)` and hands each exit status to whoever watches that pid.
+//! Exits of pids nobody watches yet are kept for a while, because a fast process can exit
+//! before its creator has registered the pid; a sequence number taken before the spawn
+//! makes sure that an old status of a reused pid is never taken for the new process. The
+//! engine's own short-lived helper processes also end up here and are simply forgotten
+//! (the engine tolerates `ECHILD` for them). As PID 1 this is also what reaps orphans.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::protocol::ExitStatus;
+
+/// Unwatched exits kept for late registrations; older ones are dropped.
+const UNCLAIMED_LIMIT: usize = 4096;
+
+type Callback = Box<dyn FnOnce(ExitStatus) + Send>;
+
+#[derive(Default)]
+struct State {
+    /// Number of exits reaped so far; an exit's sequence number is the value after it.
+    sequence: u64,
+    watched: HashMap<i32, Callback>,
+    unclaimed: VecDeque<(u64, i32, ExitStatus)>,
+}
+
+/// Reaps every child of the agent and dispatches exit statuses by pid.
+pub struct Reaper {
+    state: Mutex<State>,
+    /// Wakes the reaping thread when it is idle because there were no children.
+    spawned: Condvar,
+}
+
+impl Reaper {
+    /// Starts the reaping thread.
+    pub fn start() -> Arc<Reaper> {
+        let reaper = Arc::new(Reaper {
+            state: Mutex::new(State::default()),
+            spawned: Condvar::new(),
+        });
+        let r = reaper.clone();
+        thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || r.run())
+            .expect("spawn the reaper thread");
+        reaper
+    }
+
+    /// To be called before spawning a process: wakes the thread and returns the mark to
+    /// pass to [`Reaper::watch`].
+    pub fn before_spawn(&self) -> u64 {
+        let state = self.state.lock().unwrap();
+        self.spawned.notify_all();
+        state.sequence
+    }
+
+    /// Calls `on_exit` once `pid` has exited, right away if it already has (after `mark`).
+    pub fn watch(&self, pid: i32, mark: u64, on_exit: impl FnOnce(ExitStatus) + Send + 'static) {
+        let mut state = self.state.lock().unwrap();
+        let early = state
+            .unclaimed
+            .iter()
+            .position(|(seq, p, _)| *p == pid && *seq > mark);
+        match early {
+            Some(i) => {
+                let (_, _, status) = state.unclaimed.remove(i).unwrap();
+                drop(state);
+                on_exit(status);
+            }
+            None => {
+                state.watched.insert(pid, Box::new(on_exit));
+            }
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
+                Ok(status) => {
+                    let (pid, exit) = match status {
+                        WaitStatus::Exited(pid, code) => (pid, ExitStatus::exited(code)),
+                        WaitStatus::Signaled(pid, sig, _) => {
+                            (pid, ExitStatus::signaled(sig as i32))
+                        }
+                        _ => continue,
+                    };
+                    self.dispatch(pid.as_raw(), exit);
+                }
+                Err(Errno::EINTR) => {}
+                Err(_) => {
+                    // ECHILD: nothing to reap until the next spawn (or an orphan arrives,
+                    // hence the timeout).
+                    let state = self.state.lock().unwrap();
+                    let _ = self
+                        .spawned
+                        .wait_timeout(state, Duration::from_millis(100))
+                        .unwrap();
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, pid: i32, exit: ExitStatus) {
+        let mut state = self.state.lock().unwrap();
+        state.sequence += 1;
+        let seq = state.sequence;
+        match state.watched.remove(&pid) {
+            Some(callback) => {
+                drop(state);
+                callback(exit);
+            }
+            None => {
+                if state.unclaimed.len() == UNCLAIMED_LIMIT {
+                    state.unclaimed.pop_front();
+                }
+                state.unclaimed.push_back((seq, pid, exit));
+            }
+        }
+    }
+}
