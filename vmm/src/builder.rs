@@ -68,7 +68,12 @@ pub struct VmmBuilder {
     cmdline_extra: Vec<String>,
     stop: StopHandle,
     legacy: LegacyDevices,
+    vcpu_thread_init: Option<VcpuThreadInit>,
+    start: Instant,
 }
+
+/// Called with the vCPU id on each vCPU thread before it runs the guest.
+pub type VcpuThreadInit = Arc<dyn Fn(u8) -> Result<(), String> + Send + Sync>;
 
 impl VmmBuilder {
     /// `start` is when the process started; the boot-complete port reports time since then.
@@ -85,7 +90,7 @@ impl VmmBuilder {
         }
         let memory = memory::create_guest_memory(config.mem_mib)?;
         let vm = Vm::new(&kvm)?;
-        vm.register_memory(&memory)?;
+        log::debug!("VM created after {} us", start.elapsed().as_micros());
         let stop = StopHandle::new();
         let mut pio_bus = Bus::new();
         let legacy =
@@ -101,7 +106,15 @@ impl VmmBuilder {
             cmdline_extra: Vec::new(),
             stop,
             legacy,
+            vcpu_thread_init: None,
+            start,
         })
+    }
+
+    /// Runs `init` at the start of every vCPU thread, before its first KVM_RUN (e.g. to
+    /// install the thread's seccomp filter). An error stops the VM.
+    pub fn on_vcpu_thread_start(&mut self, init: VcpuThreadInit) {
+        self.vcpu_thread_init = Some(init);
     }
 
     pub fn config(&self) -> &VmConfig {
@@ -150,6 +163,44 @@ impl VmmBuilder {
 
     /// Loads the guest, configures the vCPUs and starts them.
     pub fn start(self) -> Result<Vmm, BuildError> {
+        // Registering memory with KVM waits for an SRCU grace period, which takes
+        // milliseconds on a busy host; nothing but KVM_RUN needs the slots, so it overlaps
+        // with loading the guest and configuring the vCPUs.
+        let vcpus = std::thread::scope(|scope| {
+            let slots = scope.spawn(|| self.vm.register_memory(&self.memory));
+            let vcpus = self.load_and_configure();
+            let slots = slots.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            slots?;
+            vcpus
+        })?;
+        log::debug!(
+            "guest loaded and vCPUs configured after {} us",
+            self.start.elapsed().as_micros()
+        );
+
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for vcpu in vcpus {
+            match vcpu.spawn(self.stop.clone(), self.vcpu_thread_init.clone()) {
+                Ok(handle) => threads.push(handle),
+                Err(e) => {
+                    self.stop.request(VmExit::DeviceFailed {
+                        device: "vcpu".into(),
+                        message: e.to_string(),
+                    });
+                    stop_threads(&threads);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(Vmm {
+            threads,
+            stop: self.stop,
+            _vm: self.vm,
+            _memory: self.memory,
+        })
+    }
+
+    fn load_and_configure(&self) -> Result<Vec<Vcpu>, BuildError> {
         let mem = &self.memory;
         let kernel = loader::load_kernel(mem, &self.config.kernel)?;
         let initrd = match &self.config.initrd {
@@ -171,9 +222,7 @@ impl VmmBuilder {
             "{} kernel entry {:#x}, command line {:?}",
             kernel.format,
             kernel.entry.0,
-            cmdline
-                .as_cstring()
-                .map(|c| c.into_string().unwrap_or_default())
+            cmdline.as_cstring().map(|c| c.into_string().unwrap_or_default())
         );
 
         let boot = BootSetup {
@@ -189,26 +238,7 @@ impl VmmBuilder {
             vcpu.configure(&boot)?;
             vcpus.push(vcpu);
         }
-        let mut threads = Vec::with_capacity(vcpus.len());
-        for vcpu in vcpus {
-            match vcpu.spawn(self.stop.clone()) {
-                Ok(handle) => threads.push(handle),
-                Err(e) => {
-                    self.stop.request(VmExit::DeviceFailed {
-                        device: "vcpu".into(),
-                        message: e.to_string(),
-                    });
-                    stop_threads(&threads);
-                    return Err(e.into());
-                }
-            }
-        }
-        Ok(Vmm {
-            threads,
-            stop: self.stop,
-            _vm: self.vm,
-            _memory: self.memory,
-        })
+        Ok(vcpus)
     }
 }
 

@@ -13,20 +13,24 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::arch::x86_64::cpu_template::CpuTemplate;
 use crate::arch::x86_64::layout::HIMEM_START;
-use crate::devices::bus::Bus;
+use std::sync::{Arc, Mutex};
+
+use crate::devices::bus::{Bus, BusDevice};
 use crate::hypervisor::{self, KVM_PATH, REQUIRED_CAPS};
 use crate::vstate::memory::create_guest_memory;
-use crate::vstate::stop::StopHandle;
+use crate::vstate::stop::{StopHandle, VmExit};
 use crate::vstate::vcpu::{self, BootSetup, Vcpu};
 use crate::vstate::vm::Vm;
 
 /// Loop iterations the probe runs.
-pub const PROBE_ITERATIONS: u32 = 100_000;
+pub const PROBE_ITERATIONS: u32 = 50_000;
 /// Give up after this long and call kernel mode emulated.
 pub const PROBE_TIME_LIMIT: Duration = Duration::from_secs(1);
 /// At or above this rate guest kernel code runs on the CPU, not in an emulator.
 pub const HARDWARE_SPEED_THRESHOLD: f64 = 5.0e7;
-/// Port the probe writes to when the loop is done.
+/// Ports the probe writes to right before and right after the loop: timing between the two
+/// exits leaves out VM entry and the first page faults.
+const PROBE_START_PORT: u16 = 0x81;
 const PROBE_DONE_PORT: u16 = 0x80;
 
 #[derive(Debug, Serialize)]
@@ -121,9 +125,9 @@ pub fn run_check() -> CheckReport {
     report
 }
 
-/// mov ecx, N; 1: dec ecx; jnz 1b; out PROBE_DONE_PORT, al; hlt
+/// out START, al; mov ecx, N; 1: dec ecx; jnz 1b; out DONE, al; hlt
 fn probe_code(iterations: u32) -> Vec<u8> {
-    let mut code = vec![0xb9];
+    let mut code = vec![0xe6, PROBE_START_PORT as u8, 0xb9];
     code.extend_from_slice(&iterations.to_le_bytes());
     code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xe6, PROBE_DONE_PORT as u8, 0xf4]);
     code
@@ -135,11 +139,15 @@ pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, Stri
     vm.register_memory(&mem).map_err(|e| e.to_string())?;
     mem.write_slice(&probe_code(PROBE_ITERATIONS), GuestAddress(HIMEM_START))
         .map_err(|e| e.to_string())?;
-    // The probe's only port write ends the run.
+    // The first port write starts the clock, the second stops it and ends the run.
     let stop = StopHandle::new();
     let mut pio = Bus::new();
-    let done = std::sync::Arc::new(std::sync::Mutex::new(ProbeDone(stop.clone())));
-    pio.insert(done, u64::from(PROBE_DONE_PORT), 1)
+    let marks = Arc::new(Mutex::new(ProbeMarks {
+        stop: stop.clone(),
+        start: None,
+        done: None,
+    }));
+    pio.insert(marks.clone(), u64::from(PROBE_DONE_PORT), 2)
         .map_err(|e| e.to_string())?;
     let mut vcpu = Vcpu::new(&vm, 0, pio, Bus::new()).map_err(|e| e.to_string())?;
     vcpu.configure(&BootSetup {
@@ -158,7 +166,7 @@ pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, Stri
     let this_thread = unsafe { libc::pthread_self() };
     let watchdog = std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(PROBE_TIME_LIMIT) {
-            timed_out_stop.request(crate::vstate::stop::VmExit::GuestReset);
+            timed_out_stop.request(VmExit::GuestReset);
             // SAFETY: the probing thread is alive until it joins this watchdog.
             unsafe { libc::pthread_kill(this_thread, vcpu::kick_signal()) };
         }
@@ -187,14 +195,24 @@ pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, Stri
     })
 }
 
-struct ProbeDone(StopHandle);
+struct ProbeMarks {
+    stop: StopHandle,
+    start: Option<Instant>,
+    done: Option<Instant>,
+}
 
-impl crate::devices::bus::BusDevice for ProbeDone {
+impl BusDevice for ProbeMarks {
     fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn write(&mut self, _: u64, _: u64, _: &[u8]) {
-        self.0.request(crate::vstate::stop::VmExit::GuestReset);
+    fn write(&mut self, base: u64, offset: u64, _: &[u8]) {
+        let now = Instant::now();
+        if base + offset == u64::from(PROBE_START_PORT) {
+            self.start = Some(now);
+        } else if self.start.is_some() {
+            self.done = Some(now);
+            self.stop.request(VmExit::GuestReset);
+        }
     }
 }
 

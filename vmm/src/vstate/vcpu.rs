@@ -61,6 +61,8 @@ pub enum VcpuError {
     Run(kvm_ioctls::Error),
     #[error("cannot spawn the vCPU thread: {0}")]
     Spawn(std::io::Error),
+    #[error("vCPU thread set-up failed: {0}")]
+    ThreadInit(String),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
 }
@@ -210,13 +212,26 @@ impl Vcpu {
 
     /// Starts the vCPU on its own thread. The thread ends when the VM stops; an error it hits
     /// stops the VM.
-    pub fn spawn(self, stop: StopHandle) -> Result<JoinHandle<()>, VcpuError> {
+    pub fn spawn(
+        self,
+        stop: StopHandle,
+        init: Option<crate::builder::VcpuThreadInit>,
+    ) -> Result<JoinHandle<()>, VcpuError> {
         install_kick_handler()?;
         let id = self.id;
         std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
                 let mut vcpu = self;
+                if let Some(init) = init {
+                    if let Err(message) = init(id) {
+                        stop.request(VmExit::VcpuFailed {
+                            vcpu: id,
+                            error: VcpuError::ThreadInit(message),
+                        });
+                        return;
+                    }
+                }
                 if let Err(error) = vcpu.run_loop(&stop) {
                     stop.request(VmExit::VcpuFailed { vcpu: id, error });
                 }
