@@ -31,7 +31,7 @@ pub struct CreateOptions {
     pub stdio: Stdio,
     /// Parent of the container's cgroup when the spec has no `linux.cgroupsPath`:
     /// absolute from the hierarchy root, relative to the engine's own cgroup. Default
-    /// `sandbox`.
+    /// `/sandbox`.
     pub cgroup_parent: Option<String>,
     /// Use MS_MOVE + chroot instead of pivot_root (needed where the root is the initramfs;
     /// a failing pivot_root falls back to this by itself).
@@ -137,7 +137,7 @@ impl Container {
         let cgroup_path = match linux.cgroups_path() {
             Some(p) => p.to_string_lossy().into_owned(),
             None => {
-                let parent = opts.cgroup_parent.as_deref().unwrap_or("sandbox");
+                let parent = opts.cgroup_parent.as_deref().unwrap_or("/sandbox");
                 format!("{}/{}", parent.trim_end_matches('/'), opts.id)
             }
         };

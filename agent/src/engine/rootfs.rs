@@ -71,6 +71,13 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
     }
     devices::pts_and_shm(&plan.rootfs, &spec_mounted)?;
     devices::symlinks(&plan.rootfs)?;
+    // Like runc, a missing working directory is created rather than refused.
+    if let Some(p) = plan.spec.process() {
+        let cwd = secure_join(&plan.rootfs, p.cwd());
+        if !cwd.exists() {
+            fs::create_dir_all(&cwd).map_err(|e| format!("process.cwd: mkdir {}: {e}", p.cwd().display()))?;
+        }
+    }
     Ok(())
 }
 

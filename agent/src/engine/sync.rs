@@ -178,7 +178,7 @@ mod tests {
             assert_eq!(a.recv().unwrap().unwrap().0, m);
         }
         drop(b);
-        assert_eq!(a.recv().unwrap(), None);
+        assert!(a.recv().unwrap().is_none());
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub(crate) enum Layout {
 #[derive(Debug)]
 pub(crate) struct Cgroup {
     pub layout: Layout,
+    /// Ancestor directories this cgroup's creation made, removed again when empty.
+    pub created_parents: Vec<PathBuf>,
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, EngineError> {
@@ -232,9 +234,10 @@ impl Cgroup {
                     })?;
                 let own2 = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.as_path());
                 let dir = resolve(m, own2, path);
-                v2::create(&m.mountpoint, &dir)?;
+                let created = v2::create(&m.mountpoint, &dir)?;
                 Cgroup {
                     layout: Layout::V2(dir),
+                    created_parents: created,
                 }
             }
             CgroupVersion::V1 => {
@@ -265,19 +268,25 @@ impl Cgroup {
                         "no cgroup v1 hierarchies mounted".into(),
                     ));
                 }
-                let cg = Cgroup {
-                    layout: Layout::V1(hs),
+                let mut cg = Cgroup {
+                    layout: Layout::V1(Vec::new()),
+                    created_parents: Vec::new(),
                 };
-                if let Layout::V1(hs) = &cg.layout {
-                    for (i, h) in hs.iter().enumerate() {
-                        if let Err(e) = v1::create(h) {
-                            for done in &hs[..i] {
-                                let _ = fs::remove_dir(&done.dir);
-                            }
+                let mut done = Vec::new();
+                for h in hs {
+                    match v1::create(&h) {
+                        Ok(created) => {
+                            cg.created_parents.extend(created);
+                            done.push(h);
+                        }
+                        Err(e) => {
+                            cg.layout = Layout::V1(done);
+                            let _ = cg.remove();
                             return Err(e);
                         }
                     }
                 }
+                cg.layout = Layout::V1(done);
                 cg
             }
         };
@@ -377,6 +386,10 @@ impl Cgroup {
                     Err(e) => return Err(EngineError::cgroup(dir, "rmdir", e)),
                 }
             }
+        }
+        // Deepest first; one still used by another container stays (EBUSY / ENOTEMPTY).
+        for dir in self.created_parents.iter().rev() {
+            let _ = fs::remove_dir(dir);
         }
         Ok(())
     }

@@ -39,14 +39,19 @@ fn need<'a>(hs: &'a [Hierarchy], c: &str) -> Result<&'a Hierarchy, EngineError> 
 
 /// mkdir -p; a new cpuset cgroup starts with empty cpus and mems, which would refuse any
 /// process, so they are copied from the parent on the way down.
-pub(super) fn create(h: &Hierarchy) -> Result<(), EngineError> {
+pub(super) fn create(h: &Hierarchy) -> Result<Vec<PathBuf>, EngineError> {
+    let mut created = Vec::new();
     let rel = h.dir.strip_prefix(&h.mountpoint).unwrap_or(Path::new(""));
     let mut cur = h.mountpoint.clone();
     for comp in rel.components() {
         let parent = cur.clone();
         cur.push(comp);
         match fs::create_dir(&cur) {
-            Ok(()) => {}
+            Ok(()) => {
+                if cur != h.dir {
+                    created.push(cur.clone());
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(EngineError::cgroup(&cur, "mkdir", e)),
         }
@@ -59,7 +64,7 @@ pub(super) fn create(h: &Hierarchy) -> Result<(), EngineError> {
             }
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 fn limit(v: i64) -> String {

@@ -12,7 +12,8 @@ use crate::engine::error::EngineError;
 
 const WANTED: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
 
-pub(super) fn create(mountpoint: &Path, dir: &Path) -> Result<(), EngineError> {
+pub(super) fn create(mountpoint: &Path, dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
+    let mut created = Vec::new();
     let rel = dir.strip_prefix(mountpoint).unwrap_or(Path::new(""));
     let mut cur = mountpoint.to_path_buf();
     for comp in rel.components() {
@@ -28,12 +29,16 @@ pub(super) fn create(mountpoint: &Path, dir: &Path) -> Result<(), EngineError> {
         }
         cur.push(comp);
         match fs::create_dir(&cur) {
-            Ok(()) => {}
+            Ok(()) => {
+                if cur != dir {
+                    created.push(cur.clone());
+                }
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(EngineError::cgroup(&cur, "mkdir", e)),
         }
     }
-    Ok(())
+    Ok(created)
 }
 
 /// cpu.shares (2..=262144) to cpu.weight (1..=10000), the conversion runc and crun use.
