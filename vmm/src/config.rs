@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::arch::x86_64::cpu_template::CpuTemplate;
 use crate::arch::x86_64::mptable;
+use crate::devices::virtio::block::{BlockConfig, BlockConfigError};
 
 pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -75,6 +76,10 @@ fn default_mem_mib() -> u64 {
     DEFAULT_MEM_MIB
 }
 
+fn default_true() -> bool {
+    true
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -93,6 +98,15 @@ pub struct VmConfig {
     pub serial: SerialOutput,
     #[serde(default)]
     pub cpu_template: CpuTemplate,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<BlockConfig>,
+    /// A virtio-rng entropy device.
+    #[serde(default)]
+    pub rng: bool,
+    /// Per-thread seccomp filters; off only for debugging.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +127,11 @@ pub enum ConfigError {
     ZeroVcpus,
     #[error("at most {max} vCPUs are supported, not {requested}")]
     TooManyVcpus { requested: u8, max: u8 },
+    #[error("disk {index}: {source}")]
+    Disk {
+        index: usize,
+        source: BlockConfigError,
+    },
 }
 
 impl VmConfig {
@@ -125,6 +144,9 @@ impl VmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             serial: SerialOutput::default(),
             cpu_template: CpuTemplate::default(),
+            disks: Vec::new(),
+            rng: false,
+            seccomp: true,
         }
     }
 
@@ -156,6 +178,10 @@ impl VmConfig {
                 requested: self.vcpus,
                 max: mptable::MAX_CPUS,
             });
+        }
+        for (index, disk) in self.disks.iter().enumerate() {
+            disk.validate()
+                .map_err(|source| ConfigError::Disk { index, source })?;
         }
         Ok(())
     }
@@ -233,6 +259,28 @@ mod tests {
             VmConfig::new("").validate(),
             Err(ConfigError::NoKernel)
         ));
+    }
+
+    #[test]
+    fn virtio_devices_in_json() {
+        let cfg = parse(
+            r#"{"kernel": "k", "rng": true, "seccomp": false,
+                "disks": [{"path": "/a.img"}, {"path": "/b.img", "read_only": true, "id": "data"}]}"#,
+        )
+        .unwrap();
+        assert!(cfg.rng && !cfg.seccomp);
+        assert_eq!(cfg.disks.len(), 2);
+        assert!(cfg.disks[1].read_only);
+        assert_eq!(cfg.disks[1].id.as_deref(), Some("data"));
+        cfg.validate().unwrap();
+        assert!(parse(r#"{"kernel": "k"}"#).unwrap().seccomp);
+        let bad =
+            parse(r#"{"kernel": "k", "disks": [{"path": "/a", "id": "has space"}]}"#).unwrap();
+        assert!(matches!(
+            bad.validate(),
+            Err(ConfigError::Disk { index: 0, .. })
+        ));
+        assert!(parse(r#"{"kernel": "k", "disks": [{"path": "/a", "size": 1}]}"#).is_err());
     }
 
     #[test]

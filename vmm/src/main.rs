@@ -11,6 +11,9 @@ use clap::{Args, Parser, Subcommand};
 
 use vmm::arch::x86_64::cpu_template::CpuTemplate;
 use vmm::config::{SerialOutput, VmConfig};
+use vmm::devices::virtio::attach::VirtioDevices;
+use vmm::devices::virtio::block::BlockConfig;
+use vmm::devices::virtio::event_loop::EventLoopHandle;
 use vmm::{check, exit_code, logger, VmExit, VmmBuilder};
 
 #[derive(Parser)]
@@ -59,6 +62,25 @@ struct RunArgs {
     /// CPU template: none (all KVM supports) or minimal (baseline x86-64).
     #[arg(long)]
     cpu_template: Option<CpuTemplate>,
+    /// Attach a virtio-blk disk backed by a raw image; repeat for several disks (vda, vdb,
+    /// ...). ro=on offers it read-only; id= sets the serial the guest reads (up to 20 chars).
+    #[arg(long, value_name = "path=IMG[,ro=on][,id=ID]")]
+    disk: Vec<BlockConfig>,
+    /// Attach a virtio-rng entropy device fed by the host's getrandom.
+    #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
+          value_parser = parse_on_off)]
+    rng: Option<bool>,
+    /// Do not install the per-thread seccomp filters (debugging only).
+    #[arg(long)]
+    no_seccomp: bool,
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got `{s}`")),
+    }
 }
 
 impl RunArgs {
@@ -88,6 +110,14 @@ impl RunArgs {
         if let Some(template) = self.cpu_template {
             config.cpu_template = template;
         }
+        // Disks given as flags come after those of the config file.
+        config.disks.extend(self.disk);
+        if let Some(rng) = self.rng {
+            config.rng = rng;
+        }
+        if self.no_seccomp {
+            config.seccomp = false;
+        }
         Ok(config)
     }
 }
@@ -100,18 +130,39 @@ fn run_vm(args: RunArgs, start: Instant) -> i32 {
             return exit_code::SETUP_ERROR;
         }
     };
-    let vmm = match VmmBuilder::new(&config, start).and_then(|b| b.start()) {
-        Ok(vmm) => vmm,
+    let (vmm, devices) = match build_vm(&config, start) {
+        Ok(v) => v,
         Err(e) => {
             eprintln!("sandbox-vmm: {e}");
             return exit_code::SETUP_ERROR;
         }
     };
     let exit = vmm.wait();
+    if let Err(e) = devices.stop() {
+        eprintln!("sandbox-vmm: {e}");
+    }
     if !matches!(exit, VmExit::GuestReset) {
         eprintln!("sandbox-vmm: VM stopped: {exit}");
     }
     exit.exit_code()
+}
+
+/// Builds the VM with its virtio devices and starts the device event loop and the vCPUs.
+fn build_vm(
+    config: &VmConfig,
+    start: Instant,
+) -> Result<(vmm::Vmm, EventLoopHandle), Box<dyn std::error::Error>> {
+    let mut builder = VmmBuilder::new(config, start)?;
+    let mut virtio = VirtioDevices::new()?;
+    virtio.attach_configured(&mut builder, config)?;
+    let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
+    match builder.start() {
+        Ok(vmm) => Ok((vmm, devices)),
+        Err(e) => {
+            let _ = devices.stop();
+            Err(e.into())
+        }
+    }
 }
 
 fn main() -> ExitCode {

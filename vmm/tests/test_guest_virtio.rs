@@ -48,7 +48,6 @@ fn guest_blk_pattern() -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "sandbox-vmm does not take --disk yet"]
 fn blk_writes_and_reads_back_through_the_image() {
     if !kvm_available("blk_writes_and_reads_back_through_the_image") {
         return;
@@ -108,7 +107,6 @@ fn blk_writes_and_reads_back_through_the_image() {
 }
 
 #[test]
-#[ignore = "sandbox-vmm does not take --rng yet"]
 fn rng_gives_the_guest_random_bytes() {
     if !kvm_available("rng_gives_the_guest_random_bytes") {
         return;

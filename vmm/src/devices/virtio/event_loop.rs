@@ -92,20 +92,28 @@ impl DeviceEventLoop {
     }
 
     /// Starts the loop on its own thread. `setup` runs first on that thread (the VMM installs
-    /// the thread's seccomp filter there); if it fails the loop does not start.
-    pub fn spawn<F>(mut self, setup: F) -> Result<EventLoopHandle, EventLoopError>
+    /// the thread's seccomp filter there); if it fails the loop does not start. `on_failure`
+    /// is called on the thread if the loop ends with an error, so the VM can be stopped.
+    pub fn spawn<F, E>(mut self, setup: F, on_failure: E) -> Result<EventLoopHandle, EventLoopError>
     where
         F: FnOnce() -> Result<(), String> + Send + 'static,
+        E: FnOnce(&EventLoopError) + Send + 'static,
     {
         let stop_evt = self.stop_evt.try_clone().map_err(EventLoopError::EventFd)?;
         let thread = std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
-                setup().map_err(EventLoopError::Setup)?;
-                while !self.stopped.load(Ordering::SeqCst) {
-                    self.run_once(-1)?;
+                let result = setup().map_err(EventLoopError::Setup).and_then(|()| {
+                    while !self.stopped.load(Ordering::SeqCst) {
+                        self.run_once(-1)?;
+                    }
+                    Ok(())
+                });
+                if let Err(e) = &result {
+                    error!("{e}");
+                    on_failure(e);
                 }
-                Ok(())
+                result
             })
             .map_err(EventLoopError::Spawn)?;
         Ok(EventLoopHandle { stop_evt, thread })
@@ -148,11 +156,14 @@ mod tests {
         el.add(rng.clone());
         let (tx, rx) = std::sync::mpsc::channel();
         let handle = el
-            .spawn(move || {
-                tx.send(std::thread::current().name().map(String::from))
-                    .unwrap();
-                Ok(())
-            })
+            .spawn(
+                move || {
+                    tx.send(std::thread::current().name().map(String::from))
+                        .unwrap();
+                    Ok(())
+                },
+                |e| panic!("loop failed: {e}"),
+            )
             .unwrap();
         assert_eq!(rx.recv().unwrap().as_deref(), Some(THREAD_NAME));
 
@@ -184,7 +195,14 @@ mod tests {
     #[test]
     fn failed_setup_is_reported() {
         let el = DeviceEventLoop::new().unwrap();
-        let handle = el.spawn(|| Err("no filter".into())).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = el
+            .spawn(
+                || Err("no filter".into()),
+                move |e| tx.send(e.to_string()).unwrap(),
+            )
+            .unwrap();
+        assert!(rx.recv().unwrap().contains("no filter"));
         assert!(matches!(handle.stop(), Err(EventLoopError::Setup(m)) if m == "no filter"));
     }
 }

@@ -1,0 +1,176 @@
+//! Puts virtio devices into a VM being built: each gets a virtio-mmio transport in the next
+//! MMIO slot (announced on the kernel command line), an irqfd for its interrupt line, one
+//! ioeventfd per queue on QueueNotify (datamatch = queue index), and a place on the device
+//! event loop.
+
+use std::sync::{Arc, Mutex};
+
+use event_manager::MutEventSubscriber;
+use log::info;
+
+use super::block::{Block, BlockError};
+use super::event_loop::{DeviceEventLoop, EventLoopError, EventLoopHandle};
+use super::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use super::rng::Rng;
+use super::VirtioDevice;
+use crate::builder::{BuildError, VmmBuilder};
+use crate::config::VmConfig;
+use crate::device_manager::MmioSlot;
+use crate::vstate::stop::{StopHandle, VmExit};
+use crate::vstate::vm::VmError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("disk {index} ({path}): {source}")]
+    Disk {
+        index: usize,
+        path: String,
+        #[source]
+        source: BlockError,
+    },
+    #[error("virtio-rng: cannot create its eventfd: {0}")]
+    Rng(#[source] std::io::Error),
+    #[error("{device}: virtio-mmio transport: {source}")]
+    Transport {
+        device: String,
+        #[source]
+        source: MmioError,
+    },
+    #[error("{device}: {source}")]
+    Slot {
+        device: String,
+        #[source]
+        source: Box<BuildError>,
+    },
+    #[error("{device}: {source}")]
+    Kvm {
+        device: String,
+        #[source]
+        source: VmError,
+    },
+    #[error(transparent)]
+    EventLoop(#[from] EventLoopError),
+}
+
+/// A device that has been placed in the VM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttachedDevice {
+    pub name: String,
+    pub slot: MmioSlot,
+}
+
+/// The virtio devices of one VM and the event loop that will serve them.
+pub struct VirtioDevices {
+    event_loop: DeviceEventLoop,
+    attached: Vec<AttachedDevice>,
+}
+
+impl VirtioDevices {
+    pub fn new() -> Result<Self, AttachError> {
+        Ok(Self {
+            event_loop: DeviceEventLoop::new()?,
+            attached: Vec::new(),
+        })
+    }
+
+    pub fn attached(&self) -> &[AttachedDevice] {
+        &self.attached
+    }
+
+    /// Attaches every device `config` asks for, in a fixed order (disks, then the entropy
+    /// device) so that a guest sees the same layout for the same configuration.
+    pub fn attach_configured(
+        &mut self,
+        builder: &mut VmmBuilder,
+        config: &VmConfig,
+    ) -> Result<(), AttachError> {
+        for (index, disk) in config.disks.iter().enumerate() {
+            let block = Block::from_config(disk).map_err(|source| AttachError::Disk {
+                index,
+                path: disk.path.display().to_string(),
+                source,
+            })?;
+            self.attach(builder, &format!("virtio-blk{index}"), block)?;
+        }
+        // NICs (`--net`) and the vsock device (`--vsock`) attach here, after the disks.
+        if config.rng {
+            let rng = Rng::new().map_err(AttachError::Rng)?;
+            self.attach(builder, "virtio-rng", rng)?;
+        }
+        Ok(())
+    }
+
+    /// Places one device in the VM; see the module comment.
+    pub fn attach<D>(
+        &mut self,
+        builder: &mut VmmBuilder,
+        name: &str,
+        device: D,
+    ) -> Result<MmioSlot, AttachError>
+    where
+        D: VirtioDevice + MutEventSubscriber + Send + 'static,
+    {
+        let device = Arc::new(Mutex::new(device));
+        let transport =
+            MmioTransport::new(builder.memory().clone(), device.clone()).map_err(|source| {
+                AttachError::Transport {
+                    device: name.to_string(),
+                    source,
+                }
+            })?;
+        let transport = Arc::new(Mutex::new(transport));
+        let slot = builder
+            .attach_mmio_device(transport.clone())
+            .map_err(|source| AttachError::Slot {
+                device: name.to_string(),
+                source: Box::new(source),
+            })?;
+        let kvm_err = |source| AttachError::Kvm {
+            device: name.to_string(),
+            source,
+        };
+        {
+            let t = transport.lock().unwrap_or_else(|e| e.into_inner());
+            builder
+                .vm()
+                .register_irqfd(t.interrupt().irq_evt(), slot.irq)
+                .map_err(kvm_err)?;
+            for (index, evt) in t.queue_evts().iter().enumerate() {
+                builder
+                    .vm()
+                    .register_mmio_ioevent_datamatch(
+                        evt,
+                        slot.addr + QUEUE_NOTIFY_OFFSET,
+                        index as u32,
+                    )
+                    .map_err(kvm_err)?;
+            }
+        }
+        self.event_loop.add(device);
+        info!(
+            "{name} at {:#x} irq {} ({})",
+            slot.addr,
+            slot.irq,
+            slot.cmdline_param()
+        );
+        self.attached.push(AttachedDevice {
+            name: name.to_string(),
+            slot,
+        });
+        Ok(slot)
+    }
+
+    /// Starts the device event-loop thread. `setup` runs on it first (its seccomp filter);
+    /// if the loop fails later, the VM is stopped with the reason.
+    pub fn start<F>(self, setup: F, stop: StopHandle) -> Result<EventLoopHandle, AttachError>
+    where
+        F: FnOnce() -> Result<(), String> + Send + 'static,
+    {
+        Ok(self.event_loop.spawn(setup, move |error| {
+            stop.request(VmExit::DeviceFailed {
+                device: "device event loop".into(),
+                message: error.to_string(),
+            })
+        })?)
+    }
+}
