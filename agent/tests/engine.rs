@@ -396,3 +396,232 @@ fn rootfs_propagation_and_pivot_root_fallback() {
     c.destroy().unwrap();
     assert_eq!(s, "/bin/busybox\n1\n");
 }
+
+fn cgroup_v2() -> bool {
+    agent::engine::CgroupVersion::detect().unwrap() == agent::engine::CgroupVersion::V2
+}
+
+#[test]
+fn cgroup_resources_seen_from_inside() {
+    let b = Bundle::new("cgroup");
+    let script = if cgroup_v2() {
+        "cd /sys/fs/cgroup; cat memory.max memory.swap.max pids.max cpu.max cpu.weight cpuset.cpus; cat /proc/self/cgroup"
+    } else {
+        "cd /sys/fs/cgroup; cat memory/memory.limit_in_bytes memory/memory.memsw.limit_in_bytes \
+         pids/pids.max cpu/cpu.cfs_quota_us cpu/cpu.cfs_period_us cpu/cpu.shares cpuset/cpuset.cpus; \
+         grep -E ':(memory|pids):' /proc/self/cgroup"
+    };
+    let mut v = spec(script);
+    v["linux"]["resources"] = json!({
+        "memory": {"limit": 67108864, "swap": 134217728},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+        "pids": {"limit": 20}
+    });
+    let o = run("engine-cgroup", &b, v);
+    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    let want = if cgroup_v2() {
+        // swap.max is the swap alone; weight converted from 512 shares.
+        "67108864\n67108864\n20\n50000 100000\n20\n0\n0::/\n"
+    } else {
+        // With a cgroup namespace the container's cgroup is its root.
+        "67108864\n134217728\n20\n50000\n100000\n512\n0\n8:pids:/\n4:memory:/\n"
+    };
+    assert_eq!(o.stdout, want);
+}
+
+#[test]
+fn cgroup_without_namespace_shows_only_its_own_directory() {
+    let b = Bundle::new("cgroupbind");
+    let mut v = spec(if cgroup_v2() { "cat /sys/fs/cgroup/pids.max" } else { "cat /sys/fs/cgroup/pids/pids.max; ls /sys/fs/cgroup/pids | grep -c sandbox" });
+    v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}]);
+    v["linux"]["resources"] = json!({"pids": {"limit": 33}});
+    let o = run("engine-cgroupbind", &b, v);
+    assert!(o.stdout.starts_with("33\n"), "{} {}", o.stdout, o.stderr);
+}
+
+/// A container running `sleep`, with its output discarded.
+fn sleeper(id: &str, b: &Bundle, mut v: Value) -> Container {
+    v["process"]["args"] = json!(["sleep", "1000"]);
+    let mut c = Container::create(opts(id, b, v, Stdio::Null)).unwrap();
+    c.start().unwrap();
+    c
+}
+
+fn exec_output(c: &Container, p: Value) -> (ExitStatus, String) {
+    let process: oci_spec::runtime::Process = serde_json::from_value(p).unwrap();
+    let (mut out_r, out_w) = pipe();
+    let (_e, err_w) = pipe();
+    let e = c
+        .exec(&process, Stdio::Fds { stdin: None, stdout: out_w, stderr: err_w })
+        .unwrap();
+    let mut s = String::new();
+    out_r.read_to_string(&mut s).unwrap();
+    (e.wait().unwrap(), s)
+}
+
+#[test]
+fn exec_joins_namespaces_cgroup_and_applies_its_own_process() {
+    let b = Bundle::new("exec");
+    let mut v = spec("");
+    v["linux"]["resources"] = json!({"pids": {"limit": 50}});
+    let c = sleeper("engine-exec", &b, v);
+    let init_ns: Vec<String> = ["pid", "mnt", "net", "uts", "ipc", "cgroup"]
+        .iter()
+        .map(|n| fs::read_link(format!("/proc/{}/ns/{n}", c.pid())).unwrap().display().to_string())
+        .collect();
+    let (status, out) = exec_output(&c, json!({
+        "user": {"uid": 1234, "gid": 1234},
+        "args": ["sh", "-c", "for n in pid mnt net uts ipc cgroup; do readlink /proc/self/ns/$n; done; \
+                  hostname; grep -E '^(Uid|CapEff|NoNewPrivs):' /proc/self/status; echo $X; pwd; \
+                  ps -o pid,comm | grep -c sleep"],
+        "env": ["PATH=/bin", "X=exec-env"],
+        "cwd": "/tmp",
+        "noNewPrivileges": true,
+        "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                         "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]}
+    }));
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(&lines[..6], init_ns.iter().map(String::as_str).collect::<Vec<_>>().as_slice());
+    assert_eq!(
+        &lines[6..],
+        &["engine-test", "Uid:\t1234\t1234\t1234\t1234", "CapEff:\t0000000000000020", "NoNewPrivs:\t1", "exec-env", "/tmp", "1"]
+    );
+    // The exec'd process was counted in the container's cgroup while it ran.
+    assert_eq!(c.stats().unwrap().pids_limit, Some(50));
+    c.destroy().unwrap();
+}
+
+#[test]
+fn exec_exit_codes_signals_and_missing_programs() {
+    let b = Bundle::new("execstatus");
+    let c = sleeper("engine-execstatus", &b, spec(""));
+    let (status, _) = exec_output(&c, json!({"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "exit 42"], "cwd": "/"}));
+    assert_eq!(status, ExitStatus::Code(42));
+    let process: oci_spec::runtime::Process =
+        serde_json::from_value(json!({"user": {"uid": 0, "gid": 0}, "args": ["sleep", "100"], "cwd": "/"})).unwrap();
+    let e = c.exec(&process, Stdio::Null).unwrap();
+    nix::sys::signal::kill(e.pid(), Signal::SIGTERM).unwrap();
+    assert_eq!(e.wait().unwrap(), ExitStatus::Signal(libc::SIGTERM));
+    let missing: oci_spec::runtime::Process =
+        serde_json::from_value(json!({"user": {"uid": 0, "gid": 0}, "args": ["no-such-program"], "cwd": "/"})).unwrap();
+    let err = c.exec(&missing, Stdio::Null).unwrap_err().to_string();
+    assert!(err.contains("process.args[0]") && err.contains("no-such-program"), "{err}");
+    c.destroy().unwrap();
+}
+
+#[test]
+fn signals_reach_the_init_and_all_processes() {
+    let b = Bundle::new("signal");
+    let mut c = sleeper("engine-signal", &b, spec(""));
+    assert_eq!(c.state(), agent::engine::ContainerState::Running);
+    c.signal(Signal::SIGKILL, false).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signal(libc::SIGKILL));
+    // Once reaped, the pid is not ours to signal any more.
+    assert!(c.signal(Signal::SIGTERM, false).is_err());
+    c.destroy().unwrap();
+
+    let mut v = spec("trap 'exit 3' TERM; sleep 1000 & wait");
+    v["process"]["args"] = json!(["sh", "-c", "trap 'exit 3' TERM; sleep 1000 & wait"]);
+    let mut c = Container::create(opts("engine-signal-all", &b, v, Stdio::Null)).unwrap();
+    c.start().unwrap();
+    // Give the shell time to install its trap and fork sleep.
+    for _ in 0..200 {
+        if c.stats().unwrap().pids_current >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(c.stats().unwrap().pids_current, 2);
+    c.signal(Signal::SIGTERM, true).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Code(3));
+    c.destroy().unwrap();
+}
+
+#[test]
+fn terminal_from_the_containers_devpts_with_console_size() {
+    let b = Bundle::new("tty");
+    let mut v = spec("tty; stty size; ls -l /dev/console | cut -c1");
+    v["process"]["terminal"] = json!(true);
+    v["process"]["consoleSize"] = json!({"height": 40, "width": 100});
+    let mut c = Container::create(opts("engine-tty", &b, v, Stdio::Pty)).unwrap();
+    let master = fs::File::from(c.pty_master().expect("a pty master"));
+    c.start().unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut m = &master;
+    // The master reads EIO once the last slave holder exits.
+    while let Ok(n) = m.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
+    c.destroy().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out), "/dev/pts/0\r\n40 100\r\nc\r\n");
+}
+
+#[test]
+fn exec_with_a_terminal() {
+    let b = Bundle::new("exectty");
+    let c = sleeper("engine-exectty", &b, spec(""));
+    let process: oci_spec::runtime::Process = serde_json::from_value(json!({
+        "terminal": true, "consoleSize": {"height": 24, "width": 80},
+        "user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "tty; stty size"], "cwd": "/"
+    }))
+    .unwrap();
+    let mut e = c.exec(&process, Stdio::Pty).unwrap();
+    let master = fs::File::from(e.pty_master().unwrap());
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    let mut m = &master;
+    while let Ok(n) = m.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(e.wait().unwrap(), ExitStatus::Code(0));
+    c.destroy().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("/dev/pts/") && out.ends_with("\r\n24 80\r\n"), "{out}");
+}
+
+#[test]
+fn stats_update_and_oom_events() {
+    let b = Bundle::new("oom");
+    let mut v = spec("");
+    v["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}, "pids": {"limit": 10}});
+    let c = sleeper("engine-oom", &b, v);
+    let s = c.stats().unwrap();
+    assert_eq!(s.memory_limit, Some(33554432));
+    assert_eq!(s.pids_limit, Some(10));
+    assert_eq!(s.pids_current, 1);
+    assert!(s.memory_usage > 0);
+    assert_eq!(s.oom_kills, 0);
+
+    let r: oci_spec::runtime::LinuxResources = serde_json::from_value(json!({"pids": {"limit": 15}})).unwrap();
+    c.update(&r).unwrap();
+    let (_, out) = exec_output(&c, json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
+        "args": ["sh", "-c", if cgroup_v2() { "cat /sys/fs/cgroup/pids.max" } else { "cat /sys/fs/cgroup/pids/pids.max" }]}));
+    assert_eq!(out, "15\n");
+    let bad: oci_spec::runtime::LinuxResources = serde_json::from_value(json!({"memory": {"limit": -5}})).unwrap();
+    assert_eq!(
+        c.update(&bad).unwrap_err().to_string(),
+        "invalid spec: linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5"
+    );
+
+    let watcher = c.oom_events().unwrap();
+    // 64 MiB of buffer in a 32 MiB cgroup without swap: the OOM killer ends it.
+    let (status, _) = exec_output(&c, json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
+        "args": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]}));
+    assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
+    let mut fds = [nix::poll::PollFd::new(watcher.fd(), nix::poll::PollFlags::POLLIN)];
+    let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
+    assert_eq!(n, 1, "OOM event delivered");
+    watcher.drain();
+    assert!(watcher.oom_kills().unwrap() >= 1);
+    assert!(c.stats().unwrap().oom_kills >= 1);
+    c.destroy().unwrap();
+}
