@@ -5,7 +5,8 @@
  * driven one at a time by polling the used rings (interrupts stay masked). Each device gets a
  * short exercise and one CHECK/FAIL line, then is reset so that it stops using guest memory.
  *   blk:   reads sectors 0-7 (the test knows the image), writes a pattern to sectors 8-15,
- *          reads it back, flushes, and reads past the end (must fail with an I/O error)
+ *          reads it back, flushes, and reads past the end (must fail with an I/O error);
+ *          on a read-only disk the write must fail with an I/O error instead
  *   rng:   two 64-byte reads that are neither zero nor equal
  *   net:   sends an ARP request for NET_PEER_IP from NET_OWN_IP and waits for the reply
  *   vsock: accepts connections and echoes every byte until the peer shuts down
@@ -42,6 +43,7 @@
 
 #define VIRTIO_F_VERSION_1        (1 << 32)
 #define VIRTIO_BLK_F_FLUSH        (1 << 9)
+#define VIRTIO_BLK_F_RO           (1 << 5)
 #define VIRTIO_NET_F_MAC          (1 << 5)
 
 #define DEVICE_NET                1
@@ -59,7 +61,7 @@
 #define VQ_LAST_USED              0x800
 #define DESC_F_NEXT               1
 #define DESC_F_WRITE              2
-#define VQ_TIMEOUT                30000000
+#define VQ_TIMEOUT                10000000
 
 #define BLK_T_IN                  0
 #define BLK_T_OUT                 1
@@ -481,7 +483,7 @@ blk_test:
     push %rdi
     push %r13
     push %r14
-    mov $(VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH), %rax
+    mov $(VIRTIO_F_VERSION_1 | VIRTIO_BLK_F_FLUSH | VIRTIO_BLK_F_RO), %rax
     call virtio_init
     jc 99f
     mov %rax, %r14                      /* negotiated features */
@@ -515,7 +517,7 @@ blk_test:
     PRINTHEX " read0_fnv1a=", %rax
     PRINT "\n"
 
-    /* A pattern written to sectors 8-15 and read back. */
+    /* A pattern written to sectors 8-15 and read back; a read-only disk must refuse it. */
     lea blk_buffer_b(%rip), %rdi
     xor %ecx, %ecx
 1:  imul $13, %ecx, %eax
@@ -529,7 +531,15 @@ blk_test:
     mov $BLK_TEST_SECTOR, %ebx
     call blk_request
     jc 91f
-    test %eax, %eax
+    test $VIRTIO_BLK_F_RO, %r14d
+    jz 4f
+    cmp $BLK_S_IOERR, %eax
+    jne 95f
+    PRINTHEX "CHECK blk_readonly ok capacity=", %r13
+    PRINTHEX " write_status=", %rax
+    PRINT "\n"
+    jmp 99f
+4:  test %eax, %eax
     jnz 92f
     lea blk_buffer_a(%rip), %rsi
     mov %rsi, %rdi
@@ -593,6 +603,9 @@ blk_test:
     PRINT "\n"
     jmp 99f
 94: PRINTHEX "FAIL blk_bounds status=", %rax
+    PRINT "\n"
+    jmp 99f
+95: PRINTHEX "FAIL blk_readonly write_status=", %rax
     PRINT "\n"
 99: pop %r14
     pop %r13

@@ -52,57 +52,79 @@ fn blk_writes_and_reads_back_through_the_image() {
     if !kvm_available("blk_writes_and_reads_back_through_the_image") {
         return;
     }
+    // Two disks in one VM: a writable one and a read-only one with different contents.
     let dir = TempDir::new("test-guest-blk");
-    let image_path = dir.file("disk.img");
-    let image = image_pattern(1 << 20);
-    std::fs::write(&image_path, &image).unwrap();
+    let rw_path = dir.file("rw.img");
+    let ro_path = dir.file("ro.img");
+    let rw_image = image_pattern(1 << 20);
+    let ro_image: Vec<u8> = image_pattern(3 << 19).iter().map(|b| !b).collect();
+    std::fs::write(&rw_path, &rw_image).unwrap();
+    std::fs::write(&ro_path, &ro_image).unwrap();
 
-    let args = GuestArgs::new(64, 1).with("--disk", format!("path={}", image_path.display()));
+    let args = GuestArgs::new(64, 1)
+        .with("--disk", format!("path={}", rw_path.display()))
+        .with("--disk", format!("path={},ro=on", ro_path.display()));
     let (_run, report) = args.boot();
     let text = report.text();
     assert_eq!(
         virtio_devices(&report).iter().filter(|d| d.0 == 2).count(),
-        1,
+        2,
         "{text}"
     );
 
-    let blk_line = report
-        .records("BLK")
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no BLK line:\n{text}"));
-    assert_eq!(
-        hex_field_or_panic(blk_line, "capacity"),
-        (image.len() / SECTOR) as u64,
-        "{text}"
-    );
-    assert_eq!(
-        hex_field_or_panic(blk_line, "read0_fnv1a"),
-        u64::from(fnv1a32(&image[..BLK_TEST_BYTES])),
-        "the guest did not read the image's first sectors:\n{text}"
-    );
+    // Each disk, in the order given, shows its own size and first sectors.
+    let blk_lines = report.records("BLK");
+    assert_eq!(blk_lines.len(), 2, "{text}");
+    for (line, image) in blk_lines.iter().zip([&rw_image, &ro_image]) {
+        assert_eq!(
+            hex_field_or_panic(line, "capacity"),
+            (image.len() / SECTOR) as u64,
+            "{text}"
+        );
+        assert_eq!(
+            hex_field_or_panic(line, "read0_fnv1a"),
+            u64::from(fnv1a32(&image[..BLK_TEST_BYTES])),
+            "the guest did not read the image's first sectors:\n{text}"
+        );
+    }
     let check = report.check("blk");
+    assert_eq!(
+        hex_field_or_panic(check, "capacity"),
+        (rw_image.len() / SECTOR) as u64,
+        "the write test ran on the wrong disk:\n{text}"
+    );
     assert_eq!(
         hex_field_or_panic(check, "written_sector"),
         BLK_TEST_SECTOR as u64
     );
+    assert_eq!(hex_field_or_panic(check, "flushed"), 1, "{text}");
     report.check("blk_bounds");
+    let readonly = report.check("blk_readonly");
+    assert_eq!(
+        hex_field_or_panic(readonly, "capacity"),
+        (ro_image.len() / SECTOR) as u64,
+        "{text}"
+    );
 
     // The write landed in the file exactly where the guest asked, and nowhere else.
-    let after = std::fs::read(&image_path).unwrap();
-    assert_eq!(after.len(), image.len(), "the image changed size");
+    let after = std::fs::read(&rw_path).unwrap();
+    assert_eq!(after.len(), rw_image.len(), "the image changed size");
     let at = BLK_TEST_SECTOR * SECTOR;
     assert!(
         after[at..at + BLK_TEST_BYTES] == guest_blk_pattern()[..],
         "the guest's pattern is not in the image at sector {BLK_TEST_SECTOR}"
     );
     assert!(
-        after[..at] == image[..at],
+        after[..at] == rw_image[..at],
         "the image changed before the write"
     );
     assert!(
-        after[at + BLK_TEST_BYTES..] == image[at + BLK_TEST_BYTES..],
+        after[at + BLK_TEST_BYTES..] == rw_image[at + BLK_TEST_BYTES..],
         "the image changed after the write"
+    );
+    assert!(
+        std::fs::read(&ro_path).unwrap() == ro_image,
+        "the read-only image changed"
     );
 }
 
