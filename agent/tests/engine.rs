@@ -625,3 +625,204 @@ fn stats_update_and_oom_events() {
     assert!(c.stats().unwrap().oom_kills >= 1);
     c.destroy().unwrap();
 }
+
+/// Processes whose cgroup path names `id`, from every /proc/PID/cgroup.
+fn processes_in_cgroups_named(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cg) = fs::read_to_string(e.path().join("cgroup")) {
+            if cg.contains(&format!("/{id}\n")) {
+                found.push(name);
+            }
+        }
+    }
+    found
+}
+
+fn cgroup_dirs_named(id: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![PathBuf::from("/sys/fs/cgroup")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                if e.file_name() == id {
+                    found.push(e.path());
+                }
+                stack.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+fn assert_nothing_left(id: &str, b: &Bundle) {
+    assert_eq!(cgroup_dirs_named(id), Vec::<PathBuf>::new(), "cgroup left behind");
+    assert_eq!(processes_in_cgroups_named(id), Vec::<String>::new(), "processes left behind");
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains(b.path().to_str().unwrap()), "mounts left behind: {host}");
+}
+
+fn create_err(id: &str, b: &Bundle, v: Value) -> String {
+    match Container::create(opts(id, b, v, Stdio::Null)) {
+        Ok(_) => panic!("{id}: create succeeded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn bad_specs_name_the_field_and_leave_nothing() {
+    let b = Bundle::new("badspec");
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        ("memory", Box::new(|v| v["linux"]["resources"] = json!({"memory": {"limit": -5}})),
+         "linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5"),
+        ("period", Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"period": 10}})),
+         "linux.resources.cpu.period: must be 1000-1000000"),
+        ("shares", Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"shares": 1}})),
+         "linux.resources.cpu.shares: must be 2-262144, got 1"),
+        ("cpus", Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"cpus": "3-1"}})),
+         "linux.resources.cpu.cpus: bad range"),
+        ("pids", Box::new(|v| v["linux"]["resources"] = json!({"pids": {"limit": -7}})),
+         "linux.resources.pids.limit: must be -1 (unlimited) or positive, got -7"),
+        ("mountns", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "pid"}])),
+         "linux.namespaces: a mount namespace is required"),
+        ("dupns", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "mount"}])),
+         "linux.namespaces[1].type: mnt namespace listed twice"),
+        ("nspath", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "network", "path": "/nonexistent/netns"}, {"type": "uts"}])),
+         "linux.namespaces[1].path: cannot open /nonexistent/netns"),
+        ("hostname", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}])),
+         "hostname: needs a UTS namespace"),
+        ("root", Box::new(|v| v["root"]["path"] = json!("no-such-rootfs")),
+         "root.path:"),
+        ("args", Box::new(|v| v["process"]["args"] = json!([])),
+         "process.args: must name the program to run"),
+        ("cwd", Box::new(|v| v["process"]["cwd"] = json!("relative")),
+         "process.cwd: must be absolute"),
+        ("rlimit", Box::new(|v| v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}])),
+         "process.rlimits[0].soft: must not exceed hard (10 > 5)"),
+        ("ambient", Box::new(|v| v["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_ADMIN"])),
+         "process.capabilities.ambient: CAP_SYS_ADMIN must also be in permitted and inheritable"),
+        ("oomscore", Box::new(|v| v["process"]["oomScoreAdj"] = json!(5000)),
+         "process.oomScoreAdj: must be between -1000 and 1000, got 5000"),
+        ("sysctl", Box::new(|v| v["linux"]["sysctl"] = json!({"vm.swappiness": "10"})),
+         "linux.sysctl.vm.swappiness: is not namespaced"),
+        ("seccomp", Box::new(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}]})),
+         "linux.seccomp.syscalls[0].action: errnoRet is only valid with SCMP_ACT_ERRNO"),
+        ("device", Box::new(|v| v["linux"]["devices"] = json!([{"path": "dev/x", "type": "c", "major": 1, "minor": 3}])),
+         "linux.devices[0].path: must be absolute"),
+        ("mountdest", Box::new(|v| v["mounts"] = json!([{"destination": "data", "type": "tmpfs"}])),
+         "mounts[0].destination: must be absolute"),
+        ("propagation", Box::new(|v| v["linux"]["rootfsPropagation"] = json!("sideways")),
+         "linux.rootfsPropagation: unknown propagation"),
+        ("cgpath", Box::new(|v| v["linux"]["cgroupsPath"] = json!("/sandbox/../../escape")),
+         "linux.cgroupsPath: must not contain `..`"),
+        ("uidmap", Box::new(|v| v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}])),
+         "linux.uidMappings: id mappings need a new user namespace"),
+    ];
+    for (name, edit, want) in cases {
+        let mut v = spec("true");
+        edit(&mut v);
+        let id = format!("engine-bad-{name}");
+        let err = create_err(&id, &b, v);
+        assert!(err.contains(want), "{name}: got {err:?}, want {want:?}");
+        assert_nothing_left(&id, &b);
+    }
+}
+
+#[test]
+fn failures_inside_the_container_leave_nothing_behind() {
+    let b = Bundle::new("latefail");
+    // Fails while the init builds the rootfs: after the cgroup and namespaces exist.
+    let mut v = spec("true");
+    v["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}));
+    v["linux"]["resources"] = json!({"memory": {"limit": 67108864}});
+    let err = create_err("engine-latefail", &b, v);
+    assert!(err.contains("mounts[7] (/x)") && err.contains("nosuchfs"), "{err}");
+    assert_nothing_left("engine-latefail", &b);
+
+    // Fails in the intermediate process: a bind source that vanished.
+    let mut v = spec("true");
+    v["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "bind", "source": "/nonexistent/src", "options": ["bind"]}));
+    let err = create_err("engine-latefail2", &b, v);
+    assert!(err.contains("/nonexistent/src"), "{err}");
+    assert_nothing_left("engine-latefail2", &b);
+
+    // Fails at start: the program does not exist. The init exits 127 and destroy cleans up.
+    let mut c = Container::create(opts("engine-nostart", &b, {
+        let mut v = spec("true");
+        v["process"]["args"] = json!(["/bin/no-such-program"]);
+        v
+    }, Stdio::Null)).unwrap();
+    let err = c.start().unwrap_err().to_string();
+    assert!(err.contains("process.args[0]: /bin/no-such-program"), "{err}");
+    assert_eq!(c.wait().unwrap(), ExitStatus::Code(127));
+    c.destroy().unwrap();
+    assert_nothing_left("engine-nostart", &b);
+}
+
+#[test]
+fn destroy_kills_everything_and_removes_the_cgroup() {
+    let b = Bundle::new("destroy");
+    let mut v = spec("");
+    v["process"]["args"] = json!(["sh", "-c", "sleep 1000 & sleep 1000 & sleep 1000"]);
+    let mut c = Container::create(opts("engine-destroy", &b, v, Stdio::Null)).unwrap();
+    let dirs = c.cgroup_dirs();
+    assert!(dirs.iter().all(|d| d.is_dir()));
+    // A created container (not started) is destroyed the same way.
+    c.start().unwrap();
+    for _ in 0..200 {
+        if c.stats().unwrap().pids_current == 3 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(processes_in_cgroups_named("engine-destroy").len(), 3);
+    c.destroy().unwrap();
+    assert!(dirs.iter().all(|d| !d.exists()));
+    assert_nothing_left("engine-destroy", &b);
+
+    let c = Container::create(opts("engine-destroy-created", &b, spec("true"), Stdio::Null)).unwrap();
+    assert_eq!(c.state(), agent::engine::ContainerState::Created);
+    c.destroy().unwrap();
+    assert_nothing_left("engine-destroy-created", &b);
+
+    // Dropping without destroy cleans up too.
+    drop(Container::create(opts("engine-destroy-drop", &b, spec("true"), Stdio::Null)).unwrap());
+    assert_nothing_left("engine-destroy-drop", &b);
+}
+
+#[test]
+fn joins_a_network_namespace_by_path() {
+    let name = format!("engine-test-{}", std::process::id());
+    let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+    assert!(ok.success());
+    let path = format!("/var/run/netns/{name}");
+    let want = format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap()));
+    let b = Bundle::new("netns");
+    let mut v = spec("readlink /proc/self/ns/net");
+    v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "uts"},
+                                      {"type": "network", "path": path}]);
+    let o = try_run("engine-netns", &b, v);
+    Command::new("ip").args(["netns", "del", &name]).status().unwrap();
+    let o = o.unwrap();
+    assert_eq!(o.stdout.trim(), want, "{}", o.stderr);
+}
+
+#[test]
+fn user_namespace_with_id_mappings() {
+    let b = Bundle::new("userns");
+    // The rootfs must be reachable by the mapped root.
+    let mut v = spec("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c '%u' /bin/busybox");
+    v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 100000, "size": 65535}]);
+    v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 100000, "size": 65535}]);
+    // sysfs needs a network namespace owned by the user namespace: keep it, it is new.
+    let o = run("engine-userns", &b, v);
+    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    let words: Vec<&str> = o.stdout.split_whitespace().collect();
+    assert_eq!(words, vec!["0", "0", "1", "1", "100000", "65535", "0", "0", "1", "1", "100000", "65535", "0", "0"]);
+}

@@ -164,7 +164,7 @@ pub(crate) fn apply_sets(caps: &LinuxCapabilities) -> Result<(), String> {
             };
             if r != 0 {
                 return Err(format!(
-                    "raising ambient capability {c}: {} (it must also be permitted and inheritable)",
+                    "raising ambient capability CAP_{c}: {} (it must also be permitted and inheritable)",
                     Errno::last()
                 ));
             }

@@ -187,14 +187,14 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
             if !perm.contains(cap) || !inh.contains(cap) {
                 return err(
                     format!("{f}.capabilities.ambient"),
-                    format!("{cap} must also be in permitted and inheritable"),
+                    format!("CAP_{cap} must also be in permitted and inheritable"),
                 );
             }
         }
         let eff = c.effective().clone().unwrap_or_default();
         for cap in &eff {
             if !perm.contains(cap) {
-                return err(format!("{f}.capabilities.effective"), format!("{cap} must also be in permitted"));
+                return err(format!("{f}.capabilities.effective"), format!("CAP_{cap} must also be in permitted"));
             }
         }
     }
