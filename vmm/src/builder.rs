@@ -169,7 +169,9 @@ impl VmmBuilder {
         let vcpus = std::thread::scope(|scope| {
             let slots = scope.spawn(|| self.vm.register_memory(&self.memory));
             let vcpus = self.load_and_configure();
-            let slots = slots.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let slots = slots
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
             slots?;
             vcpus
         })?;
@@ -222,7 +224,9 @@ impl VmmBuilder {
             "{} kernel entry {:#x}, command line {:?}",
             kernel.format,
             kernel.entry.0,
-            cmdline.as_cstring().map(|c| c.into_string().unwrap_or_default())
+            cmdline
+                .as_cstring()
+                .map(|c| c.into_string().unwrap_or_default())
         );
 
         let boot = BootSetup {

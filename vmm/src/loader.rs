@@ -369,8 +369,10 @@ mod tests {
         let b: u8 = mem.read_obj(addr.unchecked_add(4999)).unwrap();
         assert_eq!(b, 0xab);
 
-        let mut hdr = setup_header::default();
-        hdr.initrd_addr_max = 0x3f_ffff;
+        let hdr = setup_header {
+            initrd_addr_max: 0x3f_ffff,
+            ..Default::default()
+        };
         let capped = LoadedKernel {
             setup_header: Some(hdr),
             ..kernel.clone()

@@ -218,9 +218,11 @@ mod tests {
 
     #[test]
     fn bzimage_header_is_kept() {
-        let mut hdr = setup_header::default();
-        hdr.version = 0x020f;
-        hdr.kernel_alignment = 0x100_0000;
+        let hdr = setup_header {
+            version: 0x020f,
+            kernel_alignment: 0x100_0000,
+            ..Default::default()
+        };
         let params = build_boot_params(&BootInfo {
             setup_header: Some(hdr),
             mem_size: 64 * MIB,
