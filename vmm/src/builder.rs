@@ -300,3 +300,194 @@ impl Vmm {
         stop.take_reason().unwrap_or(VmExit::GuestReset)
     }
 }
+
+/// Boots hand-assembled guests on /dev/kvm (skipped where it is not accessible).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loader::tests::tiny_elf;
+    use crate::vstate::vcpu::VcpuError;
+    use std::path::PathBuf;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const CODE_ADDR: u64 = 0x20_0000;
+    const IDTR_ADDR: u64 = 0x1000;
+    const IDT_ADDR: u64 = 0x2000;
+    const REPORT_PORT: u64 = 0x90;
+
+    /// lidt [0x1000]; int3; (after:) reset via i8042; hlt;
+    /// (handler:) mov rax, [rsp]; out 0x90, eax; iretq; ud2
+    const INT3_GUEST: &[u8] = &[
+        0x0f, 0x01, 0x1c, 0x25, 0x00, 0x10, 0x00, 0x00, // lidt 0x1000
+        0xcc, // int3
+        0x66, 0xba, 0x64, 0x00, 0xb0, 0xfe, 0xee, 0xf4, // after: out 0x64, 0xfe; hlt
+        0x48, 0x8b, 0x04, 0x24, // handler: mov rax, [rsp]
+        0x66, 0xba, 0x90, 0x00, 0xef, // mov dx, 0x90; out dx, eax
+        0x48, 0xcf, // iretq
+        0x0f, 0x0b, // ud2
+    ];
+    const AFTER_INT3: u64 = CODE_ADDR + 9;
+    const HANDLER: u64 = CODE_ADDR + 0x11;
+
+    /// Reset through the i8042 right away.
+    const RESET_GUEST: &[u8] = &[0x66, 0xba, 0x64, 0x00, 0xb0, 0xfe, 0xee, 0xf4];
+    /// lidt [0x1000] (an empty IDT); ud2: #UD, #DF, then a triple fault.
+    const TRIPLE_FAULT_GUEST: &[u8] = &[0x0f, 0x01, 0x1c, 0x25, 0x00, 0x10, 0x00, 0x00, 0x0f, 0x0b];
+
+    struct Recorder(Arc<Mutex<Vec<u32>>>);
+    impl BusDevice for Recorder {
+        fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
+            data.fill(0);
+        }
+        fn write(&mut self, _: u64, _: u64, data: &[u8]) {
+            let mut raw = [0u8; 4];
+            raw[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+            self.0.lock().unwrap().push(u32::from_le_bytes(raw));
+        }
+    }
+
+    fn kvm_usable() -> bool {
+        match hypervisor::open_kvm() {
+            Ok(_) => true,
+            Err(e) => {
+                eprintln!("skipped: {e}");
+                false
+            }
+        }
+    }
+
+    fn guest_file(name: &str, code: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("vmm-builder-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, tiny_elf(CODE_ADDR, code)).unwrap();
+        path
+    }
+
+    fn config(kernel: PathBuf, vcpus: u8) -> VmConfig {
+        VmConfig {
+            vcpus,
+            mem_mib: 16,
+            serial: crate::config::SerialOutput::None,
+            ..VmConfig::new(kernel)
+        }
+    }
+
+    /// Runs the VM to its end, failing the test if it takes unreasonably long.
+    fn run(builder: VmmBuilder) -> VmExit {
+        let vmm = builder.start().unwrap();
+        let stop = vmm.stop_handle();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(vmm.wait());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(exit) => exit,
+            Err(_) => {
+                stop.request(VmExit::GuestReset);
+                panic!("the VM did not stop within 60 s");
+            }
+        }
+    }
+
+    #[test]
+    fn int3_in_kernel_mode_delivers_a_breakpoint_with_trap_semantics() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = guest_file("int3.elf", INT3_GUEST);
+        let mut builder = VmmBuilder::new(&config(kernel, 1), Instant::now()).unwrap();
+        // IDT entry 3: a present 64-bit interrupt gate to the handler, in the boot CS.
+        let gate_low = (HANDLER & 0xffff)
+            | (u64::from(crate::arch::x86_64::gdt::BOOT_CS) << 16)
+            | (0x8e00 << 32)
+            | (((HANDLER >> 16) & 0xffff) << 48);
+        let mem = builder.memory();
+        mem.write_obj(gate_low, GuestAddress(IDT_ADDR + 3 * 16))
+            .unwrap();
+        mem.write_obj(HANDLER >> 32, GuestAddress(IDT_ADDR + 3 * 16 + 8))
+            .unwrap();
+        mem.write_obj(16u16 * 4 - 1, GuestAddress(IDTR_ADDR))
+            .unwrap();
+        mem.write_obj(IDT_ADDR, GuestAddress(IDTR_ADDR + 2))
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        builder
+            .pio_bus_mut()
+            .insert(Arc::new(Mutex::new(Recorder(seen.clone()))), REPORT_PORT, 4)
+            .unwrap();
+
+        let exit = run(builder);
+        assert!(matches!(exit, VmExit::GuestReset), "{exit}");
+        // The handler saw the address after the int3 and returned there.
+        assert_eq!(*seen.lock().unwrap(), vec![AFTER_INT3 as u32]);
+    }
+
+    #[test]
+    fn triple_fault_ends_the_vm_with_an_error_naming_the_exit() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = guest_file("triple.elf", TRIPLE_FAULT_GUEST);
+        let builder = VmmBuilder::new(&config(kernel, 1), Instant::now()).unwrap();
+        builder
+            .memory()
+            .write_obj([0u8; 10], GuestAddress(IDTR_ADDR))
+            .unwrap();
+        let exit = run(builder);
+        match &exit {
+            VmExit::VcpuFailed {
+                vcpu: 0,
+                error: VcpuError::Shutdown { rip },
+            } => assert_eq!(*rip, CODE_ADDR + 8, "RIP of the ud2"),
+            other => panic!("unexpected exit: {other}"),
+        }
+        assert_eq!(exit.exit_code(), crate::exit_code::VM_ERROR);
+        assert!(exit.to_string().contains("KVM_EXIT_SHUTDOWN"));
+    }
+
+    #[test]
+    fn reset_on_the_boot_cpu_stops_every_vcpu() {
+        if !kvm_usable() {
+            return;
+        }
+        let kernel = guest_file("reset.elf", RESET_GUEST);
+        let builder = VmmBuilder::new(&config(kernel, 4), Instant::now()).unwrap();
+        // Application processors sit in KVM_RUN waiting for INIT/SIPI; they must be kicked.
+        let started = Instant::now();
+        let exit = run(builder);
+        assert!(matches!(exit, VmExit::GuestReset), "{exit}");
+        assert_eq!(exit.exit_code(), 0);
+        assert!(
+            started.elapsed() < VCPU_STOP_TIMEOUT,
+            "vCPUs were kicked, not timed out"
+        );
+    }
+
+    #[test]
+    fn setup_errors_are_reported_not_panics() {
+        if !kvm_usable() {
+            return;
+        }
+        let missing = VmmBuilder::new(&config("/nonexistent/vmlinux".into(), 1), Instant::now())
+            .unwrap()
+            .start();
+        assert!(matches!(
+            missing,
+            Err(BuildError::Loader(LoaderError::KernelOpen { .. }))
+        ));
+        let zero = VmmBuilder::new(&config("k".into(), 0), Instant::now());
+        assert!(matches!(
+            zero,
+            Err(BuildError::Config(ConfigError::ZeroVcpus))
+        ));
+        let huge = VmConfig {
+            mem_mib: memory::host_ram_mib() + 1,
+            ..config("k".into(), 1)
+        };
+        assert!(matches!(
+            VmmBuilder::new(&huge, Instant::now()),
+            Err(BuildError::Memory(MemoryError::ExceedsHost { .. }))
+        ));
+    }
+}

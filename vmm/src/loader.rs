@@ -228,7 +228,7 @@ pub fn write_cmdline(mem: &GuestMemory, cmdline: &Cmdline) -> Result<(u64, u32),
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::vstate::memory::create_guest_memory;
     use std::io::Write;
