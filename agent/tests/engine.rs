@@ -52,9 +52,22 @@ impl Drop for Bundle {
 }
 
 fn default_caps() -> Value {
-    json!(["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
-           "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
-           "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"])
+    json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ])
 }
 
 /// A spec like `runc spec` writes, running `sh -c script`.
@@ -133,7 +146,11 @@ fn run(id: &str, b: &Bundle, v: Value) -> Outcome {
 fn try_run(id: &str, b: &Bundle, v: Value) -> Result<Outcome, EngineError> {
     let (mut out_r, out_w) = pipe();
     let (mut err_r, err_w) = pipe();
-    let stdio = Stdio::Fds { stdin: None, stdout: out_w, stderr: err_w };
+    let stdio = Stdio::Fds {
+        stdin: None,
+        stdout: out_w,
+        stderr: err_w,
+    };
     let mut c = Container::create(opts(id, b, v, stdio))?;
     c.start()?;
     let mut stdout = String::new();
@@ -142,7 +159,11 @@ fn try_run(id: &str, b: &Bundle, v: Value) -> Result<Outcome, EngineError> {
     err_r.read_to_string(&mut stderr).unwrap();
     let status = c.wait()?;
     c.destroy()?;
-    Ok(Outcome { status, stdout, stderr })
+    Ok(Outcome {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 fn status_field(status: &str, key: &str) -> String {
@@ -157,7 +178,11 @@ fn status_field(status: &str, key: &str) -> String {
 #[test]
 fn exit_code_pid_namespace_and_hostname() {
     let b = Bundle::new("basic");
-    let o = run("engine-basic", &b, spec("echo pid=$$; hostname; cat /proc/self/status; exit 7"));
+    let o = run(
+        "engine-basic",
+        &b,
+        spec("echo pid=$$; hostname; cat /proc/self/status; exit 7"),
+    );
     assert_eq!(o.status, ExitStatus::Code(7), "stderr: {}", o.stderr);
     assert!(o.stdout.contains("pid=1\n"), "{}", o.stdout);
     assert!(o.stdout.contains("engine-test\n"), "{}", o.stdout);
@@ -235,9 +260,17 @@ fn seccomp_profile_with_errno_and_argument_conditions() {
     assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
     assert!(o.stdout.contains("Seccomp:\t2"), "{}", o.stdout);
     assert!(o.stdout.contains("NoNewPrivs:\t1"), "{}", o.stdout);
-    assert!(o.stdout.contains("Permission denied") && o.stdout.contains("mkdir=1"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("Permission denied") && o.stdout.contains("mkdir=1"),
+        "{}",
+        o.stdout
+    );
     assert!(o.stdout.contains("ls=0"), "{}", o.stdout);
-    assert!(o.stdout.contains("nice=1") || o.stdout.contains("Operation not permitted"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("nice=1") || o.stdout.contains("Operation not permitted"),
+        "{}",
+        o.stdout
+    );
 }
 
 #[test]
@@ -250,14 +283,24 @@ fn seccomp_without_no_new_privs_and_kill_action() {
         "syscalls": [{"names": ["sync"], "action": "SCMP_ACT_KILL_PROCESS"}]
     });
     let o = run("engine-seccompkill", &b, v);
-    assert!(o.stdout.contains("Seccomp:\t2") && o.stdout.contains("NoNewPrivs:\t0"), "{}", o.stdout);
-    assert_eq!(o.status, ExitStatus::Signal(libc::SIGSYS), "stdout {}", o.stdout);
+    assert!(
+        o.stdout.contains("Seccomp:\t2") && o.stdout.contains("NoNewPrivs:\t0"),
+        "{}",
+        o.stdout
+    );
+    assert_eq!(
+        o.status,
+        ExitStatus::Signal(libc::SIGSYS),
+        "stdout {}",
+        o.stdout
+    );
 }
 
 #[test]
 fn rlimits_umask_env_and_cwd() {
     let b = Bundle::new("procattrs");
-    let mut v = spec("ulimit -n; ulimit -Hn; umask; echo $GREETING; pwd; cat /proc/self/oom_score_adj");
+    let mut v =
+        spec("ulimit -n; ulimit -Hn; umask; echo $GREETING; pwd; cat /proc/self/oom_score_adj");
     v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 123, "hard": 456}]);
     v["process"]["user"]["umask"] = json!(0o027);
     v["process"]["env"] = json!(["PATH=/bin", "GREETING=hello from the container"]);
@@ -266,8 +309,7 @@ fn rlimits_umask_env_and_cwd() {
     let o = run("engine-procattrs", &b, v);
     assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
     assert_eq!(
-        o.stdout,
-        "123\n456\n0027\nhello from the container\n/srv/app\n321\n",
+        o.stdout, "123\n456\n0027\nhello from the container\n/srv/app\n321\n",
         "stderr: {}",
         o.stderr
     );
@@ -284,14 +326,16 @@ fn domainname_and_sysctl_in_own_namespaces() {
     assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
     let lines: Vec<&str> = o.stdout.lines().map(str::trim).collect();
     assert_eq!(lines, vec!["example.test", "1", "lo"], "{}", o.stdout);
-    assert_eq!(fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), host_forward);
+    assert_eq!(
+        fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(),
+        host_forward
+    );
 }
 
 fn mountinfo_line<'a>(mountinfo: &'a str, mountpoint: &str) -> &'a str {
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mountpoint))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(mountpoint))
         .unwrap_or_else(|| panic!("{mountpoint} not in mountinfo:\n{mountinfo}"))
 }
 
@@ -311,10 +355,14 @@ fn mounts_masked_and_readonly_paths_and_readonly_root() {
     );
     v["root"]["readonly"] = json!(true);
     let mounts = v["mounts"].as_array_mut().unwrap();
-    mounts.push(json!({"destination": "/data", "type": "bind", "source": host_dir,
-                       "options": ["rbind", "ro", "nosuid", "rprivate"]}));
-    mounts.push(json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
-                       "options": ["nodev", "size=1m", "mode=700"]}));
+    mounts.push(
+        json!({"destination": "/data", "type": "bind", "source": host_dir,
+                       "options": ["rbind", "ro", "nosuid", "rprivate"]}),
+    );
+    mounts.push(
+        json!({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
+                       "options": ["nodev", "size=1m", "mode=700"]}),
+    );
     let o = run("engine-mounts", &b, v);
     assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
     let (mi, rest) = o.stdout.split_once("---\n").unwrap();
@@ -323,7 +371,13 @@ fn mounts_masked_and_readonly_paths_and_readonly_root() {
     let data = mountinfo_line(mi, "/data");
     assert!(data.contains(" ro,") && data.contains("nosuid"), "{data}");
     let scratch = mountinfo_line(mi, "/scratch");
-    assert!(scratch.contains("nodev") && scratch.contains("tmpfs") && scratch.contains("size=1024k") && scratch.contains("mode=700"), "{scratch}");
+    assert!(
+        scratch.contains("nodev")
+            && scratch.contains("tmpfs")
+            && scratch.contains("size=1024k")
+            && scratch.contains("mode=700"),
+        "{scratch}"
+    );
     assert!(mountinfo_line(mi, "/proc").contains(" - proc "));
     assert!(mountinfo_line(mi, "/sys").contains(" - sysfs "));
     assert!(mountinfo_line(mi, "/dev/pts").contains(" - devpts "));
@@ -331,8 +385,7 @@ fn mounts_masked_and_readonly_paths_and_readonly_root() {
     assert!(mountinfo_line(mi, "/proc/sys").contains(" ro,"));
     assert!(mountinfo_line(mi, "/proc/timer_list").contains(" - tmpfs "));
     assert_eq!(
-        rest,
-        "from the host\ndata_write=1\nscratch_write=0\nroot_write=1\nprocsys_write=1\n0\n",
+        rest, "from the host\ndata_write=1\nscratch_write=0\nroot_write=1\nprocsys_write=1\n0\n",
         "{}",
         o.stdout
     );
@@ -373,7 +426,11 @@ fn rootfs_propagation_and_pivot_root_fallback() {
     if mountinfo_line(&host, "/").contains("shared:") {
         assert!(o.stdout.contains("master:"), "default rslave: {}", o.stdout);
     }
-    assert!(!o.stdout.contains("shared:"), "default rslave: {}", o.stdout);
+    assert!(
+        !o.stdout.contains("shared:"),
+        "default rslave: {}",
+        o.stdout
+    );
     let mut shared = v.clone();
     shared["linux"]["rootfsPropagation"] = json!("rshared");
     let o = run("engine-prop-shared", &b, shared);
@@ -381,12 +438,25 @@ fn rootfs_propagation_and_pivot_root_fallback() {
     let mut private = v.clone();
     private["linux"]["rootfsPropagation"] = json!("rprivate");
     let o = run("engine-prop-private", &b, private);
-    assert!(!o.stdout.contains("master:") && !o.stdout.contains("shared:"), "{}", o.stdout);
+    assert!(
+        !o.stdout.contains("master:") && !o.stdout.contains("shared:"),
+        "{}",
+        o.stdout
+    );
 
     // MS_MOVE + chroot: the container still sees its rootfs at / and runs normally.
     let (mut out_r, out_w) = pipe();
     let (_err_r, err_w) = pipe();
-    let mut o = opts("engine-nopivot", &b, spec("ls /bin/busybox; echo $$"), Stdio::Fds { stdin: None, stdout: out_w, stderr: err_w });
+    let mut o = opts(
+        "engine-nopivot",
+        &b,
+        spec("ls /bin/busybox; echo $$"),
+        Stdio::Fds {
+            stdin: None,
+            stdout: out_w,
+            stderr: err_w,
+        },
+    );
     o.no_pivot_root = true;
     let mut c = Container::create(o).unwrap();
     c.start().unwrap();
@@ -432,7 +502,11 @@ fn cgroup_resources_seen_from_inside() {
 #[test]
 fn cgroup_without_namespace_shows_only_its_own_directory() {
     let b = Bundle::new("cgroupbind");
-    let mut v = spec(if cgroup_v2() { "cat /sys/fs/cgroup/pids.max" } else { "cat /sys/fs/cgroup/pids/pids.max; ls /sys/fs/cgroup/pids | grep -c sandbox" });
+    let mut v = spec(if cgroup_v2() {
+        "cat /sys/fs/cgroup/pids.max"
+    } else {
+        "cat /sys/fs/cgroup/pids/pids.max; ls /sys/fs/cgroup/pids | grep -c sandbox"
+    });
     v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "uts"}, {"type": "ipc"}, {"type": "network"}]);
     v["linux"]["resources"] = json!({"pids": {"limit": 33}});
     let o = run("engine-cgroupbind", &b, v);
@@ -452,7 +526,14 @@ fn exec_output(c: &Container, p: Value) -> (ExitStatus, String) {
     let (mut out_r, out_w) = pipe();
     let (_e, err_w) = pipe();
     let e = c
-        .exec(&process, Stdio::Fds { stdin: None, stdout: out_w, stderr: err_w })
+        .exec(
+            &process,
+            Stdio::Fds {
+                stdin: None,
+                stdout: out_w,
+                stderr: err_w,
+            },
+        )
         .unwrap();
     let mut s = String::new();
     out_r.read_to_string(&mut s).unwrap();
@@ -467,25 +548,48 @@ fn exec_joins_namespaces_cgroup_and_applies_its_own_process() {
     let c = sleeper("engine-exec", &b, v);
     let init_ns: Vec<String> = ["pid", "mnt", "net", "uts", "ipc", "cgroup"]
         .iter()
-        .map(|n| fs::read_link(format!("/proc/{}/ns/{n}", c.pid())).unwrap().display().to_string())
+        .map(|n| {
+            fs::read_link(format!("/proc/{}/ns/{n}", c.pid()))
+                .unwrap()
+                .display()
+                .to_string()
+        })
         .collect();
-    let (status, out) = exec_output(&c, json!({
-        "user": {"uid": 1234, "gid": 1234},
-        "args": ["sh", "-c", "for n in pid mnt net uts ipc cgroup; do readlink /proc/self/ns/$n; done; \
-                  hostname; grep -E '^(Uid|CapEff|NoNewPrivs):' /proc/self/status; echo $X; pwd; \
-                  ps -o pid,comm | grep -c sleep"],
-        "env": ["PATH=/bin", "X=exec-env"],
-        "cwd": "/tmp",
-        "noNewPrivileges": true,
-        "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
-                         "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]}
-    }));
+    let (status, out) = exec_output(
+        &c,
+        json!({
+            "user": {"uid": 1234, "gid": 1234},
+            "args": ["sh", "-c", "for n in pid mnt net uts ipc cgroup; do readlink /proc/self/ns/$n; done; \
+                      hostname; grep -E '^(Uid|CapEff|NoNewPrivs):' /proc/self/status; echo $X; pwd; \
+                      ps -o pid,comm | grep -c sleep"],
+            "env": ["PATH=/bin", "X=exec-env"],
+            "cwd": "/tmp",
+            "noNewPrivileges": true,
+            "capabilities": {"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+                             "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]}
+        }),
+    );
     assert_eq!(status, ExitStatus::Code(0), "{out}");
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(&lines[..6], init_ns.iter().map(String::as_str).collect::<Vec<_>>().as_slice());
+    assert_eq!(
+        &lines[..6],
+        init_ns
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+    );
     assert_eq!(
         &lines[6..],
-        &["engine-test", "Uid:\t1234\t1234\t1234\t1234", "CapEff:\t0000000000000020", "NoNewPrivs:\t1", "exec-env", "/tmp", "1"]
+        &[
+            "engine-test",
+            "Uid:\t1234\t1234\t1234\t1234",
+            "CapEff:\t0000000000000020",
+            "NoNewPrivs:\t1",
+            "exec-env",
+            "/tmp",
+            "1"
+        ]
     );
     // The exec'd process was counted in the container's cgroup while it ran.
     assert_eq!(c.stats().unwrap().pids_limit, Some(50));
@@ -496,17 +600,27 @@ fn exec_joins_namespaces_cgroup_and_applies_its_own_process() {
 fn exec_exit_codes_signals_and_missing_programs() {
     let b = Bundle::new("execstatus");
     let c = sleeper("engine-execstatus", &b, spec(""));
-    let (status, _) = exec_output(&c, json!({"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "exit 42"], "cwd": "/"}));
+    let (status, _) = exec_output(
+        &c,
+        json!({"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "exit 42"], "cwd": "/"}),
+    );
     assert_eq!(status, ExitStatus::Code(42));
-    let process: oci_spec::runtime::Process =
-        serde_json::from_value(json!({"user": {"uid": 0, "gid": 0}, "args": ["sleep", "100"], "cwd": "/"})).unwrap();
+    let process: oci_spec::runtime::Process = serde_json::from_value(
+        json!({"user": {"uid": 0, "gid": 0}, "args": ["sleep", "100"], "cwd": "/"}),
+    )
+    .unwrap();
     let e = c.exec(&process, Stdio::Null).unwrap();
     nix::sys::signal::kill(e.pid(), Signal::SIGTERM).unwrap();
     assert_eq!(e.wait().unwrap(), ExitStatus::Signal(libc::SIGTERM));
-    let missing: oci_spec::runtime::Process =
-        serde_json::from_value(json!({"user": {"uid": 0, "gid": 0}, "args": ["no-such-program"], "cwd": "/"})).unwrap();
+    let missing: oci_spec::runtime::Process = serde_json::from_value(
+        json!({"user": {"uid": 0, "gid": 0}, "args": ["no-such-program"], "cwd": "/"}),
+    )
+    .unwrap();
     let err = c.exec(&missing, Stdio::Null).unwrap_err().to_string();
-    assert!(err.contains("process.args[0]") && err.contains("no-such-program"), "{err}");
+    assert!(
+        err.contains("process.args[0]") && err.contains("no-such-program"),
+        "{err}"
+    );
     c.destroy().unwrap();
 }
 
@@ -559,7 +673,10 @@ fn terminal_from_the_containers_devpts_with_console_size() {
     }
     assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
     c.destroy().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out), "/dev/pts/0\r\n40 100\r\nc\r\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        "/dev/pts/0\r\n40 100\r\nc\r\n"
+    );
 }
 
 #[test]
@@ -585,14 +702,18 @@ fn exec_with_a_terminal() {
     assert_eq!(e.wait().unwrap(), ExitStatus::Code(0));
     c.destroy().unwrap();
     let out = String::from_utf8_lossy(&out);
-    assert!(out.starts_with("/dev/pts/") && out.ends_with("\r\n24 80\r\n"), "{out}");
+    assert!(
+        out.starts_with("/dev/pts/") && out.ends_with("\r\n24 80\r\n"),
+        "{out}"
+    );
 }
 
 #[test]
 fn stats_update_and_oom_events() {
     let b = Bundle::new("oom");
     let mut v = spec("");
-    v["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}, "pids": {"limit": 10}});
+    v["linux"]["resources"] =
+        json!({"memory": {"limit": 33554432, "swap": 33554432}, "pids": {"limit": 10}});
     let c = sleeper("engine-oom", &b, v);
     let s = c.stats().unwrap();
     assert_eq!(s.memory_limit, Some(33554432));
@@ -601,12 +722,17 @@ fn stats_update_and_oom_events() {
     assert!(s.memory_usage > 0);
     assert_eq!(s.oom_kills, 0);
 
-    let r: oci_spec::runtime::LinuxResources = serde_json::from_value(json!({"pids": {"limit": 15}})).unwrap();
+    let r: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(json!({"pids": {"limit": 15}})).unwrap();
     c.update(&r).unwrap();
-    let (_, out) = exec_output(&c, json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
-        "args": ["sh", "-c", if cgroup_v2() { "cat /sys/fs/cgroup/pids.max" } else { "cat /sys/fs/cgroup/pids/pids.max" }]}));
+    let (_, out) = exec_output(
+        &c,
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
+        "args": ["sh", "-c", if cgroup_v2() { "cat /sys/fs/cgroup/pids.max" } else { "cat /sys/fs/cgroup/pids/pids.max" }]}),
+    );
     assert_eq!(out, "15\n");
-    let bad: oci_spec::runtime::LinuxResources = serde_json::from_value(json!({"memory": {"limit": -5}})).unwrap();
+    let bad: oci_spec::runtime::LinuxResources =
+        serde_json::from_value(json!({"memory": {"limit": -5}})).unwrap();
     assert_eq!(
         c.update(&bad).unwrap_err().to_string(),
         "invalid spec: linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5"
@@ -614,10 +740,16 @@ fn stats_update_and_oom_events() {
 
     let watcher = c.oom_events().unwrap();
     // 64 MiB of buffer in a 32 MiB cgroup without swap: the OOM killer ends it.
-    let (status, _) = exec_output(&c, json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
-        "args": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]}));
+    let (status, _) = exec_output(
+        &c,
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
+        "args": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]}),
+    );
     assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
-    let mut fds = [nix::poll::PollFd::new(watcher.fd(), nix::poll::PollFlags::POLLIN)];
+    let mut fds = [nix::poll::PollFd::new(
+        watcher.fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
     let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).unwrap();
     assert_eq!(n, 1, "OOM event delivered");
     watcher.drain();
@@ -660,10 +792,21 @@ fn cgroup_dirs_named(id: &str) -> Vec<PathBuf> {
 }
 
 fn assert_nothing_left(id: &str, b: &Bundle) {
-    assert_eq!(cgroup_dirs_named(id), Vec::<PathBuf>::new(), "cgroup left behind");
-    assert_eq!(processes_in_cgroups_named(id), Vec::<String>::new(), "processes left behind");
+    assert_eq!(
+        cgroup_dirs_named(id),
+        Vec::<PathBuf>::new(),
+        "cgroup left behind"
+    );
+    assert_eq!(
+        processes_in_cgroups_named(id),
+        Vec::<String>::new(),
+        "processes left behind"
+    );
     let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!host.contains(b.path().to_str().unwrap()), "mounts left behind: {host}");
+    assert!(
+        !host.contains(b.path().to_str().unwrap()),
+        "mounts left behind: {host}"
+    );
 }
 
 fn create_err(id: &str, b: &Bundle, v: Value) -> String {
@@ -676,52 +819,130 @@ fn create_err(id: &str, b: &Bundle, v: Value) -> String {
 #[test]
 fn bad_specs_name_the_field_and_leave_nothing() {
     let b = Bundle::new("badspec");
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-        ("memory", Box::new(|v| v["linux"]["resources"] = json!({"memory": {"limit": -5}})),
-         "linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5"),
-        ("period", Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"period": 10}})),
-         "linux.resources.cpu.period: must be 1000-1000000"),
-        ("shares", Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"shares": 1}})),
-         "linux.resources.cpu.shares: must be 2-262144, got 1"),
-        ("cpus", Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"cpus": "3-1"}})),
-         "linux.resources.cpu.cpus: bad range"),
-        ("pids", Box::new(|v| v["linux"]["resources"] = json!({"pids": {"limit": -7}})),
-         "linux.resources.pids.limit: must be -1 (unlimited) or positive, got -7"),
-        ("mountns", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "pid"}])),
-         "linux.namespaces: a mount namespace is required"),
-        ("dupns", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "mount"}])),
-         "linux.namespaces[1].type: mnt namespace listed twice"),
-        ("nspath", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "network", "path": "/nonexistent/netns"}, {"type": "uts"}])),
-         "linux.namespaces[1].path: cannot open /nonexistent/netns"),
-        ("hostname", Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}])),
-         "hostname: needs a UTS namespace"),
-        ("root", Box::new(|v| v["root"]["path"] = json!("no-such-rootfs")),
-         "root.path:"),
-        ("args", Box::new(|v| v["process"]["args"] = json!([])),
-         "process.args: must name the program to run"),
-        ("cwd", Box::new(|v| v["process"]["cwd"] = json!("relative")),
-         "process.cwd: must be absolute"),
-        ("rlimit", Box::new(|v| v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}])),
-         "process.rlimits[0].soft: must not exceed hard (10 > 5)"),
-        ("ambient", Box::new(|v| v["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_ADMIN"])),
-         "process.capabilities.ambient: CAP_SYS_ADMIN must also be in permitted and inheritable"),
-        ("oomscore", Box::new(|v| v["process"]["oomScoreAdj"] = json!(5000)),
-         "process.oomScoreAdj: must be between -1000 and 1000, got 5000"),
-        ("sysctl", Box::new(|v| v["linux"]["sysctl"] = json!({"vm.swappiness": "10"})),
-         "linux.sysctl.vm.swappiness: is not namespaced"),
-        ("seccomp", Box::new(|v| v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
-            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}]})),
-         "linux.seccomp.syscalls[0].action: errnoRet is only valid with SCMP_ACT_ERRNO"),
-        ("device", Box::new(|v| v["linux"]["devices"] = json!([{"path": "dev/x", "type": "c", "major": 1, "minor": 3}])),
-         "linux.devices[0].path: must be absolute"),
-        ("mountdest", Box::new(|v| v["mounts"] = json!([{"destination": "data", "type": "tmpfs"}])),
-         "mounts[0].destination: must be absolute"),
-        ("propagation", Box::new(|v| v["linux"]["rootfsPropagation"] = json!("sideways")),
-         "linux.rootfsPropagation: unknown propagation"),
-        ("cgpath", Box::new(|v| v["linux"]["cgroupsPath"] = json!("/sandbox/../../escape")),
-         "linux.cgroupsPath: must not contain `..`"),
-        ("uidmap", Box::new(|v| v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}])),
-         "linux.uidMappings: id mappings need a new user namespace"),
+    type Edit = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "memory",
+            Box::new(|v| v["linux"]["resources"] = json!({"memory": {"limit": -5}})),
+            "linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5",
+        ),
+        (
+            "period",
+            Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"period": 10}})),
+            "linux.resources.cpu.period: must be 1000-1000000",
+        ),
+        (
+            "shares",
+            Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"shares": 1}})),
+            "linux.resources.cpu.shares: must be 2-262144, got 1",
+        ),
+        (
+            "cpus",
+            Box::new(|v| v["linux"]["resources"] = json!({"cpu": {"cpus": "3-1"}})),
+            "linux.resources.cpu.cpus: bad range",
+        ),
+        (
+            "pids",
+            Box::new(|v| v["linux"]["resources"] = json!({"pids": {"limit": -7}})),
+            "linux.resources.pids.limit: must be -1 (unlimited) or positive, got -7",
+        ),
+        (
+            "mountns",
+            Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "pid"}])),
+            "linux.namespaces: a mount namespace is required",
+        ),
+        (
+            "dupns",
+            Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "mount"}])),
+            "linux.namespaces[1].type: mnt namespace listed twice",
+        ),
+        (
+            "nspath",
+            Box::new(
+                |v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "network", "path": "/nonexistent/netns"}, {"type": "uts"}]),
+            ),
+            "linux.namespaces[1].path: cannot open /nonexistent/netns",
+        ),
+        (
+            "hostname",
+            Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}])),
+            "hostname: needs a UTS namespace",
+        ),
+        (
+            "root",
+            Box::new(|v| v["root"]["path"] = json!("no-such-rootfs")),
+            "root.path:",
+        ),
+        (
+            "args",
+            Box::new(|v| v["process"]["args"] = json!([])),
+            "process.args: must name the program to run",
+        ),
+        (
+            "cwd",
+            Box::new(|v| v["process"]["cwd"] = json!("relative")),
+            "process.cwd: must be absolute",
+        ),
+        (
+            "rlimit",
+            Box::new(|v| {
+                v["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "soft": 10, "hard": 5}])
+            }),
+            "process.rlimits[0].soft: must not exceed hard (10 > 5)",
+        ),
+        (
+            "ambient",
+            Box::new(|v| v["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_ADMIN"])),
+            "process.capabilities.ambient: CAP_SYS_ADMIN must also be in permitted and inheritable",
+        ),
+        (
+            "oomscore",
+            Box::new(|v| v["process"]["oomScoreAdj"] = json!(5000)),
+            "process.oomScoreAdj: must be between -1000 and 1000, got 5000",
+        ),
+        (
+            "sysctl",
+            Box::new(|v| v["linux"]["sysctl"] = json!({"vm.swappiness": "10"})),
+            "linux.sysctl.vm.swappiness: is not namespaced",
+        ),
+        (
+            "seccomp",
+            Box::new(|v| {
+                v["linux"]["seccomp"] = json!({"defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW", "errnoRet": 1}]})
+            }),
+            "linux.seccomp.syscalls[0].action: errnoRet is only valid with SCMP_ACT_ERRNO",
+        ),
+        (
+            "device",
+            Box::new(|v| {
+                v["linux"]["devices"] =
+                    json!([{"path": "dev/x", "type": "c", "major": 1, "minor": 3}])
+            }),
+            "linux.devices[0].path: must be absolute",
+        ),
+        (
+            "mountdest",
+            Box::new(|v| v["mounts"] = json!([{"destination": "data", "type": "tmpfs"}])),
+            "mounts[0].destination: must be absolute",
+        ),
+        (
+            "propagation",
+            Box::new(|v| v["linux"]["rootfsPropagation"] = json!("sideways")),
+            "linux.rootfsPropagation: unknown propagation",
+        ),
+        (
+            "cgpath",
+            Box::new(|v| v["linux"]["cgroupsPath"] = json!("/sandbox/../../escape")),
+            "linux.cgroupsPath: must not contain `..`",
+        ),
+        (
+            "uidmap",
+            Box::new(|v| {
+                v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}])
+            }),
+            "linux.uidMappings: id mappings need a new user namespace",
+        ),
     ];
     for (name, edit, want) in cases {
         let mut v = spec("true");
@@ -738,10 +959,16 @@ fn failures_inside_the_container_leave_nothing_behind() {
     let b = Bundle::new("latefail");
     // Fails while the init builds the rootfs: after the cgroup and namespaces exist.
     let mut v = spec("true");
-    v["mounts"].as_array_mut().unwrap().push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}));
+    v["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "/x", "type": "nosuchfs", "source": "none"}));
     v["linux"]["resources"] = json!({"memory": {"limit": 67108864}});
     let err = create_err("engine-latefail", &b, v);
-    assert!(err.contains("mounts[7] (/x)") && err.contains("nosuchfs"), "{err}");
+    assert!(
+        err.contains("mounts[7] (/x)") && err.contains("nosuchfs"),
+        "{err}"
+    );
     assert_nothing_left("engine-latefail", &b);
 
     // Fails in the intermediate process: a bind source that vanished.
@@ -752,13 +979,22 @@ fn failures_inside_the_container_leave_nothing_behind() {
     assert_nothing_left("engine-latefail2", &b);
 
     // Fails at start: the program does not exist. The init exits 127 and destroy cleans up.
-    let mut c = Container::create(opts("engine-nostart", &b, {
-        let mut v = spec("true");
-        v["process"]["args"] = json!(["/bin/no-such-program"]);
-        v
-    }, Stdio::Null)).unwrap();
+    let mut c = Container::create(opts(
+        "engine-nostart",
+        &b,
+        {
+            let mut v = spec("true");
+            v["process"]["args"] = json!(["/bin/no-such-program"]);
+            v
+        },
+        Stdio::Null,
+    ))
+    .unwrap();
     let err = c.start().unwrap_err().to_string();
-    assert!(err.contains("process.args[0]: /bin/no-such-program"), "{err}");
+    assert!(
+        err.contains("process.args[0]: /bin/no-such-program"),
+        "{err}"
+    );
     assert_eq!(c.wait().unwrap(), ExitStatus::Code(127));
     c.destroy().unwrap();
     assert_nothing_left("engine-nostart", &b);
@@ -785,7 +1021,13 @@ fn destroy_kills_everything_and_removes_the_cgroup() {
     assert!(dirs.iter().all(|d| !d.exists()));
     assert_nothing_left("engine-destroy", &b);
 
-    let c = Container::create(opts("engine-destroy-created", &b, spec("true"), Stdio::Null)).unwrap();
+    let c = Container::create(opts(
+        "engine-destroy-created",
+        &b,
+        spec("true"),
+        Stdio::Null,
+    ))
+    .unwrap();
     assert_eq!(c.state(), agent::engine::ContainerState::Created);
     c.destroy().unwrap();
     assert_nothing_left("engine-destroy-created", &b);
@@ -798,16 +1040,25 @@ fn destroy_kills_everything_and_removes_the_cgroup() {
 #[test]
 fn joins_a_network_namespace_by_path() {
     let name = format!("engine-test-{}", std::process::id());
-    let ok = Command::new("ip").args(["netns", "add", &name]).status().unwrap();
+    let ok = Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap();
     assert!(ok.success());
     let path = format!("/var/run/netns/{name}");
-    let want = format!("net:[{}]", std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap()));
+    let want = format!(
+        "net:[{}]",
+        std::os::unix::fs::MetadataExt::ino(&fs::metadata(&path).unwrap())
+    );
     let b = Bundle::new("netns");
     let mut v = spec("readlink /proc/self/ns/net");
     v["linux"]["namespaces"] = json!([{"type": "pid"}, {"type": "mount"}, {"type": "uts"},
                                       {"type": "network", "path": path}]);
     let o = try_run("engine-netns", &b, v);
-    Command::new("ip").args(["netns", "del", &name]).status().unwrap();
+    Command::new("ip")
+        .args(["netns", "del", &name])
+        .status()
+        .unwrap();
     let o = o.unwrap();
     assert_eq!(o.stdout.trim(), want, "{}", o.stderr);
 }
@@ -817,12 +1068,20 @@ fn user_namespace_with_id_mappings() {
     let b = Bundle::new("userns");
     // The rootfs must be reachable by the mapped root.
     let mut v = spec("cat /proc/self/uid_map /proc/self/gid_map; id -u; stat -c '%u' /bin/busybox");
-    v["linux"]["namespaces"].as_array_mut().unwrap().push(json!({"type": "user"}));
+    v["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
     v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 100000, "size": 65535}]);
     v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 100000, "size": 65535}]);
     // sysfs needs a network namespace owned by the user namespace: keep it, it is new.
     let o = run("engine-userns", &b, v);
     assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
     let words: Vec<&str> = o.stdout.split_whitespace().collect();
-    assert_eq!(words, vec!["0", "0", "1", "1", "100000", "65535", "0", "0", "1", "1", "100000", "65535", "0", "0"]);
+    assert_eq!(
+        words,
+        vec![
+            "0", "0", "1", "1", "100000", "65535", "0", "0", "1", "1", "100000", "65535", "0", "0"
+        ]
+    );
 }

@@ -103,7 +103,11 @@ fn check_id(id: &str) -> Result<(), EngineError> {
     if id.is_empty() || id.len() > 1024 {
         return bad("must be 1-1024 characters");
     }
-    if id.starts_with('.') || !id.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+    if id.starts_with('.')
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
         return bad("may only contain letters, digits, `_`, `-` and `.` (not first)");
     }
     Ok(())
@@ -142,10 +146,8 @@ impl Container {
             }
         };
         let cgroup = Cgroup::create(&cgroup_path)?;
-        if let Err(e) = ensure_empty(&cgroup) {
-            // Someone else's cgroup: leave it alone.
-            return Err(e);
-        }
+        // A cgroup with processes is someone else's: leave it alone.
+        ensure_empty(&cgroup)?;
         let res = linux.resources().clone().unwrap_or_default();
         if let Err(e) = cgroup.apply(&res) {
             let _ = cgroup.remove();
@@ -241,7 +243,8 @@ impl Container {
             }
             return Ok(());
         }
-        kill(self.init.pid, sig).map_err(|e| EngineError::sys(format!("kill({}, {sig})", self.init.pid), e))
+        kill(self.init.pid, sig)
+            .map_err(|e| EngineError::sys(format!("kill({}, {sig})", self.init.pid), e))
     }
 
     /// Starts another process in the running container: same namespaces, cgroup and

@@ -27,18 +27,25 @@ pub(crate) struct Node {
 
 /// /dev/null, zero, full, random, urandom and tty, as runc and crun create them.
 pub(crate) fn defaults() -> Vec<Node> {
-    [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
-        .iter()
-        .map(|&(name, major, minor)| Node {
-            path: format!("/dev/{name}"),
-            kind: SFlag::S_IFCHR,
-            major,
-            minor,
-            mode: 0o666,
-            uid: 0,
-            gid: 0,
-        })
-        .collect()
+    [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ]
+    .iter()
+    .map(|&(name, major, minor)| Node {
+        path: format!("/dev/{name}"),
+        kind: SFlag::S_IFCHR,
+        major,
+        minor,
+        mode: 0o666,
+        uid: 0,
+        gid: 0,
+    })
+    .collect()
 }
 
 /// A spec device as a node (the spec was validated: `path` is absolute).
@@ -70,8 +77,14 @@ pub(crate) fn create(rootfs: &Path, node: &Node, bind_from_host: bool) -> Result
         if !dest.exists() {
             fs::File::create(&dest).map_err(|e| format!("create {}: {e}", dest.display()))?;
         }
-        return mount(Some(node.path.as_str()), &dest, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| format!("bind-mount device {}: {e}", node.path));
+        return mount(
+            Some(node.path.as_str()),
+            &dest,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| format!("bind-mount device {}: {e}", node.path));
     }
     let _ = fs::remove_file(&dest);
     mknod(
@@ -84,8 +97,12 @@ pub(crate) fn create(rootfs: &Path, node: &Node, bind_from_host: bool) -> Result
     // mknod's mode passed through the umask: set it exactly.
     fs::set_permissions(&dest, fs::Permissions::from_mode(node.mode))
         .map_err(|e| format!("chmod {}: {e}", node.path))?;
-    chown(&dest, Some(Uid::from_raw(node.uid)), Some(Gid::from_raw(node.gid)))
-        .map_err(|e| format!("chown {}: {e}", node.path))
+    chown(
+        &dest,
+        Some(Uid::from_raw(node.uid)),
+        Some(Gid::from_raw(node.gid)),
+    )
+    .map_err(|e| format!("chown {}: {e}", node.path))
 }
 
 /// The symlinks programs expect in /dev.
@@ -112,7 +129,10 @@ pub(crate) fn symlinks(rootfs: &Path) -> Result<(), String> {
 }
 
 /// Mounts a private devpts on /dev/pts and a tmpfs on /dev/shm unless the spec did.
-pub(crate) fn pts_and_shm(rootfs: &Path, spec_mounted: &dyn Fn(&str) -> bool) -> Result<(), String> {
+pub(crate) fn pts_and_shm(
+    rootfs: &Path,
+    spec_mounted: &dyn Fn(&str) -> bool,
+) -> Result<(), String> {
     if !spec_mounted("/dev/pts") {
         let d = secure_join(rootfs, Path::new("/dev/pts"));
         fs::create_dir_all(&d).map_err(|e| format!("mkdir /dev/pts: {e}"))?;

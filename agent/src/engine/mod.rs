@@ -22,9 +22,9 @@
 //! an event loop.
 
 mod capabilities;
-mod devices;
 mod cgroups;
 mod container;
+mod devices;
 mod error;
 mod exec;
 mod fds;

@@ -195,12 +195,19 @@ pub(crate) fn mount_entry(
     cgroupns: bool,
 ) -> Result<(), String> {
     let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-    let typ = m.typ().as_deref().unwrap_or(if opts.bind { "bind" } else { "none" });
+    let typ = m
+        .typ()
+        .as_deref()
+        .unwrap_or(if opts.bind { "bind" } else { "none" });
     let dest = secure_join(rootfs, m.destination());
     let data = (!opts.data.is_empty()).then(|| opts.data.join(","));
     if opts.bind || typ == "bind" {
         let src = m.source().clone().unwrap_or_default();
-        let src = if src.is_relative() { bundle.join(src) } else { src };
+        let src = if src.is_relative() {
+            bundle.join(src)
+        } else {
+            src
+        };
         let meta = fs::metadata(&src).map_err(|e| format!("bind source {}: {e}", src.display()))?;
         make_target(&dest, !meta.is_dir())?;
         let mut f = MsFlags::MS_BIND;
@@ -211,7 +218,13 @@ pub(crate) fn mount_entry(
         // Bind mounts ignore every other flag on the first call: remount to apply them.
         let extra = opts.flags & !(MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
-            do_mount(None, &dest, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra, None)?;
+            do_mount(
+                None,
+                &dest,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                None,
+            )?;
         }
     } else if typ == "cgroup" || typ == "cgroup2" {
         mount_cgroup(&dest, cgroup, cgroupns, opts.flags)?;
@@ -241,10 +254,28 @@ fn mount_cgroup(
     match &cg.layout {
         Layout::V2(dir) => {
             if cgroupns {
-                do_mount(Some(Path::new("cgroup2")), dest, Some("cgroup2"), flags, None)?;
+                do_mount(
+                    Some(Path::new("cgroup2")),
+                    dest,
+                    Some("cgroup2"),
+                    flags,
+                    None,
+                )?;
             } else {
-                do_mount(Some(dir), dest, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-                do_mount(None, dest, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None)?;
+                do_mount(
+                    Some(dir),
+                    dest,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None,
+                )?;
+                do_mount(
+                    None,
+                    dest,
+                    None,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                    None,
+                )?;
             }
         }
         Layout::V1(hs) => {
@@ -256,15 +287,37 @@ fn mount_cgroup(
                 Some("mode=755"),
             )?;
             for h in hs {
-                let name = h.mountpoint.file_name().map(PathBuf::from).unwrap_or_default();
+                let name = h
+                    .mountpoint
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_default();
                 let sub = dest.join(&name);
                 mkdir_all(&sub)?;
                 if cgroupns {
                     let opts = h.controllers.join(",");
-                    do_mount(Some(Path::new("cgroup")), &sub, Some("cgroup"), flags, Some(&opts))?;
+                    do_mount(
+                        Some(Path::new("cgroup")),
+                        &sub,
+                        Some("cgroup"),
+                        flags,
+                        Some(&opts),
+                    )?;
                 } else {
-                    do_mount(Some(&h.dir), &sub, None, MsFlags::MS_BIND | MsFlags::MS_REC, None)?;
-                    do_mount(None, &sub, None, MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags, None)?;
+                    do_mount(
+                        Some(&h.dir),
+                        &sub,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None,
+                    )?;
+                    do_mount(
+                        None,
+                        &sub,
+                        None,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                        None,
+                    )?;
                 }
                 // cpu,cpuacct style names get the usual per-controller symlinks.
                 if h.controllers.len() > 1 {
@@ -300,7 +353,14 @@ mod tests {
 
     #[test]
     fn options_to_flags_and_data() {
-        let o = parse_options(&s(&["nosuid", "noexec", "mode=755", "size=65536k", "ro", "rw"]));
+        let o = parse_options(&s(&[
+            "nosuid",
+            "noexec",
+            "mode=755",
+            "size=65536k",
+            "ro",
+            "rw",
+        ]));
         assert_eq!(o.flags, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC);
         assert_eq!(o.data, vec!["mode=755", "size=65536k"]);
         assert!(!o.bind);
@@ -317,7 +377,10 @@ mod tests {
         fs::create_dir_all(dir.join("etc")).unwrap();
         symlink("/etc", dir.join("abs")).unwrap();
         symlink("../../../../..", dir.join("etc/up")).unwrap();
-        assert_eq!(secure_join(&dir, Path::new("/abs/passwd")), dir.join("etc/passwd"));
+        assert_eq!(
+            secure_join(&dir, Path::new("/abs/passwd")),
+            dir.join("etc/passwd")
+        );
         assert_eq!(secure_join(&dir, Path::new("/etc/up/x")), dir.join("x"));
         assert_eq!(secure_join(&dir, Path::new("../../x")), dir.join("x"));
         fs::remove_dir_all(&dir).unwrap();

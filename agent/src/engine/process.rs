@@ -51,7 +51,13 @@ pub(crate) fn set_rlimits(p: &Process) -> Result<(), String> {
         };
         // SAFETY: setrlimit reads the struct we pass.
         if unsafe { libc::setrlimit(res, &lim) } != 0 {
-            return Err(format!("setrlimit({}, {}, {}): {}", r.typ(), r.soft(), r.hard(), Errno::last()));
+            return Err(format!(
+                "setrlimit({}, {}, {}): {}",
+                r.typ(),
+                r.soft(),
+                r.hard(),
+                Errno::last()
+            ));
         }
     }
     Ok(())
@@ -105,7 +111,9 @@ pub(crate) fn find_executable(p: &Process) -> Result<CString, String> {
             .split(':')
             .map(|dir| Path::new(if dir.is_empty() { "." } else { dir }).join(name))
             .find(|c| is_executable(c))
-            .ok_or_else(|| format!("process.args[0]: executable file `{name}` not found in $PATH"))?
+            .ok_or_else(|| {
+                format!("process.args[0]: executable file `{name}` not found in $PATH")
+            })?
     };
     CString::new(found.as_os_str().as_bytes()).map_err(|_| "process.args[0]: contains NUL".into())
 }
@@ -131,7 +139,10 @@ fn prctl(op: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<(), String> 
 pub(crate) fn open_terminal(p: &Process) -> Result<OwnedFd, String> {
     // SAFETY: open with a static path.
     let master = unsafe {
-        libc::open(c"/dev/ptmx".as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
+        libc::open(
+            c"/dev/ptmx".as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
     };
     if master < 0 {
         return Err(format!("open /dev/ptmx: {}", Errno::last()));
@@ -169,7 +180,10 @@ pub(crate) fn open_terminal(p: &Process) -> Result<OwnedFd, String> {
     }
     // SAFETY: makes the slave our controlling terminal; we are a session leader.
     if unsafe { libc::ioctl(slave, libc::TIOCSCTTY, 0) } != 0 {
-        return Err(format!("make {slave_path} the controlling terminal: {}", Errno::last()));
+        return Err(format!(
+            "make {slave_path} the controlling terminal: {}",
+            Errno::last()
+        ));
     }
     for fd in 0..3 {
         dup_to(slave, fd).map_err(|e| format!("dup {slave_path} to fd {fd}: {e}"))?;
@@ -194,12 +208,10 @@ pub(crate) fn open_terminal(p: &Process) -> Result<OwnedFd, String> {
 /// Everything after `Go`: ends in execve, or returns why it could not.
 pub(crate) fn exec(p: &Process, seccomp: Option<&Filter>) -> String {
     match prepare_exec(p, seccomp) {
-        Ok((path, argv, envp)) => {
-            match nix::unistd::execve(&path, &argv, &envp) {
-                Err(e) => format!("execve {}: {e}", path.to_string_lossy()),
-                Ok(never) => match never {},
-            }
-        }
+        Ok((path, argv, envp)) => match nix::unistd::execve(&path, &argv, &envp) {
+            Err(e) => format!("execve {}: {e}", path.to_string_lossy()),
+            Ok(never) => match never {},
+        },
         Err(e) => e,
     }
 }
@@ -230,16 +242,25 @@ fn prepare_exec(
     let gids: Vec<libc::gid_t> = user.additional_gids().clone().unwrap_or_default();
     // SAFETY: setgroups reads `gids.len()` entries.
     if unsafe { libc::setgroups(gids.len(), gids.as_ptr()) } != 0 {
-        return Err(format!("process.user.additionalGids: setgroups {gids:?}: {}", Errno::last()));
+        return Err(format!(
+            "process.user.additionalGids: setgroups {gids:?}: {}",
+            Errno::last()
+        ));
     }
     let (uid, gid) = (user.uid(), user.gid());
     // SAFETY: plain syscalls.
     if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
-        return Err(format!("process.user.gid: setresgid {gid}: {}", Errno::last()));
+        return Err(format!(
+            "process.user.gid: setresgid {gid}: {}",
+            Errno::last()
+        ));
     }
     // SAFETY: plain syscall.
     if unsafe { libc::setresuid(uid, uid, uid) } != 0 {
-        return Err(format!("process.user.uid: setresuid {uid}: {}", Errno::last()));
+        return Err(format!(
+            "process.user.uid: setresuid {uid}: {}",
+            Errno::last()
+        ));
     }
     prctl(libc::PR_SET_KEEPCAPS, 0, "prctl(PR_SET_KEEPCAPS, 0)")?;
     if let Some(c) = caps {

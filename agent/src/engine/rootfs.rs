@@ -75,7 +75,8 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
     if let Some(p) = plan.spec.process() {
         let cwd = secure_join(&plan.rootfs, p.cwd());
         if !cwd.exists() {
-            fs::create_dir_all(&cwd).map_err(|e| format!("process.cwd: mkdir {}: {e}", p.cwd().display()))?;
+            fs::create_dir_all(&cwd)
+                .map_err(|e| format!("process.cwd: mkdir {}: {e}", p.cwd().display()))?;
         }
     }
     Ok(())
@@ -89,8 +90,14 @@ pub(crate) fn change_root(rootfs: &Path, no_pivot: bool) -> Result<(), String> {
             Ok(()) => {
                 // The old root is now stacked under the new one: detach it, without letting
                 // the unmount propagate to the host.
-                mount(none(), ".", none(), MsFlags::MS_SLAVE | MsFlags::MS_REC, none())
-                    .map_err(|e| format!("make the old root rslave: {e}"))?;
+                mount(
+                    none(),
+                    ".",
+                    none(),
+                    MsFlags::MS_SLAVE | MsFlags::MS_REC,
+                    none(),
+                )
+                .map_err(|e| format!("make the old root rslave: {e}"))?;
                 umount2(".", MntFlags::MNT_DETACH)
                     .map_err(|e| format!("detach the old root: {e}"))?;
                 return chdir("/").map_err(|e| format!("chdir /: {e}"));
@@ -109,10 +116,16 @@ pub(crate) fn change_root(rootfs: &Path, no_pivot: bool) -> Result<(), String> {
 /// Steps inside the new root.
 pub(crate) fn finish(spec: &Spec) -> Result<(), String> {
     let linux = spec.linux().as_ref();
-    for p in linux.and_then(|l| l.masked_paths().as_deref()).unwrap_or(&[]) {
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or(&[])
+    {
         mask(Path::new(p))?;
     }
-    for p in linux.and_then(|l| l.readonly_paths().as_deref()).unwrap_or(&[]) {
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or(&[])
+    {
         readonly(Path::new(p))?;
     }
     if let Some(true) = spec.root().as_ref().and_then(|r| r.readonly()) {
@@ -150,8 +163,14 @@ fn readonly(p: &Path) -> Result<(), String> {
     if fs::symlink_metadata(&p).is_err() {
         return Ok(());
     }
-    mount(Some(&p), &p, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())
-        .map_err(|e| format!("bind {} for read-only: {e}", p.display()))?;
+    mount(
+        Some(&p),
+        &p,
+        none(),
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        none(),
+    )
+    .map_err(|e| format!("bind {} for read-only: {e}", p.display()))?;
     remount_ro(&p)
 }
 
@@ -170,5 +189,6 @@ fn remount_ro(p: &Path) -> Result<(), String> {
             f |= ms;
         }
     }
-    mount(none(), p, none(), f, none()).map_err(|e| format!("remount {} read-only: {e}", p.display()))
+    mount(none(), p, none(), f, none())
+        .map_err(|e| format!("remount {} read-only: {e}", p.display()))
 }

@@ -115,8 +115,9 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
         match parent.recv() {
             Ok(Some((Msg::MapIds, _))) => {
                 if let Some(init) = &setup.init {
-                    let r = write_id_map(intermediate_pid, "uid_map", &init.uid_mappings)
-                        .and_then(|_| write_id_map(intermediate_pid, "gid_map", &init.gid_mappings));
+                    let r = write_id_map(intermediate_pid, "uid_map", &init.uid_mappings).and_then(
+                        |_| write_id_map(intermediate_pid, "gid_map", &init.gid_mappings),
+                    );
                     if let Err(e) = r {
                         failure = Some(e);
                         let _ = kill(intermediate_pid, Signal::SIGKILL);
@@ -184,8 +185,16 @@ fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
         keep.extend(setup.ns.fds());
         keep.extend(null);
         match setup.stdio {
-            Stdio::Fds { stdin, stdout, stderr } => {
-                let fds = [stdin.as_ref().map(|f| f.as_raw_fd()).or(null), Some(stdout.as_raw_fd()), Some(stderr.as_raw_fd())];
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let fds = [
+                    stdin.as_ref().map(|f| f.as_raw_fd()).or(null),
+                    Some(stdout.as_raw_fd()),
+                    Some(stderr.as_raw_fd()),
+                ];
                 keep.extend(fds.iter().flatten());
                 close_fds_except(&keep);
                 // Move them out of the way first so that dup2 cannot clobber one of them.
@@ -214,14 +223,19 @@ fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
         if setup.ns.new_user {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER)
                 .map_err(|e| format!("unshare(CLONE_NEWUSER): {e}"))?;
-            chan.send(&Msg::MapIds).map_err(|e| format!("asking for id maps: {e}"))?;
+            chan.send(&Msg::MapIds)
+                .map_err(|e| format!("asking for id maps: {e}"))?;
             match chan.recv()? {
                 Some((Msg::MapsDone, _)) => {}
                 other => return Err(format!("waiting for id maps: got {other:?}")),
             }
             // SAFETY: plain syscalls.
-            if unsafe { libc::setresgid(0, 0, 0) } != 0 || unsafe { libc::setresuid(0, 0, 0) } != 0 {
-                return Err(format!("become root in the user namespace: {}", Errno::last()));
+            if unsafe { libc::setresgid(0, 0, 0) } != 0 || unsafe { libc::setresuid(0, 0, 0) } != 0
+            {
+                return Err(format!(
+                    "become root in the user namespace: {}",
+                    Errno::last()
+                ));
             }
         }
         setup.ns.unshare_rest()?;
@@ -243,7 +257,8 @@ fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
         if pid == 0 {
             container_process(setup, chan);
         }
-        chan.send(&Msg::ChildPid(pid as i32)).map_err(|e| format!("reporting the pid: {e}"))
+        chan.send(&Msg::ChildPid(pid as i32))
+            .map_err(|e| format!("reporting the pid: {e}"))
     })();
     match result {
         Ok(()) => exit_now(0),
@@ -287,12 +302,20 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
     exit_now(127)
 }
 
-fn setup_init(setup: &ChildSetup, init: &InitSetup, terminal: bool) -> Result<Option<OwnedFd>, String> {
+fn setup_init(
+    setup: &ChildSetup,
+    init: &InitSetup,
+    terminal: bool,
+) -> Result<Option<OwnedFd>, String> {
     let spec = init.spec;
     let linux = spec.linux().as_ref();
     // The host's /proc is still mounted here; net and ipc sysctls act on the namespaces of
     // the writer, which are the container's now.
-    for (k, v) in linux.and_then(|l| l.sysctl().as_ref()).into_iter().flatten() {
+    for (k, v) in linux
+        .and_then(|l| l.sysctl().as_ref())
+        .into_iter()
+        .flatten()
+    {
         let path = format!("/proc/sys/{}", k.replace('.', "/"));
         std::fs::write(&path, v).map_err(|e| format!("linux.sysctl.{k}: write {path}: {e}"))?;
     }
@@ -302,7 +325,10 @@ fn setup_init(setup: &ChildSetup, init: &InitSetup, terminal: bool) -> Result<Op
     if let Some(d) = spec.domainname() {
         // SAFETY: pointer and length of a live string.
         if unsafe { libc::setdomainname(d.as_ptr().cast(), d.len()) } != 0 {
-            return Err(format!("domainname: setdomainname {d:?}: {}", Errno::last()));
+            return Err(format!(
+                "domainname: setdomainname {d:?}: {}",
+                Errno::last()
+            ));
         }
     }
     let plan = RootfsPlan {

@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use oci_spec::runtime::{Linux, LinuxDeviceType, LinuxNamespaceType, LinuxResources, Process, Spec};
+use oci_spec::runtime::{
+    Linux, LinuxDeviceType, LinuxNamespaceType, LinuxResources, Process, Spec,
+};
 
 use super::cgroups::check_path;
 use super::error::SpecError;
@@ -27,7 +29,10 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
     }
     let rootfs = bundle.join(root.path());
     if !rootfs.is_dir() {
-        return err("root.path", format!("{} is not a directory", rootfs.display()));
+        return err(
+            "root.path",
+            format!("{} is not a directory", rootfs.display()),
+        );
     }
     let process = match spec.process() {
         Some(p) => p,
@@ -48,10 +53,14 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let f = format!("mounts[{i}]");
         if !m.destination().is_absolute() {
-            return err(format!("{f}.destination"), format!("must be absolute, got {:?}", m.destination()));
+            return err(
+                format!("{f}.destination"),
+                format!("must be absolute, got {:?}", m.destination()),
+            );
         }
         let opts = m.options().as_deref().unwrap_or(&[]);
-        let is_bind = m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
+        let is_bind =
+            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
         if is_bind && m.source().is_none() {
             return err(format!("{f}.source"), "a bind mount needs a source");
         }
@@ -64,32 +73,50 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
     }
     if let Some(p) = linux.rootfs_propagation() {
         if propagation(p).is_none() {
-            return err("linux.rootfsPropagation", format!("unknown propagation {p:?}"));
+            return err(
+                "linux.rootfsPropagation",
+                format!("unknown propagation {p:?}"),
+            );
         }
     }
-    for (name, list) in [("maskedPaths", linux.masked_paths()), ("readonlyPaths", linux.readonly_paths())] {
+    for (name, list) in [
+        ("maskedPaths", linux.masked_paths()),
+        ("readonlyPaths", linux.readonly_paths()),
+    ] {
         for (i, p) in list.iter().flatten().enumerate() {
             if !p.starts_with('/') {
-                return err(format!("linux.{name}[{i}]"), format!("must be absolute, got {p:?}"));
+                return err(
+                    format!("linux.{name}[{i}]"),
+                    format!("must be absolute, got {p:?}"),
+                );
             }
         }
     }
     for (i, d) in linux.devices().iter().flatten().enumerate() {
         let f = format!("linux.devices[{i}]");
         if !d.path().is_absolute() {
-            return err(format!("{f}.path"), format!("must be absolute, got {:?}", d.path()));
+            return err(
+                format!("{f}.path"),
+                format!("must be absolute, got {:?}", d.path()),
+            );
         }
         match d.typ() {
             LinuxDeviceType::A => return err(format!("{f}.type"), "must be c, b, u or p, got a"),
             LinuxDeviceType::P => {}
             _ if d.major() < 0 || d.minor() < 0 => {
-                return err(format!("{f}.major"), "a character or block device needs major and minor >= 0")
+                return err(
+                    format!("{f}.major"),
+                    "a character or block device needs major and minor >= 0",
+                )
             }
             _ => {}
         }
         if let Some(m) = d.file_mode() {
             if m > 0o7777 {
-                return err(format!("{f}.fileMode"), format!("must be a permission mode, got {m:#o}"));
+                return err(
+                    format!("{f}.fileMode"),
+                    format!("must be a permission mode, got {m:#o}"),
+                );
             }
         }
     }
@@ -107,29 +134,47 @@ fn validate_namespaces(linux: &Linux) -> Result<HashSet<LinuxNamespaceType>, Spe
     let mut new_user = false;
     for (i, n) in linux.namespaces().iter().flatten().enumerate() {
         if !seen.insert(n.typ()) {
-            return err(format!("linux.namespaces[{i}].type"), format!("{} namespace listed twice", n.typ()));
+            return err(
+                format!("linux.namespaces[{i}].type"),
+                format!("{} namespace listed twice", n.typ()),
+            );
         }
         if let Some(p) = n.path() {
             if !p.is_absolute() {
-                return err(format!("linux.namespaces[{i}].path"), format!("must be absolute, got {p:?}"));
+                return err(
+                    format!("linux.namespaces[{i}].path"),
+                    format!("must be absolute, got {p:?}"),
+                );
             }
         } else if n.typ() == LinuxNamespaceType::User {
             new_user = true;
         }
     }
     if !seen.contains(&LinuxNamespaceType::Mount) {
-        return err("linux.namespaces", "a mount namespace is required (the rootfs is set up in it)");
+        return err(
+            "linux.namespaces",
+            "a mount namespace is required (the rootfs is set up in it)",
+        );
     }
     let maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
     if maps && !new_user {
-        return err("linux.uidMappings", "id mappings need a new user namespace in linux.namespaces");
+        return err(
+            "linux.uidMappings",
+            "id mappings need a new user namespace in linux.namespaces",
+        );
     }
     if new_user {
-        for (name, m) in [("uidMappings", linux.uid_mappings()), ("gidMappings", linux.gid_mappings())] {
+        for (name, m) in [
+            ("uidMappings", linux.uid_mappings()),
+            ("gidMappings", linux.gid_mappings()),
+        ] {
             let m = m.as_deref().unwrap_or(&[]);
             if m.is_empty() {
-                return err(format!("linux.{name}"), "a new user namespace needs id mappings");
+                return err(
+                    format!("linux.{name}"),
+                    "a new user namespace needs id mappings",
+                );
             }
             for (i, e) in m.iter().enumerate() {
                 if e.size() == 0 {
@@ -147,11 +192,17 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
         _ => return err(format!("{f}.args"), "must name the program to run"),
     }
     if !p.cwd().is_absolute() {
-        return err(format!("{f}.cwd"), format!("must be absolute, got {:?}", p.cwd()));
+        return err(
+            format!("{f}.cwd"),
+            format!("must be absolute, got {:?}", p.cwd()),
+        );
     }
     for (i, e) in p.env().iter().flatten().enumerate() {
         if !e.contains('=') || e.starts_with('=') {
-            return err(format!("{f}.env[{i}]"), format!("must be NAME=value, got {e:?}"));
+            return err(
+                format!("{f}.env[{i}]"),
+                format!("must be NAME=value, got {e:?}"),
+            );
         }
     }
     if p.console_size().is_some() && p.terminal() != Some(true) {
@@ -159,18 +210,27 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
     }
     if let Some(u) = p.user().umask() {
         if u > 0o777 {
-            return err(format!("{f}.user.umask"), format!("must be at most 0777, got {u:#o}"));
+            return err(
+                format!("{f}.user.umask"),
+                format!("must be at most 0777, got {u:#o}"),
+            );
         }
     }
     if let Some(v) = p.oom_score_adj() {
         if !(-1000..=1000).contains(&v) {
-            return err(format!("{f}.oomScoreAdj"), format!("must be between -1000 and 1000, got {v}"));
+            return err(
+                format!("{f}.oomScoreAdj"),
+                format!("must be between -1000 and 1000, got {v}"),
+            );
         }
     }
     let mut seen = Vec::new();
     for (i, r) in p.rlimits().iter().flatten().enumerate() {
         if seen.contains(&r.typ()) {
-            return err(format!("{f}.rlimits[{i}].type"), format!("{} listed twice", r.typ()));
+            return err(
+                format!("{f}.rlimits[{i}].type"),
+                format!("{} listed twice", r.typ()),
+            );
         }
         if r.soft() > r.hard() {
             return err(
@@ -194,7 +254,10 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
         let eff = c.effective().clone().unwrap_or_default();
         for cap in &eff {
             if !perm.contains(cap) {
-                return err(format!("{f}.capabilities.effective"), format!("CAP_{cap} must also be in permitted"));
+                return err(
+                    format!("{f}.capabilities.effective"),
+                    format!("CAP_{cap} must also be in permitted"),
+                );
             }
         }
     }
@@ -204,7 +267,10 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
 /// `-1` means unlimited; `0` means unset, as runc reads it.
 fn limit(field: String, v: Option<i64>) -> Result<(), SpecError> {
     match v {
-        Some(v) if v < -1 => err(field, format!("must be -1 (unlimited) or positive, got {v}")),
+        Some(v) if v < -1 => err(
+            field,
+            format!("must be -1 (unlimited) or positive, got {v}"),
+        ),
         _ => Ok(()),
     }
 }
@@ -243,24 +309,36 @@ pub(crate) fn validate_resources(r: &LinuxResources, f: &str) -> Result<(), Spec
         }
         if let Some(s) = m.swappiness() {
             if s > 100 {
-                return err(format!("{f}.memory.swappiness"), format!("must be 0-100, got {s}"));
+                return err(
+                    format!("{f}.memory.swappiness"),
+                    format!("must be 0-100, got {s}"),
+                );
             }
         }
     }
     if let Some(c) = r.cpu() {
         if let Some(s) = c.shares() {
             if s != 0 && !(2..=262_144).contains(&s) {
-                return err(format!("{f}.cpu.shares"), format!("must be 2-262144, got {s}"));
+                return err(
+                    format!("{f}.cpu.shares"),
+                    format!("must be 2-262144, got {s}"),
+                );
             }
         }
         if let Some(q) = c.quota() {
             if q != -1 && q != 0 && q < 1000 {
-                return err(format!("{f}.cpu.quota"), format!("must be -1 or at least 1000 (µs), got {q}"));
+                return err(
+                    format!("{f}.cpu.quota"),
+                    format!("must be -1 or at least 1000 (µs), got {q}"),
+                );
             }
         }
         if let Some(p) = c.period() {
             if !(1000..=1_000_000).contains(&p) {
-                return err(format!("{f}.cpu.period"), format!("must be 1000-1000000 (µs), got {p}"));
+                return err(
+                    format!("{f}.cpu.period"),
+                    format!("must be 1000-1000000 (µs), got {p}"),
+                );
             }
         }
         if let Some(i) = c.idle() {
@@ -280,13 +358,19 @@ pub(crate) fn validate_resources(r: &LinuxResources, f: &str) -> Result<(), Spec
     for (i, d) in r.devices().iter().flatten().enumerate() {
         if let Some(a) = d.access() {
             if a.is_empty() || !a.chars().all(|c| "rwm".contains(c)) {
-                return err(format!("{f}.devices[{i}].access"), format!("must be letters of rwm, got {a:?}"));
+                return err(
+                    format!("{f}.devices[{i}].access"),
+                    format!("must be letters of rwm, got {a:?}"),
+                );
             }
         }
     }
     for (k, _) in r.unified().iter().flatten() {
         if k.contains('/') || k.starts_with('.') || !k.contains('.') {
-            return err(format!("{f}.unified"), format!("{k:?} is not a cgroup interface file name"));
+            return err(
+                format!("{f}.unified"),
+                format!("{k:?} is not a cgroup interface file name"),
+            );
         }
     }
     Ok(())
@@ -295,7 +379,16 @@ pub(crate) fn validate_resources(r: &LinuxResources, f: &str) -> Result<(), Spec
 /// Only namespaced sysctls may be set, and only with their namespace.
 fn validate_sysctl(key: &str, ns: &HashSet<LinuxNamespaceType>) -> Result<(), SpecError> {
     let f = format!("linux.sysctl.{key}");
-    let ipc = ["kernel.msgmax", "kernel.msgmnb", "kernel.msgmni", "kernel.sem", "kernel.shmall", "kernel.shmmax", "kernel.shmmni", "kernel.shm_rmid_forced"];
+    let ipc = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
     let needs = if ipc.contains(&key) || key.starts_with("fs.mqueue.") {
         LinuxNamespaceType::Ipc
     } else if key.starts_with("net.") {
@@ -327,14 +420,27 @@ mod tests {
 
     #[test]
     fn resources_name_the_field() {
-        let r: LinuxResources = serde_json::from_value(serde_json::json!({"memory": {"limit": -5}})).unwrap();
-        let e = validate_resources(&r, "linux.resources").unwrap_err();
-        assert_eq!(e.to_string(), "linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5");
-        let r: LinuxResources = serde_json::from_value(serde_json::json!({"cpu": {"period": 10}})).unwrap();
-        assert_eq!(validate_resources(&r, "r").unwrap_err().field, "r.cpu.period");
         let r: LinuxResources =
-            serde_json::from_value(serde_json::json!({"memory": {"limit": 100000000, "swap": 1000}})).unwrap();
-        assert_eq!(validate_resources(&r, "r").unwrap_err().field, "r.memory.swap");
+            serde_json::from_value(serde_json::json!({"memory": {"limit": -5}})).unwrap();
+        let e = validate_resources(&r, "linux.resources").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5"
+        );
+        let r: LinuxResources =
+            serde_json::from_value(serde_json::json!({"cpu": {"period": 10}})).unwrap();
+        assert_eq!(
+            validate_resources(&r, "r").unwrap_err().field,
+            "r.cpu.period"
+        );
+        let r: LinuxResources = serde_json::from_value(
+            serde_json::json!({"memory": {"limit": 100000000, "swap": 1000}}),
+        )
+        .unwrap();
+        assert_eq!(
+            validate_resources(&r, "r").unwrap_err().field,
+            "r.memory.swap"
+        );
     }
 
     #[test]

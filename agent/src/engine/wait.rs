@@ -69,7 +69,10 @@ mod tests {
     #[test]
     fn exit_and_signal_statuses() {
         let p = Pid::from_raw(1);
-        assert_eq!(exit_status(WaitStatus::Exited(p, 3)), Some(ExitStatus::Code(3)));
+        assert_eq!(
+            exit_status(WaitStatus::Exited(p, 3)),
+            Some(ExitStatus::Code(3))
+        );
         assert_eq!(
             exit_status(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
             Some(ExitStatus::Signal(9))

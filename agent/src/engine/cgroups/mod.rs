@@ -181,7 +181,10 @@ fn mountinfo() -> Result<Vec<MountInfo>, EngineError> {
 }
 
 fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// The calling process's own cgroup in each hierarchy, keyed by the controller list as
@@ -210,7 +213,10 @@ fn resolve(mount: &MountInfo, own: Option<&Path>, path: &str) -> PathBuf {
         own.unwrap_or(Path::new("/")).join(path)
     };
     // A mount of a sub-tree (nested containers): cgroup paths are relative to the real root.
-    let rel = rel.strip_prefix(&mount.root).map(Path::to_path_buf).unwrap_or(rel);
+    let rel = rel
+        .strip_prefix(&mount.root)
+        .map(Path::to_path_buf)
+        .unwrap_or(rel);
     let rel = rel.strip_prefix("/").map(Path::to_path_buf).unwrap_or(rel);
     mount.mountpoint.join(rel)
 }
@@ -232,7 +238,10 @@ impl Cgroup {
                     .ok_or_else(|| {
                         EngineError::CgroupUnsupported("no cgroup2 mount at /sys/fs/cgroup".into())
                     })?;
-                let own2 = own.iter().find(|(c, _)| c.is_empty()).map(|(_, p)| p.as_path());
+                let own2 = own
+                    .iter()
+                    .find(|(c, _)| c.is_empty())
+                    .map(|(_, p)| p.as_path());
                 let dir = resolve(m, own2, path);
                 let created = v2::create(&m.mountpoint, &dir)?;
                 Cgroup {
@@ -331,7 +340,11 @@ impl Cgroup {
 
     /// Pids of every process in the cgroup.
     pub(crate) fn pids(&self) -> Result<Vec<Pid>, EngineError> {
-        let file = self.procs_files().into_iter().next().expect("one procs file at least");
+        let file = self
+            .procs_files()
+            .into_iter()
+            .next()
+            .expect("one procs file at least");
         Ok(read(&file)?
             .lines()
             .filter_map(|l| l.trim().parse().ok())
@@ -380,7 +393,9 @@ impl Cgroup {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(Duration::from_millis(5));
                     }
                     Err(e) => return Err(EngineError::cgroup(dir, "rmdir", e)),
@@ -423,12 +438,18 @@ mod tests {
             superopts: "rw,memory".into(),
         };
         let own = Path::new("/user/1");
-        assert_eq!(resolve(&m, Some(own), "/sandbox/c"), Path::new("/sys/fs/cgroup/memory/sandbox/c"));
+        assert_eq!(
+            resolve(&m, Some(own), "/sandbox/c"),
+            Path::new("/sys/fs/cgroup/memory/sandbox/c")
+        );
         assert_eq!(
             resolve(&m, Some(own), "sandbox/c"),
             Path::new("/sys/fs/cgroup/memory/user/1/sandbox/c")
         );
-        let nested = MountInfo { root: "/outer".into(), ..m };
+        let nested = MountInfo {
+            root: "/outer".into(),
+            ..m
+        };
         assert_eq!(
             resolve(&nested, Some(Path::new("/outer/x")), "c"),
             Path::new("/sys/fs/cgroup/memory/x/c")

@@ -10,8 +10,20 @@ use super::{keyed, read, write, CgroupStats, CgroupVersion, Hierarchy, OomWatche
 use crate::engine::error::EngineError;
 
 const KNOWN: &[&str] = &[
-    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "blkio",
-    "perf_event", "net_prio", "hugetlb", "pids", "rdma", "misc",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "blkio",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
 ];
 
 /// The controllers a v1 mount carries, from its super options (sorted).
@@ -134,7 +146,11 @@ pub(super) fn apply(hs: &[Hierarchy], res: &LinuxResources) -> Result<(), Engine
     }
     if let Some(p) = res.pids() {
         let d = &need(hs, "pids")?.dir;
-        let v = if p.limit() <= 0 { "max".to_string() } else { p.limit().to_string() };
+        let v = if p.limit() <= 0 {
+            "max".to_string()
+        } else {
+            p.limit().to_string()
+        };
         write(&d.join("pids.max"), &v)?;
     }
     if let Some(devs) = res.devices() {
@@ -153,7 +169,11 @@ pub(super) fn apply(hs: &[Hierarchy], res: &LinuxResources) -> Result<(), Engine
                 num(dev.minor()),
                 dev.access().clone().unwrap_or_else(|| "rwm".into())
             );
-            let file = if dev.allow() { "devices.allow" } else { "devices.deny" };
+            let file = if dev.allow() {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
             write(&d.join(file), &rule)?;
         }
     }
@@ -169,9 +189,9 @@ pub(super) fn apply(hs: &[Hierarchy], res: &LinuxResources) -> Result<(), Engine
 
 fn num(path: PathBuf) -> Result<u64, EngineError> {
     let t = read(&path)?;
-    t.trim()
-        .parse()
-        .map_err(|_| EngineError::CgroupUnsupported(format!("{}: not a number: {t:?}", path.display())))
+    t.trim().parse().map_err(|_| {
+        EngineError::CgroupUnsupported(format!("{}: not a number: {t:?}", path.display()))
+    })
 }
 
 pub(super) fn stats(hs: &[Hierarchy]) -> Result<CgroupStats, EngineError> {

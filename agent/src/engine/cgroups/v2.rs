@@ -12,7 +12,10 @@ use crate::engine::error::EngineError;
 
 const WANTED: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
 
-pub(super) fn create(mountpoint: &Path, dir: &Path) -> Result<Vec<std::path::PathBuf>, EngineError> {
+pub(super) fn create(
+    mountpoint: &Path,
+    dir: &Path,
+) -> Result<Vec<std::path::PathBuf>, EngineError> {
     let mut created = Vec::new();
     let rel = dir.strip_prefix(mountpoint).unwrap_or(Path::new(""));
     let mut cur = mountpoint.to_path_buf();
@@ -99,7 +102,11 @@ pub(super) fn apply(d: &Path, res: &LinuxResources) -> Result<(), EngineError> {
         }
     }
     if let Some(p) = res.pids() {
-        let v = if p.limit() <= 0 { "max".to_string() } else { p.limit().to_string() };
+        let v = if p.limit() <= 0 {
+            "max".to_string()
+        } else {
+            p.limit().to_string()
+        };
         write(&d.join("pids.max"), &v)?;
     }
     if let Some(u) = res.unified() {
@@ -141,7 +148,10 @@ pub(super) fn oom_watcher(d: &Path) -> Result<OomWatcher, EngineError> {
     // SAFETY: inotify_init1 creates a new descriptor, owned right below.
     let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
     if fd < 0 {
-        return Err(EngineError::sys("inotify_init1", std::io::Error::last_os_error()));
+        return Err(EngineError::sys(
+            "inotify_init1",
+            std::io::Error::last_os_error(),
+        ));
     }
     // SAFETY: fd is fresh.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -149,10 +159,18 @@ pub(super) fn oom_watcher(d: &Path) -> Result<OomWatcher, EngineError> {
         .map_err(|_| EngineError::CgroupUnsupported("NUL in cgroup path".into()))?;
     // SAFETY: valid descriptor and NUL-terminated path.
     let r = unsafe {
-        libc::inotify_add_watch(std::os::fd::AsRawFd::as_raw_fd(&fd), c.as_ptr(), libc::IN_MODIFY)
+        libc::inotify_add_watch(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            c.as_ptr(),
+            libc::IN_MODIFY,
+        )
     };
     if r < 0 {
-        return Err(EngineError::cgroup(&file, "inotify_add_watch", std::io::Error::last_os_error()));
+        return Err(EngineError::cgroup(
+            &file,
+            "inotify_add_watch",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(OomWatcher {
         fd,

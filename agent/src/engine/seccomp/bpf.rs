@@ -46,7 +46,9 @@ pub(crate) enum CmpOp {
     Ge,
     Gt,
     /// `(arg & mask) == value`
-    MaskedEq { mask: u64 },
+    MaskedEq {
+        mask: u64,
+    },
 }
 
 /// A condition on one 64-bit system call argument.
@@ -163,12 +165,42 @@ pub(crate) fn compile(
     foreign_action: u32,
 ) -> Result<Vec<SockFilter>, String> {
     let mut prog = vec![
-        SockFilter { code: LD_W_ABS, jt: 0, jf: 0, k: OFF_ARCH },
-        SockFilter { code: JEQ_K, jt: 1, jf: 0, k: AUDIT_ARCH_X86_64 },
-        SockFilter { code: RET_K, jt: 0, jf: 0, k: foreign_action },
-        SockFilter { code: LD_W_ABS, jt: 0, jf: 0, k: OFF_NR },
-        SockFilter { code: JGE_K, jt: 0, jf: 1, k: X32_SYSCALL_BIT },
-        SockFilter { code: RET_K, jt: 0, jf: 0, k: foreign_action },
+        SockFilter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: OFF_ARCH,
+        },
+        SockFilter {
+            code: JEQ_K,
+            jt: 1,
+            jf: 0,
+            k: AUDIT_ARCH_X86_64,
+        },
+        SockFilter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: foreign_action,
+        },
+        SockFilter {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: OFF_NR,
+        },
+        SockFilter {
+            code: JGE_K,
+            jt: 0,
+            jf: 1,
+            k: X32_SYSCALL_BIT,
+        },
+        SockFilter {
+            code: RET_K,
+            jt: 0,
+            jf: 0,
+            k: foreign_action,
+        },
     ];
     // The accumulator holds the syscall number until a block loads an argument.
     let mut acc_is_nr = true;
@@ -211,7 +243,12 @@ pub(crate) fn compile(
         }
         acc_is_nr = rule.conditions.is_empty();
     }
-    prog.push(SockFilter { code: RET_K, jt: 0, jf: 0, k: default_action });
+    prog.push(SockFilter {
+        code: RET_K,
+        jt: 0,
+        jf: 0,
+        k: default_action,
+    });
     if prog.len() > 4096 {
         return Err(format!(
             "seccomp program has {} instructions, more than the kernel's 4096",
@@ -234,7 +271,8 @@ pub(crate) mod tests {
         for a in args {
             data.extend_from_slice(&a.to_le_bytes());
         }
-        let word = |off: u32| u32::from_le_bytes(data[off as usize..off as usize + 4].try_into().unwrap());
+        let word =
+            |off: u32| u32::from_le_bytes(data[off as usize..off as usize + 4].try_into().unwrap());
         let (mut pc, mut acc) = (0usize, 0u32);
         loop {
             let i = prog[pc];
@@ -263,7 +301,11 @@ pub(crate) mod tests {
     fn one(op: CmpOp, value: u64) -> Vec<SockFilter> {
         let rule = Rule {
             nr: 7,
-            conditions: vec![ArgCmp { index: 2, op, value }],
+            conditions: vec![ArgCmp {
+                index: 2,
+                op,
+                value,
+            }],
             action: DENY,
         };
         compile(&[rule], ALLOW, FOREIGN).unwrap()
@@ -271,8 +313,17 @@ pub(crate) mod tests {
 
     #[test]
     fn comparisons_follow_64_bit_semantics() {
-        let values = [0u64, 1, 5, 0xffff_ffff, 0x1_0000_0000, 0x1_0000_0005, u64::MAX];
-        let ops: [(CmpOp, fn(u64, u64) -> bool); 6] = [
+        let values = [
+            0u64,
+            1,
+            5,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1_0000_0005,
+            u64::MAX,
+        ];
+        type Holds = fn(u64, u64) -> bool;
+        let ops: [(CmpOp, Holds); 6] = [
             (CmpOp::Eq, |a, b| a == b),
             (CmpOp::Ne, |a, b| a != b),
             (CmpOp::Lt, |a, b| a < b),
@@ -294,7 +345,12 @@ pub(crate) mod tests {
 
     #[test]
     fn masked_eq_and_other_syscalls() {
-        let prog = one(CmpOp::MaskedEq { mask: 0xff00_0000_00ff }, 0x1200_0000_0034);
+        let prog = one(
+            CmpOp::MaskedEq {
+                mask: 0xff00_0000_00ff,
+            },
+            0x1200_0000_0034,
+        );
         let r = |nr, a| run(&prog, AUDIT_ARCH_X86_64, nr, [0, 0, a, 0, 0, 0]);
         assert_eq!(r(7, 0x1299_0000_7734), DENY);
         assert_eq!(r(7, 0x1399_0000_7734), ALLOW);
@@ -304,16 +360,38 @@ pub(crate) mod tests {
     #[test]
     fn first_matching_rule_wins_and_foreign_abis_are_caught() {
         let rules = vec![
-            Rule { nr: 1, conditions: vec![ArgCmp { index: 0, op: CmpOp::Eq, value: 2 }], action: ALLOW },
-            Rule { nr: 1, conditions: vec![], action: 0x0005_0009 },
-            Rule { nr: 3, conditions: vec![], action: ALLOW },
+            Rule {
+                nr: 1,
+                conditions: vec![ArgCmp {
+                    index: 0,
+                    op: CmpOp::Eq,
+                    value: 2,
+                }],
+                action: ALLOW,
+            },
+            Rule {
+                nr: 1,
+                conditions: vec![],
+                action: 0x0005_0009,
+            },
+            Rule {
+                nr: 3,
+                conditions: vec![],
+                action: ALLOW,
+            },
         ];
         let prog = compile(&rules, DENY, FOREIGN).unwrap();
         assert_eq!(run(&prog, AUDIT_ARCH_X86_64, 1, [2, 0, 0, 0, 0, 0]), ALLOW);
-        assert_eq!(run(&prog, AUDIT_ARCH_X86_64, 1, [3, 0, 0, 0, 0, 0]), 0x0005_0009);
+        assert_eq!(
+            run(&prog, AUDIT_ARCH_X86_64, 1, [3, 0, 0, 0, 0, 0]),
+            0x0005_0009
+        );
         assert_eq!(run(&prog, AUDIT_ARCH_X86_64, 3, [0; 6]), ALLOW);
         assert_eq!(run(&prog, AUDIT_ARCH_X86_64, 4, [0; 6]), DENY);
         assert_eq!(run(&prog, 0x4000_0003, 3, [0; 6]), FOREIGN);
-        assert_eq!(run(&prog, AUDIT_ARCH_X86_64, 3 | X32_SYSCALL_BIT, [0; 6]), FOREIGN);
+        assert_eq!(
+            run(&prog, AUDIT_ARCH_X86_64, 3 | X32_SYSCALL_BIT, [0; 6]),
+            FOREIGN
+        );
     }
 }

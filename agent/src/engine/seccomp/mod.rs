@@ -32,7 +32,7 @@ fn action(field: &str, a: LinuxSeccompAction, errno: Option<u32>) -> Result<u32,
     use LinuxSeccompAction::*;
     if errno.is_some() && !matches!(a, ScmpActErrno | ScmpActTrace) {
         return Err(SpecError::new(
-            format!("{field}"),
+            field,
             format!("errnoRet is only valid with SCMP_ACT_ERRNO or SCMP_ACT_TRACE, not {a}"),
         ));
     }
@@ -40,7 +40,7 @@ fn action(field: &str, a: LinuxSeccompAction, errno: Option<u32>) -> Result<u32,
         let v = errno.unwrap_or(default);
         if v > 0xffff {
             return Err(SpecError::new(
-                format!("{field}"),
+                field,
                 format!("errnoRet must fit in 16 bits, got {v}"),
             ));
         }
@@ -124,7 +124,10 @@ pub(crate) fn compile(s: &LinuxSeccomp) -> Result<Filter, SpecError> {
     for (i, sc) in s.syscalls().iter().flatten().enumerate() {
         let field = format!("{F}.syscalls[{i}]");
         if sc.names().is_empty() {
-            return Err(SpecError::new(format!("{field}.names"), "must not be empty"));
+            return Err(SpecError::new(
+                format!("{field}.names"),
+                "must not be empty",
+            ));
         }
         let act = action(&format!("{field}.action"), sc.action(), sc.errno_ret())?;
         let mut conds = Vec::new();
@@ -223,7 +226,12 @@ mod tests {
         })))
         .unwrap();
         let run = |nr: i64, a0: u64| {
-            bpf::tests::run(f.program(), bpf::AUDIT_ARCH_X86_64, nr as u32, [a0, 0, 0, 0, 0, 0])
+            bpf::tests::run(
+                f.program(),
+                bpf::AUDIT_ARCH_X86_64,
+                nr as u32,
+                [a0, 0, 0, 0, 0, 0],
+            )
         };
         assert_eq!(run(libc::SYS_mkdir, 0), RET_ERRNO | 13);
         assert_eq!(run(libc::SYS_mkdirat, 0), RET_ERRNO | 13);
@@ -257,7 +265,10 @@ mod tests {
     #[test]
     fn syscall_table_matches_libc() {
         assert_eq!(syscalls_x86_64::number("read"), Some(libc::SYS_read as u32));
-        assert_eq!(syscalls_x86_64::number("clone3"), Some(libc::SYS_clone3 as u32));
+        assert_eq!(
+            syscalls_x86_64::number("clone3"),
+            Some(libc::SYS_clone3 as u32)
+        );
         assert_eq!(syscalls_x86_64::number("bogus"), None);
     }
 }
