@@ -30,10 +30,21 @@ pub struct MemoryBackend {
     /// Keep only a count of written frames (benchmarks), not their bytes.
     pub count_only: bool,
     pub written: u64,
+    /// After `inbound` runs dry, deliver this frame `repeat_left` more times (benchmarks).
+    pub repeat: Option<Vec<u8>>,
+    pub repeat_left: u64,
 }
 
 impl NetBackend for MemoryBackend {
     fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.inbound.is_empty() && self.repeat_left > 0 {
+            if let Some(frame) = &self.repeat {
+                self.repeat_left -= 1;
+                let n = frame.len().min(buf.len());
+                buf[..n].copy_from_slice(&frame[..n]);
+                return Ok(n);
+            }
+        }
         let frame = self
             .inbound
             .pop_front()

@@ -102,6 +102,12 @@ impl Vsock {
         self.muxer.connection_count()
     }
 
+    /// The fd that becomes readable when a host socket needs attention (what the event
+    /// loop watches; benchmarks poll it directly).
+    pub fn host_events_fd(&self) -> std::os::fd::RawFd {
+        self.muxer.as_raw_fd()
+    }
+
     fn signal(active: &Active) {
         if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
             error!("vsock: cannot raise the queue interrupt: {e}");
@@ -329,7 +335,7 @@ impl MutEventSubscriber for Vsock {
         // The host sockets are watched for the device's whole life, active or not: host
         // clients that connect before the driver is ready are turned away, not left hanging.
         if let Err(e) = ops.add(Events::with_data_raw(
-            self.muxer.as_raw_fd(),
+            self.host_events_fd(),
             TOKEN_MUXER,
             EventSet::IN,
         )) {
