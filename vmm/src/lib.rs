@@ -19,6 +19,7 @@ pub mod devices;
 pub mod hypervisor;
 pub mod loader;
 pub mod logger;
+pub mod seccomp;
 pub mod vstate;
 
 pub use builder::{BuildError, Vmm, VmmBuilder};

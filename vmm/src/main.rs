@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
@@ -14,6 +15,7 @@ use vmm::config::{SerialOutput, VmConfig};
 use vmm::devices::virtio::attach::VirtioDevices;
 use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::event_loop::EventLoopHandle;
+use vmm::seccomp::{self, Filters, StartGate, ThreadKind};
 use vmm::{check, exit_code, logger, VmExit, VmmBuilder};
 
 #[derive(Parser)]
@@ -155,14 +157,54 @@ fn build_vm(
     let mut builder = VmmBuilder::new(config, start)?;
     let mut virtio = VirtioDevices::new()?;
     virtio.attach_configured(&mut builder, config)?;
-    let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
-    match builder.start() {
-        Ok(vmm) => Ok((vmm, devices)),
-        Err(e) => {
-            let _ = devices.stop();
-            Err(e.into())
-        }
+    if !config.seccomp {
+        let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
+        return match builder.start() {
+            Ok(vmm) => Ok((vmm, devices)),
+            Err(e) => {
+                let _ = devices.stop();
+                Err(e.into())
+            }
+        };
     }
+
+    // Every thread installs its own filter before the guest runs: the device loop first
+    // thing on its thread, each vCPU thread before its first KVM_RUN, after which it waits
+    // at the gate until this thread has installed the main filter.
+    let filters = Filters::build()?;
+    let loop_filter = filters.device_loop.clone();
+    let devices = virtio.start(
+        move || seccomp::install(ThreadKind::DeviceLoop, &loop_filter).map_err(|e| e.to_string()),
+        builder.stop_handle(),
+    )?;
+    let gate = Arc::new(StartGate::new());
+    let vcpu_filter = filters.vcpu.clone();
+    let vcpu_gate = gate.clone();
+    builder.on_vcpu_thread_start(Arc::new(move |_id| {
+        seccomp::install(ThreadKind::Vcpu, &vcpu_filter).map_err(|e| e.to_string())?;
+        if vcpu_gate.wait() {
+            Ok(())
+        } else {
+            Err("VM start-up was aborted".into())
+        }
+    }));
+    let vmm = match builder.start() {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            gate.abort();
+            let _ = devices.stop();
+            return Err(e.into());
+        }
+    };
+    // From here on this thread only waits for the VM and tears it down.
+    if let Err(e) = seccomp::install(ThreadKind::Main, &filters.main) {
+        gate.abort();
+        let _ = devices.stop();
+        let _ = vmm.wait();
+        return Err(e.into());
+    }
+    gate.open();
+    Ok((vmm, devices))
 }
 
 fn main() -> ExitCode {
