@@ -33,6 +33,11 @@ struct Args {
     /// Directory for per-container state.
     #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
+    /// Act as a guest's agent without being PID 1: `create_sandbox` then sets the hostname,
+    /// network, DNS and storage of the namespaces the agent runs in. Meant for testing the
+    /// guest behaviour inside namespaces made for it.
+    #[arg(long)]
+    guest: bool,
 }
 
 fn main() -> ExitCode {
@@ -58,7 +63,11 @@ fn run_native(args: Args) -> ExitCode {
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
     let config = ServerConfig {
         listen,
-        mode: Mode::Native,
+        mode: if args.guest {
+            Mode::Guest
+        } else {
+            Mode::Native
+        },
         root: args.root.unwrap_or_else(|| PathBuf::from(NATIVE_ROOT)),
     };
     match server::run(config) {
