@@ -3,6 +3,7 @@
 //! and needs no locking beyond the per-device mutex the transport also takes.
 
 use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -103,12 +104,16 @@ impl DeviceEventLoop {
         let thread = std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
-                let result = setup().map_err(EventLoopError::Setup).and_then(|()| {
+                // A device that panics must not leave the guest waiting on a dead loop: the
+                // panic ends the loop like any other failure, and the VM is stopped.
+                let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    setup().map_err(EventLoopError::Setup)?;
                     while !self.stopped.load(Ordering::SeqCst) {
                         self.run_once(-1)?;
                     }
                     Ok(())
-                });
+                }))
+                .unwrap_or(Err(EventLoopError::Panicked));
                 if let Err(e) = &result {
                     error!("{e}");
                     on_failure(e);
@@ -190,6 +195,34 @@ mod tests {
         assert_eq!(dq.used_idx(), 1);
         assert_eq!(irq.queue_count(), 1);
         handle.stop().unwrap();
+    }
+
+    struct Panicker(EventFd);
+
+    impl MutEventSubscriber for Panicker {
+        fn init(&mut self, ops: &mut EventOps) {
+            ops.add(Events::new(&self.0, EventSet::IN)).unwrap();
+        }
+        fn process(&mut self, _: Events, _: &mut EventOps) {
+            panic!("device bug");
+        }
+    }
+
+    #[test]
+    fn a_panicking_device_ends_the_loop_and_is_reported() {
+        let evt = EventFd::new(EFD_NONBLOCK).unwrap();
+        let mut el = DeviceEventLoop::new().unwrap();
+        el.add(Arc::new(Mutex::new(Panicker(evt.try_clone().unwrap()))));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = el
+            .spawn(|| Ok(()), move |e| tx.send(e.to_string()).unwrap())
+            .unwrap();
+        evt.write(1).unwrap();
+        assert!(rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap()
+            .contains("panicked"));
+        assert!(matches!(handle.stop(), Err(EventLoopError::Panicked)));
     }
 
     #[test]
