@@ -70,6 +70,8 @@ pub struct Vsock {
     active: Option<Active>,
     registry: EventRegistry,
     retired_evts: Vec<EventFd>,
+    /// Set by `reset` (vCPU thread), done by `finish_reset` (event loop).
+    drop_pending: bool,
     payload: Vec<u8>,
     stats: VsockStats,
 }
@@ -86,6 +88,7 @@ impl Vsock {
             active: None,
             registry: EventRegistry::default(),
             retired_evts: Vec::new(),
+            drop_pending: false,
             payload: vec![0; MAX_PAYLOAD],
             stats: VsockStats::default(),
         })
@@ -223,7 +226,15 @@ impl Vsock {
         self.process_rx();
     }
 
+    /// Work `reset` leaves to the event loop: closing the connections of the old driver.
+    pub fn finish_reset(&mut self) {
+        if std::mem::take(&mut self.drop_pending) {
+            self.muxer.drop_all();
+        }
+    }
+
     fn register(&mut self, ops: &mut EventOps) {
+        self.finish_reset();
         self.registry.remove_all(ops);
         self.retired_evts.clear();
         let Some(active) = self.active.as_ref() else {
@@ -306,7 +317,7 @@ impl VirtioDevice for Vsock {
             queues,
             queue_evts,
         });
-        self.muxer.set_active(true);
+        self.muxer.set_accepting(true);
         self.activation.notify().map_err(ActivateError::Signal)
     }
 
@@ -318,8 +329,12 @@ impl VirtioDevice for Vsock {
         if let Some(active) = self.active.take() {
             self.retired_evts.extend(active.queue_evts);
         }
-        // Every connection dies with the driver's state; host clients see their socket close.
-        self.muxer.set_active(false);
+        // Every connection dies with the driver's state; host clients see their socket
+        // close. This runs on a vCPU thread, whose seccomp filter allows no socket or epoll
+        // calls: new clients are turned away from now on, and the event loop closes the
+        // existing connections when it handles the activation event.
+        self.muxer.set_accepting(false);
+        self.drop_pending = true;
         if let Err(e) = self.activation.notify() {
             error!("vsock: cannot wake the event loop after reset: {e}");
         }

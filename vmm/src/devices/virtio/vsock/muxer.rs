@@ -209,13 +209,10 @@ impl Muxer {
         self.conns.len()
     }
 
-    /// The driver is ready (true) or was reset (false). A reset drops every connection:
-    /// their host sockets close, which is how host clients learn of it.
-    pub fn set_active(&mut self, active: bool) {
-        if !active {
-            self.drop_all();
-        }
-        self.active = active;
+    /// Whether a driver is there to serve new host clients. Only a flag: callable from a
+    /// vCPU thread (see `Vsock::reset`).
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.active = accepting;
     }
 
     /// Closes every connection and pending client (device or transport reset).

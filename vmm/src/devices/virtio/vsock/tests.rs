@@ -638,10 +638,12 @@ fn device_reset_closes_host_sockets_and_transport_reset_event() {
     assert_eq!(read_to_eof(&mut host), b"");
     assert_eq!(g.dev.connection_count(), 0);
 
-    // Driver reset: same for connections made since.
+    // Driver reset: same for connections made since, once the event loop ran.
     let mut host = guest_connect(&mut g, &listener, 6005, 84);
     assert!(g.dev.reset());
     assert!(!g.dev.is_activated());
+    assert_eq!(g.dev.connection_count(), 1);
+    g.dev.finish_reset();
     assert_eq!(read_to_eof(&mut host), b"");
     assert_eq!(g.dev.connection_count(), 0);
     assert!(g.irq.queue_count() > 0);
@@ -758,4 +760,11 @@ fn event_loop_serves_a_host_initiated_connection() {
     let pkts = g.recv();
     assert_eq!(pkts[0].1, b"over the loop");
     assert!(g.irq.queue_count() >= 2);
+
+    // A driver reset (on a vCPU thread in the VMM) closes the host side once the loop ran.
+    assert!(dev.lock().unwrap().reset());
+    run_until("the reset", &mut || {
+        dev.lock().unwrap().connection_count() == 0
+    });
+    assert_closed(&mut client);
 }
