@@ -77,10 +77,8 @@ pub fn mount_block_device(
     if fs_type.is_empty() || fs_type.contains(',') {
         return Err(bad(format!("{fs_type:?} is not a filesystem type")));
     }
-    if options.iter().any(|o| o.contains(',') || o.contains('\0')) {
-        return Err(bad(
-            "an option contains ',' or NUL; give one option per entry".into(),
-        ));
+    if options.iter().any(|o| o.contains('\0')) {
+        return Err(bad("an option contains NUL".into()));
     }
     let wrap = |error| SandboxError::Mount {
         source_dev: source.to_owned(),
@@ -89,11 +87,20 @@ pub fn mount_block_device(
         error,
     };
     fs::create_dir_all(target).map_err(wrap)?;
+    let data = options.join(",");
+    if fs_type == "overlay" {
+        // The writable layer is usually a fresh filesystem: make its directories.
+        for dir in data.split(',').filter_map(|o| {
+            o.strip_prefix("upperdir=")
+                .or_else(|| o.strip_prefix("workdir="))
+        }) {
+            fs::create_dir_all(dir).map_err(wrap)?;
+        }
+    }
     let mut flags = MsFlags::MS_NODEV;
     if read_only {
         flags |= MsFlags::MS_RDONLY;
     }
-    let data = options.join(",");
     mount(
         Some(source),
         target,
@@ -144,9 +151,76 @@ mod tests {
             "ext4",
             Path::new("/mnt/x"),
             false,
-            &["a,b".into()],
+            &["a\0b".into()],
         )
         .unwrap_err();
         assert!(matches!(err, SandboxError::BadStorage { .. }), "{err}");
+        let err = mount_block_device(
+            Path::new("/dev/vdb"),
+            "ext4,x",
+            Path::new("/mnt/x"),
+            false,
+            &[],
+        )
+        .unwrap_err();
+        assert!(matches!(err, SandboxError::BadStorage { .. }), "{err}");
+    }
+
+    #[test]
+    fn overlay_storage_gets_its_directories_and_keeps_writes_apart() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let base = std::env::temp_dir().join(format!("agent-overlay-{}", std::process::id()));
+        let b = base.clone();
+        let result = std::thread::spawn(move || {
+            // A mount namespace of this thread only: the mounts vanish with it.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&str>,
+            )
+            .unwrap();
+            fs::create_dir_all(b.join("lower")).unwrap();
+            fs::write(b.join("lower/image-file"), "from the image").unwrap();
+            // The writable layer: an empty filesystem, as a fresh disk would be.
+            mount_storage(&StorageConfig {
+                source: "tmpfs".into(),
+                fs_type: "tmpfs".into(),
+                mount_point: b.join("upper"),
+                read_only: false,
+                options: vec![],
+            })
+            .unwrap();
+            let rootfs = b.join("rootfs");
+            mount_storage(&StorageConfig {
+                source: "overlay".into(),
+                fs_type: "overlay".into(),
+                mount_point: rootfs.clone(),
+                read_only: false,
+                options: vec![format!(
+                    "lowerdir={},upperdir={},workdir={}",
+                    b.join("lower").display(),
+                    b.join("upper/upper").display(),
+                    b.join("upper/work").display()
+                )],
+            })
+            .unwrap();
+            let seen = fs::read_to_string(rootfs.join("image-file")).unwrap();
+            fs::write(rootfs.join("image-file"), "changed").unwrap();
+            let lower = fs::read_to_string(b.join("lower/image-file")).unwrap();
+            let upper = fs::read_to_string(b.join("upper/upper/image-file")).unwrap();
+            (seen, lower, upper)
+        })
+        .join()
+        .unwrap();
+        let _ = fs::remove_dir_all(&base);
+        assert_eq!(result.0, "from the image");
+        assert_eq!(result.1, "from the image", "the image must not change");
+        assert_eq!(result.2, "changed");
     }
 }
