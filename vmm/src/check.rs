@@ -276,11 +276,11 @@ mod tests {
         let code = probe_code(3);
         assert_eq!(
             code,
-            [0xb9, 3, 0, 0, 0, 0xff, 0xc9, 0x75, 0xfc, 0xe6, 0x80, 0xf4]
+            [0xe6, 0x81, 0xb9, 3, 0, 0, 0, 0xff, 0xc9, 0x75, 0xfc, 0xe6, 0x80, 0xf4]
         );
         // jnz's displacement lands on `dec ecx`.
-        let jnz_end = 9i64;
-        assert_eq!(jnz_end + i64::from(code[8] as i8), 5);
+        let jnz_end = 11i64;
+        assert_eq!(jnz_end + i64::from(code[10] as i8), 7);
     }
 
     #[test]

@@ -37,8 +37,18 @@ impl std::fmt::Display for KernelFormat {
     }
 }
 
+/// ELF identification: 64-bit class, and the machine field for x86_64.
+const ELFCLASS64: u8 = 2;
+const EM_X86_64: u16 = 62;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
+    #[error("kernel {path}: not an x86_64 ELF (class {class}, machine {machine})")]
+    WrongElfMachine {
+        path: PathBuf,
+        class: u8,
+        machine: u16,
+    },
     #[error("kernel {path}: {source}")]
     KernelOpen {
         path: PathBuf,
@@ -93,6 +103,28 @@ fn open(path: &Path) -> Result<File, LoaderError> {
     })
 }
 
+/// The ELF loader checks the header's layout but not which CPU the image is for.
+fn check_elf_machine(file: &mut File, path: &Path) -> Result<(), LoaderError> {
+    let mut ident = [0u8; 20];
+    let read = file
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file.read_exact(&mut ident));
+    if read.is_err() {
+        // Too short to hold a header: the loader reports it as corrupt.
+        return Ok(());
+    }
+    let class = ident[4];
+    let machine = u16::from_le_bytes([ident[18], ident[19]]);
+    if class != ELFCLASS64 || machine != EM_X86_64 {
+        return Err(LoaderError::WrongElfMachine {
+            path: path.to_path_buf(),
+            class,
+            machine,
+        });
+    }
+    Ok(())
+}
+
 /// Tells the format from the magic numbers.
 pub fn detect_format(file: &mut File, path: &Path) -> Result<KernelFormat, LoaderError> {
     let io = |source| LoaderError::KernelOpen {
@@ -125,6 +157,7 @@ pub fn load_kernel(mem: &GuestMemory, path: &Path) -> Result<LoadedKernel, Loade
     let highmem = Some(GuestAddress(HIMEM_START));
     match format {
         KernelFormat::Elf => {
+            check_elf_machine(&mut file, path)?;
             let result = Elf::load(mem, None, &mut file, highmem).map_err(corrupt)?;
             Ok(LoadedKernel {
                 format,
@@ -326,7 +359,14 @@ pub(crate) mod tests {
         let arm = temp_file("arm.elf", &arm);
         assert!(matches!(
             load_kernel(&mem, &arm),
-            Err(LoaderError::Corrupt { .. })
+            Err(LoaderError::WrongElfMachine { machine: 183, .. })
+        ));
+        let mut elf32 = tiny_elf(0x20_0000, &[0]);
+        elf32[4] = 1;
+        let elf32 = temp_file("elf32", &elf32);
+        assert!(matches!(
+            load_kernel(&mem, &elf32),
+            Err(LoaderError::WrongElfMachine { class: 1, .. })
         ));
         // A segment that does not fit in guest memory.
         let far = temp_file("far.elf", &tiny_elf(0x100_0000, &[0; 16]));

@@ -3,21 +3,30 @@
 //! A guest writes a value (byte, word or dword) to this port when it reaches a milestone,
 //! e.g. first instruction, kernel up, init started. Each write is logged to stderr as
 //! `sandbox-vmm: boot-complete <value> after <N> us`, where N counts microseconds since the
-//! VMM process entered `main`. The line is meant for scripts; its format is stable.
+//! VMM process entered `main`. The line is meant for scripts; its format is stable. Only the
+//! first `MAX_REPORTS` writes are logged, so a guest cannot flood the VMM's stderr.
 
 use std::io::Write;
 use std::time::Instant;
 
 use crate::devices::bus::BusDevice;
 
+/// Writes after this many are ignored.
+pub const MAX_REPORTS: usize = 64;
+
 pub struct BootComplete {
     start: Instant,
     sink: Box<dyn Write + Send>,
+    reports: usize,
 }
 
 impl BootComplete {
     pub fn new(start: Instant, sink: Box<dyn Write + Send>) -> Self {
-        Self { start, sink }
+        Self {
+            start,
+            sink,
+            reports: 0,
+        }
     }
 
     pub fn line(value: u32, micros: u128) -> String {
@@ -32,6 +41,10 @@ impl BusDevice for BootComplete {
 
     fn write(&mut self, _base: u64, _offset: u64, data: &[u8]) {
         let micros = self.start.elapsed().as_micros();
+        if self.reports == MAX_REPORTS {
+            return;
+        }
+        self.reports += 1;
         let mut raw = [0u8; 4];
         let n = data.len().min(4);
         raw[..n].copy_from_slice(&data[..n]);
@@ -74,5 +87,16 @@ mod tests {
             assert!(fields[4].parse::<u128>().is_ok());
             assert_eq!(fields[5], "us");
         }
+        for _ in 0..1000 {
+            dev.write(0x510, 0, &[1]);
+        }
+        let lines = out
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count();
+        assert_eq!(lines, MAX_REPORTS);
     }
 }

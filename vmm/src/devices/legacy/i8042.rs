@@ -26,6 +26,9 @@ const STATUS_LAST_WAS_COMMAND: u8 = 0x08;
 const DEFAULT_CTR: u8 = 0x14;
 /// Output port: A20 enabled, no reset asserted.
 const DEFAULT_OUTPUT_PORT: u8 = 0x03;
+/// Replies queued for the guest to read; a guest that never reads them cannot grow the
+/// queue past this.
+const OUTPUT_QUEUE_MAX: usize = 16;
 
 pub struct I8042 {
     on_reset: Box<dyn FnMut() + Send>,
@@ -60,13 +63,19 @@ impl I8042 {
         status
     }
 
+    fn reply(&mut self, byte: u8) {
+        if self.output.len() < OUTPUT_QUEUE_MAX {
+            self.output.push_back(byte);
+        }
+    }
+
     fn command(&mut self, cmd: u8) {
         self.last_was_command = true;
         match cmd {
-            CMD_READ_CTR => self.output.push_back(self.ctr),
+            CMD_READ_CTR => self.reply(self.ctr),
             CMD_WRITE_CTR | CMD_WRITE_OUTPUT_PORT => self.pending = Some(cmd),
-            CMD_SELF_TEST => self.output.push_back(SELF_TEST_PASSED),
-            CMD_READ_OUTPUT_PORT => self.output.push_back(self.output_port),
+            CMD_SELF_TEST => self.reply(SELF_TEST_PASSED),
+            CMD_READ_OUTPUT_PORT => self.reply(self.output_port),
             CMD_PULSE_RESET => (self.on_reset)(),
             _ => {}
         }
@@ -158,5 +167,14 @@ mod tests {
         dev.read(DATA_PORT, 0, &mut b);
         assert_eq!(b[0], 0x47);
         assert_eq!(resets.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn unread_replies_are_bounded() {
+        let (mut dev, _) = device();
+        for _ in 0..10_000 {
+            dev.write(COMMAND_PORT, 0, &[CMD_SELF_TEST]);
+        }
+        assert_eq!(dev.output.len(), OUTPUT_QUEUE_MAX);
     }
 }
