@@ -42,7 +42,8 @@ struct Args {
 
 fn main() -> ExitCode {
     if nix::unistd::getpid().as_raw() == 1 {
-        run_as_pid1()
+        // The kernel may hand PID 1 arguments of its own: unknown ones are ignored.
+        run_as_pid1(Args::try_parse().ok())
     } else {
         run_native(Args::parse())
     }
@@ -79,8 +80,9 @@ fn run_native(args: Args) -> ExitCode {
     }
 }
 
-/// PID 1 must never exit (the kernel panics): every path ends in power-off.
-fn run_as_pid1() -> ExitCode {
+/// PID 1 must never exit (the kernel panics): every path ends in power-off. It listens on
+/// vsock unless `--socket` names a unix socket (for testing PID 1 in a pid namespace).
+fn run_as_pid1(args: Option<Args>) -> ExitCode {
     if let Err(e) = init::mounts::mount_pseudo_filesystems(std::path::Path::new("/")) {
         eprintln!("sandbox-agent: {e}");
     }
@@ -88,12 +90,20 @@ fn run_as_pid1() -> ExitCode {
     if !missing.is_empty() {
         eprintln!("sandbox-agent: cgroup controllers not available: {missing:?}");
     }
-    let config = ServerConfig {
-        listen: ListenAddr::Vsock {
-            port: AGENT_VSOCK_PORT,
+    let (socket, vsock, root) = match args {
+        Some(a) => (a.socket, a.vsock, a.root),
+        None => (None, None, None),
+    };
+    let listen = match socket {
+        Some(path) => ListenAddr::Unix(path),
+        None => ListenAddr::Vsock {
+            port: vsock.unwrap_or(AGENT_VSOCK_PORT),
         },
+    };
+    let config = ServerConfig {
+        listen,
         mode: Mode::Guest,
-        root: PathBuf::from(GUEST_ROOT),
+        root: root.unwrap_or_else(|| PathBuf::from(GUEST_ROOT)),
     };
     match server::run(config) {
         Ok(_) => eprintln!("sandbox-agent: sandbox destroyed, powering off"),

@@ -900,3 +900,170 @@ fn rpc_guest_create_sandbox_configures_namespaces() {
     assert!(status.success(), "{status}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The pid of the only child of `pid`.
+fn only_child(pid: u32) -> Option<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// (pid, ppid, state, comm) of every process on the host.
+fn all_processes() -> Vec<(u32, u32, char, String)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // comm may hold spaces: it sits between the first '(' and the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_owned();
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let state = rest[0].chars().next().unwrap_or('?');
+        let ppid = rest[1].parse().unwrap_or(0);
+        out.push((pid, ppid, state, comm));
+    }
+    out
+}
+
+#[test]
+fn rpc_pid1_mounts_serves_reaps_orphans_and_powers_off() {
+    if !is_root() {
+        return;
+    }
+    // PID 1 of its own pid namespace, with private mount, UTS and network namespaces, on a
+    // unix socket (this host must never open vsock).
+    let dir = std::env::temp_dir().join(format!("rpc-pid1-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("agent.sock");
+    let log = fs::File::create(dir.join("agent.log")).unwrap();
+    let mut unshare = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--uts",
+            "--net",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .arg(agent_binary())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--root")
+        .arg(dir.join("state"))
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut client =
+        Client::connect_timeout(Endpoint::Unix(socket.clone()), Duration::from_secs(10))
+            .expect("connect to the PID 1 agent");
+    let agent_pid = only_child(unshare.id()).expect("the agent under unshare");
+
+    // Its mounts.
+    let mountinfo = fs::read_to_string(format!("/proc/{agent_pid}/mountinfo")).unwrap();
+    for (target, fstype) in [
+        ("/proc", "proc"),
+        ("/sys", "sysfs"),
+        ("/dev", "devtmpfs"),
+        ("/dev/pts", "devpts"),
+        ("/dev/shm", "tmpfs"),
+        ("/run", "tmpfs"),
+        ("/sys/fs/cgroup", "cgroup2"),
+    ] {
+        assert!(
+            mountinfo.lines().any(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                let dash = f.iter().position(|x| *x == "-").unwrap();
+                f[4] == target && f[dash + 1] == fstype
+            }),
+            "{target} ({fstype}) not mounted in the agent's namespace"
+        );
+    }
+
+    client
+        .create_sandbox(SandboxConfig {
+            hostname: Some("pid1-test".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let hostname = sh(&["nsenter", "-t", &agent_pid.to_string(), "-u", "hostname"]);
+    assert_eq!(hostname.trim(), "pid1-test");
+
+    // A container sharing the agent's pid namespace leaves an orphan behind, which is
+    // reparented to PID 1 and must be reaped by it.
+    let bundle = dir.join("orphans");
+    let bin = bundle.join("rootfs/bin");
+    fs::create_dir_all(&bin).unwrap();
+    fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+    for applet in ["sh", "sleep"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": ["sh", "-c", "sleep 1 & exit 0"],
+            "env": ["PATH=/bin"],
+            "cwd": "/"
+        },
+        "root": {"path": "rootfs"},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+        "linux": {"namespaces": [{"type": "mount"}, {"type": "ipc"}, {"type": "uts"}]}
+    });
+    client
+        .create_container(CreateContainer {
+            container_id: "orphans".into(),
+            spec,
+            rootfs: RootfsSource::Bundle { path: bundle },
+            stdio: StdioRequest::default(),
+        })
+        .unwrap();
+    client.start_container("orphans").unwrap();
+    assert_eq!(
+        client.wait(ProcessRef::init("orphans")).unwrap(),
+        ExitStatus::exited(0)
+    );
+    let adopted = all_processes()
+        .into_iter()
+        .any(|(_, ppid, _, comm)| ppid == agent_pid && comm == "sleep");
+    assert!(
+        adopted,
+        "the orphaned sleep was not reparented to the agent"
+    );
+    thread::sleep(Duration::from_millis(1500));
+    let leftovers: Vec<_> = all_processes()
+        .into_iter()
+        .filter(|(_, ppid, _, _)| *ppid == agent_pid)
+        .collect();
+    assert!(
+        leftovers.iter().all(|(_, _, state, _)| *state != 'Z'),
+        "zombies left under PID 1: {leftovers:?}"
+    );
+    assert!(
+        !leftovers.iter().any(|(_, _, _, comm)| comm == "sleep"),
+        "{leftovers:?}"
+    );
+    client.remove_container("orphans", false).unwrap();
+
+    // Power-off: reboot(RB_POWER_OFF) in a pid namespace ends its init.
+    client.destroy_sandbox(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unshare.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = unshare.kill();
+            panic!("PID 1 agent did not power off");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let log = fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(log.contains("powering off"), "{log}");
+    assert!(!log.contains("power off:"), "{log}");
+    let _ = fs::remove_dir_all(&dir);
+}
