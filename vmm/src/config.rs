@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::cpu_template::CpuTemplate;
 use crate::arch::x86_64::mptable;
 use crate::devices::virtio::block::{BlockConfig, BlockConfigError};
+use crate::devices::virtio::net::{NetConfig, NetConfigError};
+use crate::devices::virtio::vsock::{VsockConfig, VsockConfigError};
 
 pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -101,6 +103,12 @@ pub struct VmConfig {
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<BlockConfig>,
+    /// virtio-net NICs on TAP interfaces, in the order the guest sees them (eth0, eth1, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<NetConfig>,
+    /// The virtio-vsock device: guest CID and host-side unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<VsockConfig>,
     /// A virtio-rng entropy device.
     #[serde(default)]
     pub rng: bool,
@@ -132,6 +140,15 @@ pub enum ConfigError {
         index: usize,
         source: BlockConfigError,
     },
+    #[error("NIC {index}: {source}")]
+    Net {
+        index: usize,
+        source: NetConfigError,
+    },
+    #[error("TAP `{0}` is given to more than one NIC")]
+    DuplicateTap(String),
+    #[error("vsock: {0}")]
+    Vsock(VsockConfigError),
 }
 
 impl VmConfig {
@@ -145,6 +162,8 @@ impl VmConfig {
             serial: SerialOutput::default(),
             cpu_template: CpuTemplate::default(),
             disks: Vec::new(),
+            nets: Vec::new(),
+            vsock: None,
             rng: false,
             seccomp: true,
         }
@@ -182,6 +201,16 @@ impl VmConfig {
         for (index, disk) in self.disks.iter().enumerate() {
             disk.validate()
                 .map_err(|source| ConfigError::Disk { index, source })?;
+        }
+        for (index, net) in self.nets.iter().enumerate() {
+            net.validate()
+                .map_err(|source| ConfigError::Net { index, source })?;
+            if self.nets[..index].iter().any(|other| other.tap == net.tap) {
+                return Err(ConfigError::DuplicateTap(net.tap.clone()));
+            }
+        }
+        if let Some(vsock) = &self.vsock {
+            vsock.validate().map_err(ConfigError::Vsock)?;
         }
         Ok(())
     }
@@ -281,6 +310,34 @@ mod tests {
             Err(ConfigError::Disk { index: 0, .. })
         ));
         assert!(parse(r#"{"kernel": "k", "disks": [{"path": "/a", "size": 1}]}"#).is_err());
+    }
+
+    #[test]
+    fn nics_and_vsock_from_the_config_file() {
+        let cfg = parse(
+            r#"{"kernel": "k",
+                "nets": [{"tap": "tap0", "mac": "52:54:00:00:00:01"}, {"tap": "tap1"}],
+                "vsock": {"cid": 3, "path": "/run/v.sock"}}"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.nets.len(), 2);
+        assert_eq!(cfg.nets[1].tap, "tap1");
+        assert_eq!(cfg.vsock.as_ref().unwrap().cid, 3);
+        let again = parse(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again, cfg);
+
+        let dup = parse(r#"{"kernel": "k", "nets": [{"tap": "t"}, {"tap": "t"}]}"#).unwrap();
+        assert!(matches!(dup.validate(), Err(ConfigError::DuplicateTap(t)) if t == "t"));
+        let bad_tap = parse(r#"{"kernel": "k", "nets": [{"tap": "a/b"}]}"#).unwrap();
+        assert!(matches!(
+            bad_tap.validate(),
+            Err(ConfigError::Net { index: 0, .. })
+        ));
+        let bad_cid = parse(r#"{"kernel": "k", "vsock": {"cid": 2, "path": "/v"}}"#).unwrap();
+        assert!(matches!(bad_cid.validate(), Err(ConfigError::Vsock(_))));
+        assert!(parse(r#"{"kernel": "k", "nets": [{"tap": "t", "mac": "x"}]}"#).is_err());
+        assert!(parse(r#"{"kernel": "k", "vsock": {"cid": 3}}"#).is_err());
     }
 
     #[test]

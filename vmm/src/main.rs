@@ -15,6 +15,8 @@ use vmm::config::{SerialOutput, VmConfig};
 use vmm::devices::virtio::attach::VirtioDevices;
 use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::event_loop::EventLoopHandle;
+use vmm::devices::virtio::net::NetConfig;
+use vmm::devices::virtio::vsock::VsockConfig;
 use vmm::seccomp::{self, Filters, StartGate, ThreadKind};
 use vmm::{check, exit_code, logger, VmExit, VmmBuilder};
 
@@ -68,6 +70,16 @@ struct RunArgs {
     /// ...). ro=on offers it read-only; id= sets the serial the guest reads (up to 20 chars).
     #[arg(long, value_name = "path=IMG[,ro=on][,id=ID]")]
     disk: Vec<BlockConfig>,
+    /// Attach a virtio-net NIC on the TAP interface NAME (opened with a vnet header; created
+    /// if missing, which needs CAP_NET_ADMIN); repeat for several NICs (eth0, eth1, ...).
+    /// mac= is the address the guest sees (default: the guest driver picks a random one).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    net: Vec<NetConfig>,
+    /// Attach a virtio-vsock device: the guest has context ID N; host clients connect to the
+    /// unix socket SOCK and write `CONNECT <port>\n` (answer: `OK <hostport>\n`, then the
+    /// stream); guest connections to host port P go to the unix socket `SOCK_P`.
+    #[arg(long, value_name = "cid=N,path=SOCK")]
+    vsock: Option<VsockConfig>,
     /// Attach a virtio-rng entropy device fed by the host's getrandom.
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
           value_parser = parse_on_off)]
@@ -114,6 +126,11 @@ impl RunArgs {
         }
         // Disks given as flags come after those of the config file.
         config.disks.extend(self.disk);
+        // NICs likewise; a --vsock flag replaces the config file's vsock device.
+        config.nets.extend(self.net);
+        if self.vsock.is_some() {
+            config.vsock = self.vsock;
+        }
         if let Some(rng) = self.rng {
             config.rng = rng;
         }

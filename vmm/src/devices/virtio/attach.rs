@@ -11,7 +11,10 @@ use log::info;
 use super::block::{Block, BlockError};
 use super::event_loop::{DeviceEventLoop, EventLoopError, EventLoopHandle};
 use super::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use super::net::device::NetError;
+use super::net::Net;
 use super::rng::Rng;
+use super::vsock::{Vsock, VsockError};
 use super::VirtioDevice;
 use crate::builder::{BuildError, VmmBuilder};
 use crate::config::VmConfig;
@@ -27,6 +30,19 @@ pub enum AttachError {
         path: String,
         #[source]
         source: BlockError,
+    },
+    #[error("NIC {index} (TAP {tap}): {source}")]
+    Net {
+        index: usize,
+        tap: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("vsock ({path}): {source}")]
+    Vsock {
+        path: String,
+        #[source]
+        source: VsockError,
     },
     #[error("virtio-rng: cannot create its eventfd: {0}")]
     Rng(#[source] std::io::Error),
@@ -77,8 +93,8 @@ impl VirtioDevices {
         &self.attached
     }
 
-    /// Attaches every device `config` asks for, in a fixed order (disks, then the entropy
-    /// device) so that a guest sees the same layout for the same configuration.
+    /// Attaches every device `config` asks for, in a fixed order (disks, NICs, vsock, then
+    /// the entropy device) so that a guest sees the same layout for the same configuration.
     pub fn attach_configured(
         &mut self,
         builder: &mut VmmBuilder,
@@ -92,7 +108,21 @@ impl VirtioDevices {
             })?;
             self.attach(builder, &format!("virtio-blk{index}"), block)?;
         }
-        // NICs (`--net`) and the vsock device (`--vsock`) attach here, after the disks.
+        for (index, nic) in config.nets.iter().enumerate() {
+            let net = Net::from_config(nic).map_err(|source| AttachError::Net {
+                index,
+                tap: nic.tap.clone(),
+                source,
+            })?;
+            self.attach(builder, &format!("virtio-net{index}"), net)?;
+        }
+        if let Some(vsock_config) = &config.vsock {
+            let vsock = Vsock::new(vsock_config).map_err(|source| AttachError::Vsock {
+                path: vsock_config.path.display().to_string(),
+                source,
+            })?;
+            self.attach(builder, "virtio-vsock", vsock)?;
+        }
         if config.rng {
             let rng = Rng::new().map_err(AttachError::Rng)?;
             self.attach(builder, "virtio-rng", rng)?;
