@@ -1067,3 +1067,60 @@ fn rpc_pid1_mounts_serves_reaps_orphans_and_powers_off() {
     assert!(!log.contains("power off:"), "{log}");
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn rpc_directory_rootfs_and_exec_with_a_terminal() {
+    if !is_root() {
+        return;
+    }
+    let mut agent = TestAgent::start();
+    let mut client = agent.client();
+    let id = "dir";
+    // The rootfs given as a directory (as a guest's storage mount would be), not a bundle.
+    let (bundle, spec) = agent.bundle(id, &["sleep", "1000"]);
+    client
+        .create_container(CreateContainer {
+            container_id: id.into(),
+            spec,
+            rootfs: RootfsSource::Directory {
+                path: bundle.join("rootfs"),
+            },
+            stdio: StdioRequest::default(),
+        })
+        .unwrap();
+    // The agent keeps its own directory for the container while it exists.
+    assert!(agent.dir.join("state").join(id).is_dir());
+    client.start_container(id).unwrap();
+
+    let exec = ExecRequest {
+        container_id: id.into(),
+        exec_id: "tty".into(),
+        process: json!({
+            "terminal": true,
+            "args": ["sh", "-c", "read x; stty size; echo \"in: $x\""],
+            "cwd": "/",
+            "env": ["PATH=/bin"],
+            "user": {"uid": 0, "gid": 0}
+        }),
+        stdio: StdioRequest::ALL,
+    };
+    client.exec(exec).unwrap();
+    let p = ProcessRef::exec(id, "tty");
+    let mut input = client.attach(&p, StreamKind::Stdin).unwrap();
+    let output = client.attach(&p, StreamKind::Stdout).unwrap();
+    let output = thread::spawn(move || read_all(output));
+    client.resize_tty(p.clone(), 40, 120).unwrap();
+    input.write_all(b"typed\n").unwrap();
+    assert_eq!(client.wait(p.clone()).unwrap(), ExitStatus::exited(0));
+    let out = output.join().unwrap();
+    // The terminal echoes the input and turns \n into \r\n.
+    assert!(out.contains("40 120\r\n"), "{out:?}");
+    assert!(out.contains("in: typed\r\n"), "{out:?}");
+    // A process without a terminal cannot be resized.
+    let err = client.resize_tty(ProcessRef::init(id), 1, 1).unwrap_err();
+    assert_eq!(remote_code(err), ErrorCode::InvalidState);
+
+    client.remove_container(id, true).unwrap();
+    assert!(!agent.dir.join("state").join(id).exists());
+    agent.stop();
+}
