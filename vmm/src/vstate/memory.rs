@@ -10,11 +10,15 @@ const MIB: u64 = 1 << 20;
 /// Below this the boot layout (page tables, zero page, MP table, 1 MiB kernel floor) does
 /// not fit.
 pub const MIN_MEM_MIB: u64 = 2;
+/// 1 TiB: far beyond any sandbox, and small enough that sizes never overflow.
+pub const MAX_MEM_MIB: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("guest memory of {0} MiB is too small (at least {MIN_MEM_MIB} MiB)")]
     TooSmall(u64),
+    #[error("guest memory of {0} MiB is more than the {MAX_MEM_MIB} MiB supported")]
+    TooLarge(u64),
     #[error(
         "guest memory of {requested_mib} MiB is more than this host has ({host_mib} MiB of RAM)"
     )]
@@ -42,6 +46,9 @@ pub fn host_ram_mib() -> u64 {
 pub fn create_guest_memory(mem_mib: u64) -> Result<GuestMemory, MemoryError> {
     if mem_mib < MIN_MEM_MIB {
         return Err(MemoryError::TooSmall(mem_mib));
+    }
+    if mem_mib > MAX_MEM_MIB {
+        return Err(MemoryError::TooLarge(mem_mib));
     }
     let host_mib = host_ram_mib();
     if mem_mib > host_mib {
