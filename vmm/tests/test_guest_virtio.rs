@@ -204,7 +204,6 @@ fn mac_number(mac: &str) -> u64 {
 }
 
 #[test]
-#[ignore = "sandbox-vmm does not take --net yet"]
 fn net_exchanges_frames_with_a_peer_behind_the_tap() {
     if !kvm_available("net_exchanges_frames_with_a_peer_behind_the_tap") {
         return;
@@ -277,7 +276,6 @@ fn try_vsock_echo(socket: &Path, port: u32, payload: &[u8]) -> Result<Vec<u8>, S
 }
 
 #[test]
-#[ignore = "sandbox-vmm does not take --vsock yet"]
 fn vsock_echoes_through_the_host_unix_socket() {
     if !kvm_available("vsock_echoes_through_the_host_unix_socket") {
         return;
