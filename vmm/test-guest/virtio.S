@@ -9,7 +9,9 @@
  *          on a read-only disk the write must fail with an I/O error instead
  *   rng:   two 64-byte reads that are neither zero nor equal
  *   net:   sends an ARP request for NET_PEER_IP from NET_OWN_IP and waits for the reply
- *   vsock: accepts connections and echoes every byte until the peer shuts down
+ *   vsock: accepts a connection from the host and echoes every byte until the host shuts it
+ *          down; then, if the command line has `testguest.vsock_connect`, connects to the
+ *          host's port VSOCK_CONNECT_PORT and echoes the same way
  */
 
 #define VIRTIO_MAGIC              0x74726976      /* "virt" */
@@ -85,6 +87,9 @@
 #define VSOCK_OP_CREDIT_REQUEST   7
 #define VSOCK_BUF_ALLOC           65536
 #define VSOCK_MAX_PACKETS         256
+#define VSOCK_HOST_CID            2
+#define VSOCK_CONNECT_PORT        5000            /* the host listens on <socket>_5000 */
+#define VSOCK_LOCAL_PORT          49152
 
 .section .text
 .code64
@@ -960,8 +965,62 @@ vsock_test:
     PRINTHEX "VSOCK cid=", %rax
     PRINT " echoing\n"
 
-    xor %r13d, %r13d                    /* bytes echoed */
-    xor %r14d, %r14d                    /* packets received */
+    /* A connection from the host. */
+    call vsock_serve
+    jc 99f
+    PRINTHEX "CHECK vsock ok cid=", vsock_cid(%rip)
+    PRINTHEX " echoed_bytes=", %r13
+    PRINTHEX " packets=", %r14
+    PRINT "\n"
+
+    /* A connection from the guest, when the command line asks for one. */
+    lea vsock_connect_key(%rip), %rdi
+    mov $(vsock_connect_key_end - vsock_connect_key), %edx
+    call cmdline_contains
+    jc 99f
+    /* Address the request as if answering a packet from the host's port. */
+    lea vsock_rx_header(%rip), %rsi
+    movq $VSOCK_HOST_CID, 0(%rsi)
+    movl $VSOCK_CONNECT_PORT, 16(%rsi)
+    movl $VSOCK_LOCAL_PORT, 20(%rsi)
+    movl $VSOCK_LOCAL_PORT, vsock_serve_port(%rip)
+    movl $0, vsock_fwd_cnt(%rip)
+    mov $VSOCK_OP_REQUEST, %eax
+    xor %ebx, %ebx
+    xor %ecx, %ecx
+    call vsock_reply
+    jc 91f
+    call vsock_post_rx
+    call vsock_serve
+    jc 99f
+    PRINTHEX "CHECK vsock_connect ok port=", $VSOCK_CONNECT_PORT
+    PRINTHEX " echoed_bytes=", %r13
+    PRINTHEX " packets=", %r14
+    PRINT "\n"
+    jmp 99f
+91: PRINT "FAIL vsock_connect request_timeout\n"
+99: pop %r14
+    pop %r13
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    ret
+
+/* Serves one connection (receive buffer already offered): answers a request, echoes every
+ * byte, ends when the peer shuts down or resets. Packets for other local ports than
+ * vsock_serve_port (when set) are dropped. Returns the bytes echoed in r13 and the
+ * packets received in r14; CF set (and a FAIL line printed) on failure. */
+vsock_serve:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rsi
+    push %rdi
+    xor %r13d, %r13d
+    xor %r14d, %r14d
 1:  cmp $VSOCK_MAX_PACKETS, %r14d
     jae 92f
     lea vq_page0(%rip), %rdi
@@ -969,7 +1028,12 @@ vsock_test:
     jc 91f
     inc %r14d
     lea vsock_rx_header(%rip), %rsi
-    movzwl 30(%rsi), %eax
+    mov vsock_serve_port(%rip), %eax
+    test %eax, %eax
+    jz 3f
+    cmp 20(%rsi), %eax                  /* a late packet of an earlier connection */
+    jne 2f
+3:  movzwl 30(%rsi), %eax
     cmp $VSOCK_OP_REQUEST, %eax
     je 10f
     cmp $VSOCK_OP_RW, %eax
@@ -977,10 +1041,10 @@ vsock_test:
     cmp $VSOCK_OP_SHUTDOWN, %eax
     je 12f
     cmp $VSOCK_OP_RST, %eax
-    je 13f
+    je 20f
     cmp $VSOCK_OP_CREDIT_REQUEST, %eax
     je 14f
-    jmp 2f                              /* credit updates need no answer */
+    jmp 2f                              /* responses and credit updates need no answer */
 10: mov 20(%rsi), %eax
     mov 16(%rsi), %ebx
     PRINTHEX "VSOCK connection port=", %rax
@@ -1009,7 +1073,6 @@ vsock_test:
     call vsock_reply
     jc 91f
     jmp 20f
-13: jmp 20f
 14: mov $VSOCK_OP_CREDIT_UPDATE, %eax
     xor %ebx, %ebx
     xor %ecx, %ecx
@@ -1020,25 +1083,55 @@ vsock_test:
 
 20: test %r13, %r13
     jz 94f
-    PRINTHEX "CHECK vsock ok cid=", vsock_cid(%rip)
-    PRINTHEX " echoed_bytes=", %r13
-    PRINTHEX " packets=", %r14
-    PRINT "\n"
+    clc
     jmp 99f
 91: PRINTHEX "FAIL vsock timeout packets=", %r14
     PRINT "\n"
+    stc
     jmp 99f
 92: PRINT "FAIL vsock too_many_packets\n"
+    stc
     jmp 99f
 93: PRINTHEX "FAIL vsock oversized_payload len=", %rcx
     PRINT "\n"
+    stc
     jmp 99f
 94: PRINT "FAIL vsock closed_without_data\n"
-99: pop %r14
-    pop %r13
-    pop %rdi
+    stc
+99: pop %rdi
     pop %rsi
-    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    ret
+
+/* CF clear if the command line contains the edx bytes at rdi. */
+cmdline_contains:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rsi
+    mov cmdline_addr(%rip), %rsi
+    mov cmdline_len(%rip), %rcx
+    test %rsi, %rsi
+    jz 8f
+1:  cmp %rdx, %rcx
+    jb 8f
+    xor %ebx, %ebx
+2:  cmp %edx, %ebx
+    jae 9f
+    movzbl (%rsi,%rbx), %eax
+    cmp (%rdi,%rbx), %al
+    jne 3f
+    inc %ebx
+    jmp 2b
+3:  inc %rsi
+    dec %rcx
+    jmp 1b
+8:  stc
+    jmp 10f
+9:  clc
+10: pop %rsi
     pop %rcx
     pop %rbx
     pop %rax
@@ -1048,6 +1141,9 @@ vsock_test:
 .section .rodata
 virtio_key:
     .ascii "virtio_mmio.device="
+vsock_connect_key:
+    .ascii "testguest.vsock_connect"
+vsock_connect_key_end:
 
 .section .data
 .balign 8
@@ -1058,6 +1154,7 @@ cmdline_addr:       .quad 0
 cmdline_len:        .quad 0
 vsock_cid:          .quad 0
 vsock_fwd_cnt:      .long 0
+vsock_serve_port:   .long 0             /* serve only this local port; 0: any */
 /* virtio_net_hdr (zero: no offloads) and an ARP request who-has NET_PEER_IP tell NET_OWN_IP;
  * the two MAC fields are filled in from the device's config. */
 .balign 8

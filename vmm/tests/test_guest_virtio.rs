@@ -8,7 +8,7 @@
 mod test_guest_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -275,6 +275,37 @@ fn try_vsock_echo(socket: &Path, port: u32, payload: &[u8]) -> Result<Vec<u8>, S
     Ok(echo)
 }
 
+/// The host side of a guest-initiated connection: accepts on `listener` (the VMM connects
+/// to `<socket>_<port>` for the guest), sends `payload` and returns the echo.
+fn vsock_listen_client(listener: UnixListener, payload: Vec<u8>) -> Result<Vec<u8>, String> {
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    let mut stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => return Err(format!("accept: {e}")),
+        }
+    };
+    stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(&payload)
+        .map_err(|e| format!("writing: {e}"))?;
+    let mut echo = vec![0; payload.len()];
+    stream
+        .read_exact(&mut echo)
+        .map_err(|e| format!("reading the echo: {e}"))?;
+    stream
+        .shutdown(std::net::Shutdown::Both)
+        .map_err(|e| e.to_string())?;
+    Ok(echo)
+}
+
 #[test]
 fn vsock_echoes_through_the_host_unix_socket() {
     if !kvm_available("vsock_echoes_through_the_host_unix_socket") {
@@ -288,19 +319,45 @@ fn vsock_echoes_through_the_host_unix_socket() {
         let payload = payload.clone();
         thread::spawn(move || vsock_echo_client(socket, 1234, payload))
     };
-    let args = GuestArgs::new(64, 1).with("--vsock", format!("cid=3,path={}", socket.display()));
+    // The guest's own connection to host port 5000 reaches this listener.
+    let listener = UnixListener::bind(format!("{}_5000", socket.display())).unwrap();
+    let reverse_payload: Vec<u8> = (0..5000u32).map(|i| (i * 17 + 3) as u8).collect();
+    let server = {
+        let payload = reverse_payload.clone();
+        thread::spawn(move || vsock_listen_client(listener, payload))
+    };
+
+    let mut args =
+        GuestArgs::new(64, 1).with("--vsock", format!("cid=3,path={}", socket.display()));
+    args.cmdline = "console=ttyS0 testguest.vsock_connect".into();
     let (_run, report) = args.boot();
+    let text = report.text();
     let echo = client
         .join()
         .expect("the client thread")
-        .unwrap_or_else(|e| panic!("the host side of the echo failed: {e}\n{}", report.text()));
+        .unwrap_or_else(|e| panic!("the host side of the echo failed: {e}\n{text}"));
     assert!(echo == payload, "the echo differs from what was sent");
     let check = report.check("vsock");
-    assert_eq!(hex_field_or_panic(check, "cid"), 3, "{}", report.text());
+    assert_eq!(hex_field_or_panic(check, "cid"), 3, "{text}");
     assert_eq!(
         hex_field_or_panic(check, "echoed_bytes"),
         payload.len() as u64,
-        "{}",
-        report.text()
+        "{text}"
+    );
+
+    let reverse_echo = server
+        .join()
+        .expect("the listener thread")
+        .unwrap_or_else(|e| panic!("the guest-initiated connection failed: {e}\n{text}"));
+    assert!(
+        reverse_echo == reverse_payload,
+        "the echo on the guest's connection differs from what was sent"
+    );
+    let check = report.check("vsock_connect");
+    assert_eq!(hex_field_or_panic(check, "port"), 5000, "{text}");
+    assert_eq!(
+        hex_field_or_panic(check, "echoed_bytes"),
+        reverse_payload.len() as u64,
+        "{text}"
     );
 }
