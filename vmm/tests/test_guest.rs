@@ -442,3 +442,75 @@ fn memory_beyond_the_host_is_a_clear_error() {
     let run = VmmRun::run(args.to_args(), test_guest_support::VMM_TIMEOUT);
     run.assert_clear_error(&["mem"]);
 }
+
+// ---- the checks above fail when the VMM gets it wrong (reports written by hand) ----
+
+fn synthetic_report(lines: &[&str]) -> GuestReport {
+    GuestReport::parse(&lines.join("\n"))
+}
+
+const GOOD_128_MIB_E820: &[&str] = &[
+    "E820 entries=0x2",
+    "E820 addr=0x0 size=0x9fc00 type=0x1",
+    "E820 addr=0x100000 size=0x7f00000 type=0x1",
+    "CHECK e820 ok usable_bytes=0x7f9fc00",
+    "CHECK memprobe ok probes=0x4 skipped_ranges=0x0",
+];
+
+#[test]
+fn e820_check_accepts_a_correct_map() {
+    assert_e820_covers(&synthetic_report(GOOD_128_MIB_E820), 128);
+}
+
+#[test]
+#[should_panic(expected = "RAM announced beyond what was given")]
+fn e820_check_rejects_more_ram_than_given() {
+    assert_e820_covers(&synthetic_report(GOOD_128_MIB_E820), 64);
+}
+
+#[test]
+#[should_panic(expected = "before any sensible MMIO gap")]
+fn e820_check_rejects_less_ram_than_given() {
+    assert_e820_covers(&synthetic_report(GOOD_128_MIB_E820), 256);
+}
+
+#[test]
+#[should_panic(expected = "legacy hole")]
+fn e820_check_rejects_ram_in_the_legacy_hole() {
+    let report = synthetic_report(&[
+        "E820 entries=0x2",
+        "E820 addr=0x0 size=0xa8000 type=0x1",
+        "E820 addr=0x100000 size=0x7f00000 type=0x1",
+    ]);
+    assert_e820_covers(&report, 128);
+}
+
+const GOOD_TWO_CPUS: &[&str] = &[
+    "MPCPU apic=0x0 flags=0x3",
+    "MPCPU apic=0x1 flags=0x1",
+    "CHECK mptable ok cpus=0x2 ioapics=0x1 lapic=0xfee00000",
+    "CPU role=bsp cpuid_apic=0x0 x2apic_id=0x0 lapic_id=0x0",
+    "CPU role=ap cpuid_apic=0x1 x2apic_id=0x1 lapic_id=0x1",
+    "CHECK cpus ok aps_reported=0x1",
+];
+
+#[test]
+fn cpu_check_accepts_distinct_apic_ids() {
+    assert_cpus(&synthetic_report(GOOD_TWO_CPUS), 2);
+}
+
+#[test]
+#[should_panic(expected = "share APIC id")]
+fn cpu_check_rejects_two_vcpus_with_one_apic_id() {
+    let mut lines = GOOD_TWO_CPUS.to_vec();
+    lines[4] = "CPU role=ap cpuid_apic=0x0 x2apic_id=0x0 lapic_id=0x0";
+    assert_cpus(&synthetic_report(&lines), 2);
+}
+
+#[test]
+#[should_panic(expected = "CPUID and the local APIC disagree")]
+fn cpu_check_rejects_cpuid_that_disagrees_with_the_apic() {
+    let mut lines = GOOD_TWO_CPUS.to_vec();
+    lines[4] = "CPU role=ap cpuid_apic=0x0 x2apic_id=0x1 lapic_id=0x1";
+    assert_cpus(&synthetic_report(&lines), 2);
+}
