@@ -11,11 +11,14 @@ fn main() {
         (_, l) => l.clone(),
     };
     let is_monitor = matches!(cli.command, Command::Monitor(_));
+    let logs_to_file = log_path.is_some();
     runtime_shim::logging::init(log_path.as_ref(), cli.global.log_format, cli.global.debug);
     match dispatch(cli) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
-            log::error!("{e}");
+            if logs_to_file {
+                log::error!("{e}");
+            }
             if !is_monitor {
                 eprintln!("sandbox: {e}");
             }

@@ -59,7 +59,7 @@ pub fn run(g: &GlobalOpts, a: ListArgs) -> Result<()> {
                         println!(
                             "{:<24} {:<8} {:<10} {:<10} {:<32} {}",
                             id,
-                            st["pid"],
+                            st["pid"].as_i64().unwrap_or(0),
                             r.live_status(),
                             r.isolation,
                             r.created,

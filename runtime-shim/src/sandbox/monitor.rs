@@ -74,19 +74,23 @@ impl Backend {
         }
     }
 
-    /// Asks the agent to clean up, then makes sure the process is gone.
+    /// Asks the agent to clean up, then makes sure the process is gone. A native agent has
+    /// nothing left to do once the sandbox is destroyed; a VM gets a moment to power off.
     fn shut_down(mut self) {
+        let is_vm = matches!(self, Backend::Vm(_));
         if let Ok(mut c) = Client::connect(self.endpoint()) {
             let _ = c.stream().set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = c.destroy_sandbox(matches!(self, Backend::Vm(_)));
+            let _ = c.destroy_sandbox(is_vm);
         }
         let child = self.child();
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+        if is_vm {
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(2));
             }
-            std::thread::sleep(Duration::from_millis(2));
         }
         let _ = child.kill();
         let _ = child.wait();
@@ -96,6 +100,11 @@ impl Backend {
 pub fn run(g: &GlobalOpts, a: MonitorArgs) -> Result<i32> {
     // SAFETY: the launcher put the write end of the ready pipe on this fd for us alone.
     let ready = unsafe { File::from_raw_fd(READY_FD) };
+    // The back end must not inherit it, or the launcher would never see the pipe close.
+    let _ = nix::fcntl::fcntl(
+        &ready,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
     match a.mode {
         MonitorMode::Create => monitor_container(g, &a, ready),
         MonitorMode::Exec => monitor_exec(g, &a, ready),

@@ -102,7 +102,7 @@ pub fn launch(
         .arg("--mem-mib")
         .arg(mem_mib.to_string())
         .arg("--serial")
-        .arg(&console)
+        .arg(format!("file:{}", console.display()))
         .arg("--disk")
         .arg(format!("path={},ro=on", lower.display()))
         .arg("--disk")
