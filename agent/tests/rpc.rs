@@ -740,9 +740,13 @@ fn rpc_oom_kill_is_reported() {
     let got = events
         .oom_events(Some(id), 0, Some(Duration::from_secs(20)))
         .unwrap();
-    assert!(!got.is_empty(), "no OOM event");
+    let status = client.wait(ProcessRef::init(id)).unwrap();
+    let stats = client.stats(id).unwrap();
+    assert!(
+        !got.is_empty(),
+        "no OOM event; init ended {status:?}, stats {stats:?}"
+    );
     assert_eq!(got[0].container_id, id);
-    let _ = client.wait(ProcessRef::init(id)).unwrap();
     assert!(client.stats(id).unwrap().oom_kills >= 1);
     client.remove_container(id, true).unwrap();
     agent.stop();
@@ -1116,6 +1120,29 @@ fn rpc_directory_rootfs_and_exec_with_a_terminal() {
     // The terminal echoes the input and turns \n into \r\n.
     assert!(out.contains("40 120\r\n"), "{out:?}");
     assert!(out.contains("in: typed\r\n"), "{out:?}");
+
+    // close_stdin on a terminal ends the input with the terminal's EOF character.
+    client
+        .exec(ExecRequest {
+            container_id: id.into(),
+            exec_id: "tty-cat".into(),
+            process: json!({
+                "terminal": true,
+                "args": ["cat"],
+                "cwd": "/",
+                "env": ["PATH=/bin"],
+                "user": {"uid": 0, "gid": 0}
+            }),
+            stdio: StdioRequest::ALL,
+        })
+        .unwrap();
+    let cat = ProcessRef::exec(id, "tty-cat");
+    let output = client.attach(&cat, StreamKind::Stdout).unwrap();
+    let output = thread::spawn(move || read_all(output));
+    client.close_stdin(cat.clone()).unwrap();
+    assert_eq!(client.wait(cat).unwrap(), ExitStatus::exited(0));
+    output.join().unwrap();
+
     // A process without a terminal cannot be resized.
     let err = client.resize_tty(ProcessRef::init(id), 1, 1).unwrap_err();
     assert_eq!(remote_code(err), ErrorCode::InvalidState);

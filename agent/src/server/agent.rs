@@ -114,12 +114,12 @@ fn check_id(what: &str, id: &str) -> Result<(), ErrorReply> {
         && !id.starts_with('.')
         && id
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
     if ok {
         Ok(())
     } else {
         Err(invalid(format!(
-            "{what} {id:?}: must be 1 to 128 of [A-Za-z0-9_.+-], not starting with '.'"
+            "{what} {id:?}: must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.'"
         )))
     }
 }

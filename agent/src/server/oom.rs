@@ -83,15 +83,20 @@ impl OomLog {
         stop: impl Fn() -> bool + Send + 'static,
     ) {
         let log = self.clone();
+        // Read before returning, so that a kill right after `start` is not taken as the
+        // starting point.
+        let mut seen = watcher.oom_kills().unwrap_or(0);
         let _ = thread::Builder::new()
             .name(format!("oom-{container_id}"))
             .spawn(move || {
-                let mut seen = watcher.oom_kills().unwrap_or(0);
                 while !stop() {
                     let mut fds = [PollFd::new(watcher.fd(), PollFlags::POLLIN)];
-                    // The timeout only bounds how long a removed container's thread lingers.
+                    // The notification can come before the kernel counts the kill (cgroup
+                    // v1 signals the OOM condition itself), so the count is also read on
+                    // every timeout; the timeout bounds that delay and how long a removed
+                    // container's thread lingers.
                     match poll(&mut fds, PollTimeout::from(250u16)) {
-                        Ok(0) => continue,
+                        Ok(0) => {}
                         Ok(_) => watcher.drain(),
                         Err(nix::errno::Errno::EINTR) => continue,
                         Err(_) => return,

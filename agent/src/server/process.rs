@@ -196,7 +196,9 @@ impl Process {
     }
 
     /// Closes the process's stdin: drops the pipe end if nobody attached it, or ends the
-    /// attached connection's input so that its copier closes the pipe.
+    /// attached connection's input so that its copier closes the pipe. A terminal cannot be
+    /// half-closed; there the end of input is signalled the way a user would, with the
+    /// terminal's EOF character (^D), which ends a read in canonical mode.
     pub fn close_stdin(&self) -> Result<(), ErrorReply> {
         let mut ends = self.stdio.lock().unwrap();
         if ends.stdin_closed {
@@ -206,6 +208,15 @@ impl Process {
         ends.stdin = None;
         if let Some(conn) = ends.stdin_conn.take() {
             let _ = conn.shutdown(std::net::Shutdown::Read);
+        }
+        if let Some(mut pty) = self.pty.as_ref() {
+            use std::io::Write;
+            pty.write_all(&[0x04]).map_err(|e| {
+                ErrorReply::new(
+                    ErrorCode::Internal,
+                    format!("write EOF to the terminal: {e}"),
+                )
+            })?;
         }
         Ok(())
     }
