@@ -55,12 +55,14 @@ pub enum BuildError {
     MpTable(#[from] MpTableError),
     #[error("vCPU: {0}")]
     Vcpu(#[from] VcpuError),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
 }
 
 pub struct VmmBuilder {
     config: VmConfig,
     kvm: Kvm,
-    vm: Vm,
+    vm: Arc<Vm>,
     memory: GuestMemory,
     pio_bus: Bus,
     mmio_bus: Bus,
@@ -70,6 +72,7 @@ pub struct VmmBuilder {
     legacy: LegacyDevices,
     vcpu_thread_init: Option<VcpuThreadInit>,
     start: Instant,
+    memory_slots: Option<JoinHandle<Result<(), VmError>>>,
 }
 
 /// Called with the vCPU id on each vCPU thread before it runs the guest.
@@ -89,8 +92,18 @@ impl VmmBuilder {
             });
         }
         let memory = memory::create_guest_memory(config.mem_mib)?;
-        let vm = Vm::new(&kvm)?;
+        let vm = Arc::new(Vm::new(&kvm)?);
         log::debug!("VM created after {} us", start.elapsed().as_micros());
+        // Registering memory with KVM can take milliseconds (an SRCU grace period, and more
+        // on some hosts); nothing but KVM_RUN needs the slots, so it runs in the background
+        // while devices are attached, the guest is loaded and the vCPUs are configured.
+        let memory_slots = {
+            let (vm, memory) = (vm.clone(), memory.clone());
+            std::thread::Builder::new()
+                .name("memslots".into())
+                .spawn(move || vm.register_memory(&memory))
+                .map_err(BuildError::Thread)?
+        };
         let stop = StopHandle::new();
         let mut pio_bus = Bus::new();
         let legacy =
@@ -108,6 +121,7 @@ impl VmmBuilder {
             legacy,
             vcpu_thread_init: None,
             start,
+            memory_slots: Some(memory_slots),
         })
     }
 
@@ -162,19 +176,13 @@ impl VmmBuilder {
     }
 
     /// Loads the guest, configures the vCPUs and starts them.
-    pub fn start(self) -> Result<Vmm, BuildError> {
-        // Registering memory with KVM waits for an SRCU grace period, which takes
-        // milliseconds on a busy host; nothing but KVM_RUN needs the slots, so it overlaps
-        // with loading the guest and configuring the vCPUs.
-        let vcpus = std::thread::scope(|scope| {
-            let slots = scope.spawn(|| self.vm.register_memory(&self.memory));
-            let vcpus = self.load_and_configure();
-            let slots = slots
+    pub fn start(mut self) -> Result<Vmm, BuildError> {
+        let vcpus = self.load_and_configure()?;
+        if let Some(slots) = self.memory_slots.take() {
+            slots
                 .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            slots?;
-            vcpus
-        })?;
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        }
         log::debug!(
             "guest loaded and vCPUs configured after {} us",
             self.start.elapsed().as_micros()
@@ -269,7 +277,7 @@ pub struct Vmm {
     threads: Vec<JoinHandle<()>>,
     stop: StopHandle,
     // Kept alive until every vCPU thread is gone: KVM maps the memory through the VM.
-    _vm: Vm,
+    _vm: Arc<Vm>,
     _memory: GuestMemory,
 }
 
