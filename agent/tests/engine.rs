@@ -891,11 +891,6 @@ fn bad_specs_name_the_field_and_leave_nothing() {
             "process.rlimits[0].soft: must not exceed hard (10 > 5)",
         ),
         (
-            "ambient",
-            Box::new(|v| v["process"]["capabilities"]["ambient"] = json!(["CAP_SYS_ADMIN"])),
-            "process.capabilities.ambient: CAP_SYS_ADMIN must also be in permitted and inheritable",
-        ),
-        (
             "oomscore",
             Box::new(|v| v["process"]["oomScoreAdj"] = json!(5000)),
             "process.oomScoreAdj: must be between -1000 and 1000, got 5000",
@@ -1083,5 +1078,41 @@ fn user_namespace_with_id_mappings() {
         vec![
             "0", "0", "1", "1", "100000", "65535", "0", "0", "1", "1", "100000", "65535", "0", "0"
         ]
+    );
+}
+
+#[test]
+fn device_cgroup_denies_what_the_spec_does_not_allow() {
+    if cgroup_v2() {
+        // The v2 device controller is eBPF-only; this engine enforces device rules on v1.
+        return;
+    }
+    let b = Bundle::new("devcgroup");
+    let mut v = spec(
+        "mknod /dev/sda b 8 0 && head -c1 /dev/sda >/dev/null 2>&1; echo sda=$?; \
+         head -c1 /dev/mydev | wc -c; echo hi > /dev/null; echo null=$?",
+    );
+    v["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 7}]);
+    v["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let o = run("engine-devcgroup", &b, v);
+    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.stdout, "sda=1\n1\nnull=0\n", "stderr: {}", o.stderr);
+}
+
+#[test]
+fn ambient_capabilities_outside_inheritable_are_skipped_like_runc() {
+    let b = Bundle::new("ambient");
+    let mut v = spec("grep -E '^Cap(Amb|Eff):' /proc/self/status");
+    v["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    v["process"]["capabilities"] = json!({
+        "bounding": caps(&["CAP_KILL", "CAP_CHOWN"]), "effective": caps(&["CAP_KILL", "CAP_CHOWN"]),
+        "permitted": caps(&["CAP_KILL", "CAP_CHOWN"]), "inheritable": caps(&["CAP_CHOWN"]),
+        "ambient": caps(&["CAP_KILL", "CAP_CHOWN"])
+    });
+    let o = run("engine-ambient", &b, v);
+    assert_eq!(
+        o.stdout, "CapEff:\t0000000000000001\nCapAmb:\t0000000000000001\n",
+        "{}",
+        o.stderr
     );
 }

@@ -149,9 +149,14 @@ pub(crate) fn apply_sets(caps: &LinuxCapabilities) -> Result<(), String> {
             0,
         )
     };
+    // The kernel only raises ambient capabilities that are permitted and inheritable. Specs
+    // from `runc spec` list ambient ones without inheritable; like runc, skip those.
     if let Some(ambient) = caps.ambient() {
         for &c in ambient {
             let n = cap_number(c);
+            if (perm >> n) & 1 == 0 || (inh >> n) & 1 == 0 {
+                continue;
+            }
             // SAFETY: prctl with integer arguments.
             let r = unsafe {
                 libc::prctl(
@@ -164,7 +169,7 @@ pub(crate) fn apply_sets(caps: &LinuxCapabilities) -> Result<(), String> {
             };
             if r != 0 {
                 return Err(format!(
-                    "raising ambient capability CAP_{c}: {} (it must also be permitted and inheritable)",
+                    "raising ambient capability CAP_{c}: {}",
                     Errno::last()
                 ));
             }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxResources, Process, Spec};
+use oci_spec::runtime::{
+    LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources, Process, Spec,
+};
 
 use super::cgroups::{Cgroup, CgroupStats, CgroupVersion, Layout, OomWatcher};
 use super::error::{EngineError, SpecError};
@@ -89,6 +91,8 @@ pub struct Container {
     state: ContainerState,
     cgroup: Cgroup,
     seccomp: Option<Filter>,
+    /// Device cgroup rules every container needs, re-applied after the spec's rules.
+    device_allows: Vec<LinuxDeviceCgroup>,
     exit: Option<ExitStatus>,
     torn_down: bool,
 }
@@ -148,7 +152,11 @@ impl Container {
         let cgroup = Cgroup::create(&cgroup_path)?;
         // A cgroup with processes is someone else's: leave it alone.
         ensure_empty(&cgroup)?;
-        let res = linux.resources().clone().unwrap_or_default();
+        let device_allows = device_allow_rules(linux.devices().as_deref().unwrap_or(&[]));
+        let res = with_device_allows(
+            linux.resources().clone().unwrap_or_default(),
+            &device_allows,
+        );
         if let Err(e) = cgroup.apply(&res) {
             let _ = cgroup.remove();
             return Err(e);
@@ -182,6 +190,7 @@ impl Container {
             state: ContainerState::Created,
             cgroup,
             seccomp: filter,
+            device_allows,
             exit: None,
             torn_down: false,
         })
@@ -289,7 +298,8 @@ impl Container {
     /// Changes the cgroup limits of the running container.
     pub fn update(&self, resources: &LinuxResources) -> Result<(), EngineError> {
         validate_resources(resources, "linux.resources")?;
-        self.cgroup.apply(resources)
+        self.cgroup
+            .apply(&with_device_allows(resources.clone(), &self.device_allows))
     }
 
     /// A pollable descriptor for the cgroup's OOM events.
@@ -369,4 +379,48 @@ fn ensure_empty(cg: &Cgroup) -> Result<(), EngineError> {
         )));
     }
     Ok(())
+}
+
+/// The devices a container always needs (as runc allows them): mknod of any node, the
+/// default nodes, ptys and /dev/net/tun, plus the spec's `linux.devices`.
+fn device_allow_rules(spec_devices: &[LinuxDevice]) -> Vec<LinuxDeviceCgroup> {
+    let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        serde_json::from_value::<LinuxDeviceCgroup>(serde_json::json!({
+            "allow": true, "type": typ, "major": major, "minor": minor, "access": access
+        }))
+        .expect("a well-formed rule")
+    };
+    let mut rules = vec![
+        rule("c", None, None, "m"),
+        rule("b", None, None, "m"),
+        rule("c", Some(1), Some(3), "rwm"),
+        rule("c", Some(1), Some(5), "rwm"),
+        rule("c", Some(1), Some(7), "rwm"),
+        rule("c", Some(1), Some(8), "rwm"),
+        rule("c", Some(1), Some(9), "rwm"),
+        rule("c", Some(5), Some(0), "rwm"),
+        rule("c", Some(5), Some(1), "rwm"),
+        rule("c", Some(5), Some(2), "rwm"),
+        rule("c", Some(136), None, "rwm"),
+        rule("c", Some(10), Some(200), "rwm"),
+    ];
+    for d in spec_devices {
+        let typ = match d.typ() {
+            LinuxDeviceType::B => "b",
+            LinuxDeviceType::P => continue,
+            _ => "c",
+        };
+        rules.push(rule(typ, Some(d.major()), Some(d.minor()), "rwm"));
+    }
+    rules
+}
+
+/// Appends the always-needed device rules when the resources restrict devices at all.
+fn with_device_allows(mut res: LinuxResources, allows: &[LinuxDeviceCgroup]) -> LinuxResources {
+    if let Some(rules) = res.devices().clone() {
+        let mut all = rules;
+        all.extend_from_slice(allows);
+        res.set_devices(Some(all));
+    }
+    res
 }

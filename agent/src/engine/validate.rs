@@ -242,15 +242,6 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
     }
     if let Some(c) = p.capabilities() {
         let perm = c.permitted().clone().unwrap_or_default();
-        let inh = c.inheritable().clone().unwrap_or_default();
-        for cap in c.ambient().iter().flatten() {
-            if !perm.contains(cap) || !inh.contains(cap) {
-                return err(
-                    format!("{f}.capabilities.ambient"),
-                    format!("CAP_{cap} must also be in permitted and inheritable"),
-                );
-            }
-        }
         let eff = c.effective().clone().unwrap_or_default();
         for cap in &eff {
             if !perm.contains(cap) {
