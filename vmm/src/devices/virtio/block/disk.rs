@@ -23,7 +23,7 @@ pub enum DiskError {
     },
     #[error("disk image {0} is neither a regular file nor a block device")]
     NotAFile(PathBuf),
-    #[error("disk image {0} is in use by another process (it holds a conflicting lock)")]
+    #[error("disk image {0} is already in use (locked by another VM, or given twice)")]
     Locked(PathBuf),
     #[error("cannot determine the size of disk image {path}: {source}")]
     Size {
