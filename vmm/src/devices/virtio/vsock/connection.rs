@@ -23,6 +23,9 @@ use super::packet::*;
 /// Receive buffer we announce for each connection (guest -> host direction).
 pub const BUF_ALLOC: u32 = 256 * 1024;
 
+/// Host-socket read size when the guest's receive buffers are smaller than this.
+const RX_STAGE_LEN: usize = 64 * 1024;
+
 /// Send an unsolicited credit update once the guest's view of our free space lags the
 /// truth by this much; a guest that ran out of credit always gets one.
 const CREDIT_UPDATE_THRESHOLD: u32 = BUF_ALLOC / 2;
@@ -69,9 +72,10 @@ pub struct Connection {
     host_write_shut: bool,
 
     // host -> guest
-    /// Bytes read from the socket before the connection was established (after the
-    /// `CONNECT` line); sent before anything read later.
-    rx_prefix: Vec<u8>,
+    /// Bytes read from the host socket but not yet sent to the guest: the text after the
+    /// `CONNECT` line, and reads made ahead for guests with small receive buffers.
+    rx_staged: Vec<u8>,
+    rx_staged_off: usize,
     peer_buf_alloc: u32,
     peer_fwd_cnt: Wrapping<u32>,
     tx_cnt: Wrapping<u32>,
@@ -96,7 +100,8 @@ impl Connection {
             last_fwd_cnt_sent: Wrapping(0),
             guest_shut_send: false,
             host_write_shut: false,
-            rx_prefix: Vec::new(),
+            rx_staged: Vec::new(),
+            rx_staged_off: 0,
             peer_buf_alloc: 0,
             peer_fwd_cnt: Wrapping(0),
             tx_cnt: Wrapping(0),
@@ -117,7 +122,7 @@ impl Connection {
     ) -> Self {
         let mut c = Self::new(stream, local_port, peer_port, ConnState::HostConnecting);
         c.owed.request = true;
-        c.rx_prefix = early_data;
+        c.rx_staged = early_data;
         // The CONNECT line was read without reaching EAGAIN: look at the socket again.
         c.stream_readable = true;
         c
@@ -176,9 +181,7 @@ impl Connection {
     }
 
     fn can_send_data(&self) -> bool {
-        !self.guest_shut_rcv
-            && !self.stream_eof
-            && (self.stream_readable || !self.rx_prefix.is_empty())
+        !self.guest_shut_rcv && !self.stream_eof && (self.stream_readable || self.staged() > 0)
     }
 
     /// A packet from the guest for this connection.
@@ -343,6 +346,72 @@ impl Connection {
         None
     }
 
+    fn staged(&self) -> usize {
+        self.rx_staged.len() - self.rx_staged_off
+    }
+
+    fn take_staged(&mut self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.staged());
+        out[..n].copy_from_slice(&self.rx_staged[self.rx_staged_off..self.rx_staged_off + n]);
+        self.rx_staged_off += n;
+        if self.staged() == 0 {
+            self.rx_staged.clear();
+            self.rx_staged_off = 0;
+        }
+        n
+    }
+
+    /// Reads up to `want` bytes from the host socket into `stage` (or `direct`). Err when
+    /// nothing came: would block, end of stream or a failure, each noted in the state for
+    /// [`Self::after_read_end`].
+    fn read_stream(
+        &mut self,
+        want: usize,
+        stage: Option<&mut Vec<u8>>,
+        direct: &mut [u8],
+    ) -> Result<usize, ()> {
+        let target: &mut [u8] = match stage {
+            Some(v) => &mut v[..want],
+            None => &mut direct[..want],
+        };
+        loop {
+            match self.stream.read(target) {
+                Ok(0) => {
+                    self.stream_readable = false;
+                    self.stream_eof = true;
+                    if self.stream_hup || self.host_write_shut {
+                        // Gone entirely, or the guest already finished sending: the
+                        // connection is over.
+                        self.reset();
+                    } else {
+                        // Half-close: the host will send no more, the guest may still.
+                        self.owed.shutdown |= SHUTDOWN_SEND;
+                    }
+                    return Err(());
+                }
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.stream_readable = false;
+                    return Err(());
+                }
+                Err(e) => {
+                    debug!("vsock: reading host socket {} failed: {e}", self.local_port);
+                    self.reset();
+                    return Err(());
+                }
+            }
+        }
+    }
+
+    /// After a read that produced nothing: an RST or SHUTDOWN may now be owed.
+    fn after_read_end(&mut self, guest_cid: u64, buf: &mut [u8]) -> Option<(Header, usize)> {
+        if self.owed.rst || self.owed.shutdown != 0 {
+            return self.next_rx_packet(guest_cid, buf);
+        }
+        None
+    }
+
     fn next_data_packet(&mut self, guest_cid: u64, buf: &mut [u8]) -> Option<(Header, usize)> {
         if !self.can_send_data() {
             return None;
@@ -361,40 +430,27 @@ impl Connection {
         if room == 0 {
             return None;
         }
-        let n = if !self.rx_prefix.is_empty() {
-            let n = room.min(self.rx_prefix.len());
-            buf[..n].copy_from_slice(&self.rx_prefix[..n]);
-            self.rx_prefix.drain(..n);
-            n
-        } else {
-            loop {
-                match self.stream.read(&mut buf[..room]) {
-                    Ok(0) => {
-                        self.stream_readable = false;
-                        self.stream_eof = true;
-                        if self.stream_hup || self.host_write_shut {
-                            // Gone entirely, or the guest already finished sending: the
-                            // connection is over.
-                            self.reset();
-                            return self.next_rx_packet(guest_cid, buf);
-                        }
-                        // Half-close: the host will send no more, the guest may still.
-                        self.owed.shutdown |= SHUTDOWN_SEND;
-                        return None;
-                    }
-                    Ok(n) => break n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.stream_readable = false;
-                        return None;
-                    }
-                    Err(e) => {
-                        debug!("vsock: reading host socket {} failed: {e}", self.local_port);
-                        self.reset();
-                        return self.next_rx_packet(guest_cid, buf);
-                    }
-                }
+        let n = if self.staged() > 0 {
+            self.take_staged(&mut buf[..room])
+        } else if room >= RX_STAGE_LEN {
+            // A big guest buffer: read straight into it.
+            match self.read_stream(room, None, buf) {
+                Ok(n) => n,
+                Err(()) => return self.after_read_end(guest_cid, buf),
             }
+        } else {
+            // Small guest buffers (Linux posts 4 KiB ones): one read fills several packets.
+            let want = credit.min(RX_STAGE_LEN);
+            let mut stage = std::mem::take(&mut self.rx_staged);
+            stage.resize(want, 0);
+            let got = self.read_stream(want, Some(&mut stage), buf);
+            stage.truncate(*got.as_ref().unwrap_or(&0));
+            self.rx_staged = stage;
+            self.rx_staged_off = 0;
+            if got.is_err() {
+                return self.after_read_end(guest_cid, buf);
+            }
+            self.take_staged(&mut buf[..room])
         };
         self.tx_cnt += n as u32;
         let mut hdr = self.header(guest_cid, OP_RW);
