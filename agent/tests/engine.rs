@@ -1116,3 +1116,29 @@ fn ambient_capabilities_outside_inheritable_are_skipped_like_runc() {
         o.stderr
     );
 }
+
+#[test]
+fn the_program_starts_with_default_signal_state() {
+    // The test harness (like any Rust program) ignores SIGPIPE; block SIGCHLD here as an
+    // event loop with a signalfd would. Neither may reach the container's program.
+    let b = Bundle::new("signals");
+    let mut set = nix::sys::signal::SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    let mut old = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::pthread_sigmask(
+        nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        Some(&set),
+        Some(&mut old),
+    )
+    .unwrap();
+    let mut v = spec("");
+    v["process"]["args"] = json!(["grep", "-E", "^Sig(Blk|Ign):", "/proc/self/status"]);
+    let o = run("engine-signals", &b, v);
+    nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None)
+        .unwrap();
+    assert_eq!(
+        o.stdout, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+        "{}",
+        o.stderr
+    );
+}

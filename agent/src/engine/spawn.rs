@@ -173,6 +173,48 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
     })
 }
 
+/// The container's program must not inherit the engine's signal state: Rust ignores
+/// SIGPIPE at start-up, an event loop typically blocks SIGCHLD for a signalfd, and both
+/// survive execve.
+fn reset_signals() {
+    // The raw syscall, because glibc's sigaction refuses the two real-time signals it
+    // reserves for itself (32 and 33), which may be ignored too.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let dfl = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installs SIG_DFL from a valid struct; the old action is not read.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &dfl as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            )
+        };
+    }
+    // SAFETY: an empty set, fully initialised by sigemptyset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
 fn exit_now(code: i32) -> ! {
     // SAFETY: _exit skips atexit handlers and stdio flushing that belong to the parent.
     unsafe { libc::_exit(code) }
@@ -181,6 +223,7 @@ fn exit_now(code: i32) -> ! {
 /// The intermediate process: cgroup, namespaces, then the clone.
 fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
     let result = (|| -> Result<(), String> {
+        reset_signals();
         let mut keep = vec![chan.raw()];
         keep.extend(setup.ns.fds());
         keep.extend(null);
