@@ -213,6 +213,20 @@ impl DriverQueue {
             .unwrap();
     }
 
+    /// EVENT_IDX: the driver asks for an interrupt once the used index passes `idx`.
+    pub fn set_used_event(&self, idx: u16) {
+        self.mem
+            .write_obj(idx, self.avail_ring.unchecked_add(4 + 2 * self.size as u64))
+            .unwrap();
+    }
+
+    /// EVENT_IDX: where the device asked to be notified next (avail_event).
+    pub fn avail_event(&self) -> u16 {
+        self.mem
+            .read_obj(self.used_ring.unchecked_add(4 + 8 * self.size as u64))
+            .unwrap()
+    }
+
     pub fn used_idx(&self) -> u16 {
         self.mem.read_obj(self.used_ring.unchecked_add(2)).unwrap()
     }

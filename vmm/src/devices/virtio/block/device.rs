@@ -13,7 +13,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{error, warn};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -114,7 +114,8 @@ impl Block {
         let mut avail_features = VIRTIO_F_VERSION_1
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC;
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX;
         if disk.read_only() {
             avail_features |= 1 << VIRTIO_BLK_F_RO;
         }
@@ -153,21 +154,47 @@ impl Block {
         };
         let mut done = 0usize;
         let mut result = Ok(());
-        while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
-            let head = chain.head_index();
-            let completion = self.handle_chain(&active.mem, chain);
-            let len = match completion {
-                Completion::Status { len, .. } => len,
-                Completion::Dropped => 0,
-            };
-            if let Err(e) = active.queue.add_used(&active.mem, head, len) {
-                // Only a head index beyond the ring gets here; nothing to hand back.
-                warn!("virtio-blk: cannot return descriptor {head}: {e}");
-                continue;
+        loop {
+            let mut round = 0usize;
+            while let Some(chain) = active.queue.pop_descriptor_chain(&active.mem) {
+                round += 1;
+                let head = chain.head_index();
+                let completion = self.handle_chain(&active.mem, chain);
+                let len = match completion {
+                    Completion::Status { len, .. } => len,
+                    Completion::Dropped => 0,
+                };
+                if let Err(e) = active.queue.add_used(&active.mem, head, len) {
+                    // Only a head index beyond the ring gets here; nothing to hand back.
+                    warn!("virtio-blk: cannot return descriptor {head}: {e}");
+                    continue;
+                }
+                done += 1;
             }
-            done += 1;
+            if !active.queue.event_idx_enabled() || round == 0 {
+                break;
+            }
+            // With EVENT_IDX the driver notifies again only once it passes avail_event, which
+            // this moves to where we stopped; requests that arrived meanwhile are served now.
+            // A round that found nothing ends the loop even if the available index claims
+            // more (a driver that corrupted it must not keep us spinning).
+            match active.queue.enable_notification(&active.mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    warn!("virtio-blk: cannot re-enable notifications: {e}");
+                    break;
+                }
+            }
         }
-        if done > 0 {
+        let notify = match active.queue.needs_notification(&active.mem) {
+            Ok(n) => n,
+            Err(e) => {
+                warn!("virtio-blk: cannot read used_event: {e}");
+                true
+            }
+        };
+        if done > 0 && notify {
             if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
                 result = Err(DeviceError::Interrupt(e));
             }
@@ -411,16 +438,17 @@ impl VirtioDevice for Block {
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
         mut queue_evts: Vec<EventFd>,
-        _acked_features: u64,
+        acked_features: u64,
     ) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
         check_activation(&self.queue_max_sizes, &mem, &queues, &queue_evts)?;
-        let queue = queues.into_iter().next().ok_or(ActivateError::QueueCount {
+        let mut queue = queues.into_iter().next().ok_or(ActivateError::QueueCount {
             expected: 1,
             got: 0,
         })?;
+        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
         let queue_evt = queue_evts.pop().ok_or(ActivateError::EventCount {
             expected: 1,
             got: 0,
@@ -906,6 +934,50 @@ mod tests {
     }
 
     const VRING_DESC_F_WRITE_U16: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+
+    #[test]
+    fn event_idx_suppresses_interrupts_and_moves_avail_event() {
+        let mut f = fixture("eventidx.img", false);
+        // The driver wants an interrupt only once the used index passes 2.
+        f.dq.set_used_event(2);
+        for expected_irqs in [0, 0, 1, 1] {
+            header(&f, VIRTIO_BLK_T_FLUSH, 0);
+            f.dq.add_chain(&[Buf::read(HDR, 16), Buf::write(STATUS, 1)]);
+            assert_eq!(run_one(&mut f), (OK, 1));
+            assert_eq!(f.irq.queue_count(), expected_irqs);
+            // The device asks to be notified of the next request it has not seen.
+            assert_eq!(f.dq.avail_event(), f.dq.used_idx());
+        }
+    }
+
+    #[test]
+    fn without_event_idx_every_batch_interrupts() {
+        let mut f = fixture("noeventidx.img", false);
+        // Re-activate with only VERSION_1 acked.
+        assert!(f.blk.reset());
+        f.dq = DriverQueue::new(&f.mem, GuestAddress(0x1000), 16);
+        f.blk
+            .activate(
+                f.mem.clone(),
+                f.irq.clone(),
+                vec![f.dq.device_queue()],
+                vec![EventFd::new(0).unwrap()],
+                VIRTIO_F_VERSION_1,
+            )
+            .unwrap();
+        f.dq.set_used_event(100);
+        for i in 1..=3 {
+            header(&f, VIRTIO_BLK_T_FLUSH, 0);
+            f.dq.add_chain(&[Buf::read(HDR, 16), Buf::write(STATUS, 1)]);
+            assert_eq!(run_one(&mut f), (OK, 1));
+            assert_eq!(f.irq.queue_count(), i);
+        }
+        assert_eq!(
+            f.dq.avail_event(),
+            0,
+            "avail_event untouched without EVENT_IDX"
+        );
+    }
 
     #[test]
     fn indirect_requests_are_served() {
