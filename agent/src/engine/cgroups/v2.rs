@@ -183,6 +183,85 @@ pub(super) fn oom_watcher(d: &Path) -> Result<OomWatcher, EngineError> {
 mod tests {
     use super::*;
 
+    fn resources(v: serde_json::Value) -> LinuxResources {
+        serde_json::from_value(v).unwrap()
+    }
+
+    /// The v2 interface files written into a scratch directory (this host runs v1, so the
+    /// real hierarchy is exercised in the guest; the values are checked here).
+    #[test]
+    fn writes_the_v2_interface_files() {
+        let d = std::env::temp_dir().join(format!("engine-v2-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("cpu.max"), "max 100000\n").unwrap();
+        apply(
+            &d,
+            &resources(serde_json::json!({
+                "memory": {"limit": 67108864, "swap": 100663296, "reservation": 1048576},
+                "cpu": {"shares": 1024, "quota": 25000, "cpus": "0-1", "mems": "0"},
+                "pids": {"limit": 64},
+                "unified": {"memory.high": "50000000"}
+            })),
+        )
+        .unwrap();
+        let r = |f: &str| fs::read_to_string(d.join(f)).unwrap();
+        assert_eq!(r("memory.max"), "67108864");
+        assert_eq!(r("memory.swap.max"), "33554432");
+        assert_eq!(r("memory.low"), "1048576");
+        assert_eq!(r("cpu.weight"), "39");
+        assert_eq!(r("cpu.max"), "25000 100000");
+        assert_eq!(r("cpuset.cpus"), "0-1");
+        assert_eq!(r("cpuset.mems"), "0");
+        assert_eq!(r("pids.max"), "64");
+        assert_eq!(r("memory.high"), "50000000");
+        apply(
+            &d,
+            &resources(serde_json::json!({
+                "memory": {"limit": -1, "swap": -1}, "cpu": {"quota": -1, "period": 50000},
+                "pids": {"limit": -1}
+            })),
+        )
+        .unwrap();
+        assert_eq!(r("memory.max"), "max");
+        assert_eq!(r("memory.swap.max"), "max");
+        assert_eq!(r("cpu.max"), "max 50000");
+        assert_eq!(r("pids.max"), "max");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn reads_v2_stats() {
+        let d = std::env::temp_dir().join(format!("engine-v2-stats-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        for (f, v) in [
+            ("memory.current", "4096\n"),
+            ("memory.max", "max\n"),
+            ("memory.peak", "8192\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 2\noom 1\noom_kill 1\n"),
+            (
+                "cpu.stat",
+                "usage_usec 150\nuser_usec 100\nsystem_usec 50\n",
+            ),
+            ("pids.current", "3\n"),
+            ("pids.max", "20\n"),
+        ] {
+            fs::write(d.join(f), v).unwrap();
+        }
+        let s = stats(&d).unwrap();
+        assert_eq!(s.memory_usage, 4096);
+        assert_eq!(s.memory_limit, None);
+        assert_eq!(s.memory_max_usage, Some(8192));
+        assert_eq!(s.oom_kills, 1);
+        assert_eq!(
+            (s.cpu_usage_ns, s.cpu_user_ns, s.cpu_system_ns),
+            (150_000, 100_000, 50_000)
+        );
+        assert_eq!((s.pids_current, s.pids_limit), (3, Some(20)));
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn shares_convert_to_weight() {
         assert_eq!(shares_to_weight(2), 1);
