@@ -210,6 +210,19 @@ impl VmmBuilder {
         })
     }
 
+    /// The configured command line, then what devices added, then the CPU template's
+    /// parameter for Linux.
+    pub fn kernel_cmdline(&self) -> Result<linux_loader::cmdline::Cmdline, BuildError> {
+        let mut extra = self.cmdline_extra.clone();
+        if let Some(param) = self.config.cpu_template.linux_cmdline() {
+            // A clearcpuid= the user gave wins: Linux reads only the first one.
+            if !self.config.cmdline().contains("clearcpuid=") {
+                extra.push(param);
+            }
+        }
+        Ok(loader::build_cmdline(self.config.cmdline(), &extra)?)
+    }
+
     fn load_and_configure(&self) -> Result<Vec<Vcpu>, BuildError> {
         let mem = &self.memory;
         let kernel = loader::load_kernel(mem, &self.config.kernel)?;
@@ -217,7 +230,7 @@ impl VmmBuilder {
             Some(path) => Some(loader::load_initrd(mem, path, &kernel)?),
             None => None,
         };
-        let cmdline = loader::build_cmdline(self.config.cmdline(), &self.cmdline_extra)?;
+        let cmdline = self.kernel_cmdline()?;
         let (cmdline_addr, cmdline_size) = loader::write_cmdline(mem, &cmdline)?;
         let params = boot_params::build_boot_params(&BootInfo {
             setup_header: kernel.setup_header,
@@ -469,6 +482,37 @@ mod tests {
         assert!(
             started.elapsed() < VCPU_STOP_TIMEOUT,
             "vCPUs were kicked, not timed out"
+        );
+    }
+
+    #[test]
+    fn command_line_gets_devices_then_the_template_parameter() {
+        if !kvm_usable() {
+            return;
+        }
+        let text = |b: &VmmBuilder| b.kernel_cmdline().unwrap().as_cstring().unwrap();
+        let mut cfg = config("k".into(), 1);
+        cfg.cmdline = Some("console=ttyS0".into());
+        let mut plain = VmmBuilder::new(&cfg, Instant::now()).unwrap();
+        plain.append_cmdline("virtio_mmio.device=4K@0xd0000000:5");
+        assert_eq!(
+            text(&plain).to_str().unwrap(),
+            "console=ttyS0 virtio_mmio.device=4K@0xd0000000:5"
+        );
+
+        cfg.cpu_template = crate::arch::x86_64::cpu_template::CpuTemplate::Minimal;
+        let minimal = VmmBuilder::new(&cfg, Instant::now()).unwrap();
+        let line = text(&minimal).into_string().unwrap();
+        assert!(
+            line.starts_with("console=ttyS0 clearcpuid=xsave,popcnt,"),
+            "{line}"
+        );
+
+        cfg.cmdline = Some("console=ttyS0 clearcpuid=popcnt".into());
+        let own = VmmBuilder::new(&cfg, Instant::now()).unwrap();
+        assert_eq!(
+            text(&own).to_str().unwrap(),
+            "console=ttyS0 clearcpuid=popcnt"
         );
     }
 

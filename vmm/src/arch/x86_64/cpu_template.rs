@@ -200,6 +200,33 @@ const MINIMAL_HIDES: &[&str] = &[
     "tbm",
 ];
 
+/// The subset of `MINIMAL_HIDES` that Linux itself executes in kernel mode, named as Linux
+/// names them. Some hypervisors cannot mask every CPUID bit (the guest still sees host
+/// features that KVM does not report), so the template also asks a Linux guest not to use
+/// these, with `clearcpuid=`. Linux reads at most 127 characters of that option; clearing
+/// xsave also clears everything that depends on it (AVX*, XSAVEOPT/C/S, PKU state).
+const MINIMAL_LINUX_CLEARCPUID: &[&str] = &[
+    "xsave",
+    "popcnt",
+    "smap",
+    "smep",
+    "fsgsbase",
+    "rdrand",
+    "rdseed",
+    "pcid",
+    "invpcid",
+    "pku",
+    "movbe",
+    "cx16",
+    "aes",
+    "pclmulqdq",
+    "sse4_2",
+    "clflushopt",
+    "clwb",
+    "bmi1",
+    "bmi2",
+];
+
 /// The XSAVE state-components leaf; meaningless once XSAVE is hidden.
 const LEAF_XSAVE: u32 = 0xd;
 
@@ -249,6 +276,15 @@ impl CpuTemplate {
                 .find(|f| f.name == *name)
                 .expect("template names refer to FEATURES entries")
         })
+    }
+
+    /// Kernel command-line parameter telling a Linux guest not to use the hidden features it
+    /// would otherwise execute in kernel mode; `None` when nothing is hidden.
+    pub fn linux_cmdline(self) -> Option<String> {
+        match self {
+            Self::None => None,
+            Self::Minimal => Some(format!("clearcpuid={}", MINIMAL_LINUX_CLEARCPUID.join(","))),
+        }
     }
 
     /// Clears the template's bits in `cpuid`.
@@ -379,6 +415,25 @@ mod tests {
         assert_eq!((xsave.eax, xsave.ecx), (0, 0));
         // Leaf 7 subleaf 0 keeps ERMS (bit 9), which is not in the mask.
         assert_ne!(find(&cpuid, 7, 0).unwrap().ebx & (1 << 9), 0);
+    }
+
+    #[test]
+    fn linux_cmdline_fits_and_names_hidden_features() {
+        // Longest `clearcpuid=` value Linux parses (its buffer is 128 bytes with the NUL).
+        const LINUX_CLEARCPUID_MAX: usize = 127;
+        assert_eq!(CpuTemplate::None.linux_cmdline(), None);
+        let param = CpuTemplate::Minimal.linux_cmdline().unwrap();
+        let value = param.strip_prefix("clearcpuid=").unwrap();
+        assert!(value.len() <= LINUX_CLEARCPUID_MAX, "{} chars", value.len());
+        for name in value.split(',') {
+            assert!(
+                MINIMAL_HIDES.contains(&name),
+                "{name} is hidden by the template"
+            );
+        }
+        for must in ["xsave", "popcnt", "smap", "smep"] {
+            assert!(value.split(',').any(|n| n == must), "{must}");
+        }
     }
 
     #[test]
