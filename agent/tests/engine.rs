@@ -932,6 +932,16 @@ fn bad_specs_name_the_field_and_leave_nothing() {
             "linux.cgroupsPath: must not contain `..`",
         ),
         (
+            "apparmor",
+            Box::new(|v| v["process"]["apparmorProfile"] = json!("docker-default")),
+            "process.apparmorProfile: is not supported by this engine",
+        ),
+        (
+            "personality",
+            Box::new(|v| v["linux"]["personality"] = json!({"domain": "LINUX32"})),
+            "linux.personality: is not supported by this engine",
+        ),
+        (
             "uidmap",
             Box::new(|v| {
                 v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 1000, "size": 1}])

@@ -126,6 +126,57 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
     if let Some(s) = linux.seccomp() {
         seccomp::compile(s)?;
     }
+    reject_unsupported(spec, linux)?;
+    Ok(())
+}
+
+/// Features this engine does not apply. Running without them would quietly weaken or
+/// change what the spec asks for, so they are refused by name.
+fn reject_unsupported(spec: &Spec, linux: &Linux) -> Result<(), SpecError> {
+    let unsupported = |field: &str| err(field, "is not supported by this engine");
+    if linux.personality().is_some() {
+        return unsupported("linux.personality");
+    }
+    if linux.intel_rdt().is_some() {
+        return unsupported("linux.intelRdt");
+    }
+    if linux.memory_policy().is_some() {
+        return unsupported("linux.memoryPolicy");
+    }
+    if linux.time_offsets().as_ref().is_some_and(|t| !t.is_empty()) {
+        return unsupported("linux.timeOffsets");
+    }
+    if linux.net_devices().as_ref().is_some_and(|t| !t.is_empty()) {
+        return unsupported("linux.netDevices");
+    }
+    if linux.mount_label().as_ref().is_some_and(|l| !l.is_empty()) {
+        return unsupported("linux.mountLabel (SELinux)");
+    }
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if m.uid_mappings().is_some() || m.gid_mappings().is_some() {
+            return unsupported(&format!("mounts[{i}].uidMappings (id-mapped mounts)"));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn unsupported_in_process(p: &Process, f: &str) -> Result<(), SpecError> {
+    let unsupported = |field: &str| err(format!("{f}.{field}"), "is not supported by this engine");
+    if p.apparmor_profile().as_ref().is_some_and(|s| !s.is_empty()) {
+        return unsupported("apparmorProfile");
+    }
+    if p.selinux_label().as_ref().is_some_and(|s| !s.is_empty()) {
+        return unsupported("selinuxLabel");
+    }
+    if p.scheduler().is_some() {
+        return unsupported("scheduler");
+    }
+    if p.io_priority().is_some() {
+        return unsupported("ioPriority");
+    }
+    if p.exec_cpu_affinity().is_some() {
+        return unsupported("execCPUAffinity");
+    }
     Ok(())
 }
 
@@ -205,6 +256,7 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
             );
         }
     }
+    unsupported_in_process(p, f)?;
     if p.console_size().is_some() && p.terminal() != Some(true) {
         return err(format!("{f}.consoleSize"), "only valid with terminal: true");
     }
