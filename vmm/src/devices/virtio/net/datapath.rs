@@ -122,6 +122,7 @@ pub struct NetEngine<B: NetBackend> {
     rx_frame: Vec<u8>,
     /// Length of the frame in `rx_frame` that still waits for a guest buffer.
     rx_pending: Option<usize>,
+    rx_descs: Vec<Descriptor>,
     tx_frame: Vec<u8>,
     /// A frame the backend refused as full: (descriptor head, length).
     tx_pending: Option<(u16, usize)>,
@@ -135,6 +136,7 @@ impl<B: NetBackend> NetEngine<B> {
             mac,
             rx_frame: vec![0; MAX_BUFFER_LEN],
             rx_pending: None,
+            rx_descs: Vec::with_capacity(QUEUE_SIZE as usize),
             tx_frame: vec![0; MAX_BUFFER_LEN],
             tx_pending: None,
             stats: NetStats::default(),
@@ -214,7 +216,7 @@ impl<B: NetBackend> NetEngine<B> {
             let head = chain.head_index();
             // Without merged buffers, each frame is exactly one buffer.
             self.rx_frame[NUM_BUFFERS_OFFSET..VNET_HDR_LEN].copy_from_slice(&1u16.to_le_bytes());
-            match write_to_chain(mem, chain, &self.rx_frame[..len]) {
+            match write_to_chain(mem, chain, &mut self.rx_descs, &self.rx_frame[..len]) {
                 Ok(()) => {
                     self.stats.rx_frames += 1;
                     self.stats.rx_bytes += (len - VNET_HDR_LEN) as u64;
@@ -294,19 +296,21 @@ impl<B: NetBackend> NetEngine<B> {
     }
 }
 
-/// The descriptors of a chain, or why it is not a chain. The iterator of virtio-queue stops
-/// silently at a loop (after queue-size steps), at a `next` index out of range and at an
-/// unreadable table; a chain whose last descriptor still says "next" was cut short by one of
-/// those and is refused rather than half used.
-pub fn collect_chain<I>(chain: I) -> Result<Vec<Descriptor>, ChainError>
+/// The descriptors of a chain, or why it is not a chain, into `out` (reused to spare an
+/// allocation per frame). The iterator of virtio-queue stops silently at a loop (after
+/// queue-size steps), at a `next` index out of range and at an unreadable table; a chain
+/// whose last descriptor still says "next" was cut short by one of those and is refused
+/// rather than half used.
+pub fn collect_chain<I>(chain: I, out: &mut Vec<Descriptor>) -> Result<(), ChainError>
 where
     I: Iterator<Item = Descriptor>,
 {
-    let descs: Vec<Descriptor> = chain.collect();
-    match descs.last() {
+    out.clear();
+    out.extend(chain);
+    match out.last() {
         None => Err(ChainError::Empty),
-        Some(last) if last.has_next() => Err(ChainError::Truncated(descs.len())),
-        Some(_) => Ok(descs),
+        Some(last) if last.has_next() => Err(ChainError::Truncated(out.len())),
+        Some(_) => Ok(()),
     }
 }
 
@@ -317,7 +321,11 @@ where
     I: Iterator<Item = Descriptor>,
 {
     let mut len = 0usize;
-    for desc in collect_chain(chain)? {
+    let mut count = 0usize;
+    let mut last_has_next = false;
+    for desc in chain {
+        count += 1;
+        last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(ChainError::WrongDirection);
         }
@@ -330,6 +338,12 @@ where
             .map_err(|_| ChainError::BadAddress)?;
         len = end;
     }
+    if count == 0 {
+        return Err(ChainError::Empty);
+    }
+    if last_has_next {
+        return Err(ChainError::Truncated(count));
+    }
     if len < VNET_HDR_LEN {
         return Err(ChainError::TooShort(len));
     }
@@ -337,14 +351,19 @@ where
 }
 
 /// Copies `frame` into a device-writable chain; checks the whole chain before writing.
-fn write_to_chain<M, I>(mem: &M, chain: I, frame: &[u8]) -> Result<(), ChainError>
+fn write_to_chain<M, I>(
+    mem: &M,
+    chain: I,
+    descs: &mut Vec<Descriptor>,
+    frame: &[u8],
+) -> Result<(), ChainError>
 where
     M: GuestMemory,
     I: Iterator<Item = Descriptor>,
 {
-    let descs = collect_chain(chain)?;
+    collect_chain(chain, descs)?;
     let mut room = 0usize;
-    for desc in &descs {
+    for desc in descs.iter() {
         if !desc.is_write_only() {
             return Err(ChainError::WrongDirection);
         }
@@ -360,7 +379,7 @@ where
         });
     }
     let mut off = 0;
-    for desc in descs {
+    for desc in descs.iter() {
         if off == frame.len() {
             break;
         }
