@@ -1152,3 +1152,69 @@ fn the_program_starts_with_default_signal_state() {
         o.stderr
     );
 }
+
+#[test]
+fn lifecycle_hooks_run_in_order_with_the_state() {
+    let b = Bundle::new("hooks");
+    let out = b.path().join("hooks-out");
+    fs::create_dir_all(&out).unwrap();
+    let o = out.display().to_string();
+    let hook =
+        |script: String| json!({"path": "/bin/sh", "args": ["sh", "-c", script], "timeout": 10});
+    let mut v = spec("true");
+    v["hooks"] = json!({
+        "createRuntime": [hook(format!("cat > {o}/createRuntime; hostname > {o}/createRuntime.host"))],
+        "createContainer": [hook(format!("cat > {o}/createContainer; hostname > {o}/createContainer.host"))],
+        // Runs inside the container's root: its path and files are the container's.
+        "startContainer": [hook("cat > /tmp/startContainer".to_string())],
+        "poststart": [hook(format!("cat > {o}/poststart"))],
+        "poststop": [hook(format!("cat > {o}/poststop"))]
+    });
+    let outcome = run("engine-hooks", &b, v);
+    assert_eq!(outcome.status, ExitStatus::Code(0), "{}", outcome.stderr);
+    let state =
+        |p: PathBuf| -> Value { serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap() };
+    let cr = state(out.join("createRuntime"));
+    assert_eq!(
+        (cr["id"].as_str(), cr["status"].as_str()),
+        (Some("engine-hooks"), Some("creating"))
+    );
+    assert!(cr["pid"].as_i64().unwrap() > 1);
+    let host_name = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("createRuntime.host")).unwrap(),
+        host_name
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("createContainer.host")).unwrap(),
+        "engine-test\n"
+    );
+    assert_eq!(
+        state(b.path().join("rootfs/tmp/startContainer"))["id"],
+        "engine-hooks"
+    );
+    assert_eq!(state(out.join("poststart"))["status"], "running");
+    assert_eq!(state(out.join("poststop"))["status"], "stopped");
+}
+
+#[test]
+fn a_failing_hook_fails_create_and_leaves_nothing() {
+    let b = Bundle::new("badhook");
+    let mut v = spec("true");
+    v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]});
+    let err = create_err("engine-badhook", &b, v);
+    assert!(
+        err.contains("hooks.prestart[0] (/bin/sh): exited with exit status: 3"),
+        "{err}"
+    );
+    assert_nothing_left("engine-badhook", &b);
+    let mut v = spec("true");
+    v["hooks"] =
+        json!({"createContainer": [{"path": "/bin/sleep", "args": ["sleep", "10"], "timeout": 1}]});
+    let err = create_err("engine-slowhook", &b, v);
+    assert!(
+        err.contains("hooks.createContainer[0] (/bin/sleep): timed out after 1 s"),
+        "{err}"
+    );
+    assert_nothing_left("engine-slowhook", &b);
+}

@@ -9,12 +9,13 @@ use nix::errno::Errno;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use oci_spec::runtime::{
-    LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources, Process, Spec,
+    Hooks, LinuxDevice, LinuxDeviceCgroup, LinuxDeviceType, LinuxResources, Process, Spec,
 };
 
 use super::cgroups::{Cgroup, CgroupStats, CgroupVersion, Layout, OomWatcher};
 use super::error::{EngineError, SpecError};
 use super::exec::ExecProcess;
+use super::hooks;
 use super::namespaces::NsPlan;
 use super::seccomp::{self, Filter};
 use super::spawn::{spawn, ChildSetup, InitSetup, Spawned};
@@ -95,6 +96,8 @@ pub struct Container {
     device_allows: Vec<LinuxDeviceCgroup>,
     exit: Option<ExitStatus>,
     torn_down: bool,
+    /// poststart / poststop hooks with the spec and bundle for their state.
+    hooks: Option<(Hooks, Spec, PathBuf)>,
 }
 
 fn check_id(id: &str) -> Result<(), EngineError> {
@@ -161,6 +164,16 @@ impl Container {
             let _ = cgroup.remove();
             return Err(e);
         }
+        let runtime_hooks = |pid: Pid| -> Result<(), String> {
+            let h = spec.hooks().as_ref();
+            let state = hooks::state_json(spec, &opts.id, "creating", pid.as_raw(), &bundle);
+            hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), &state)?;
+            hooks::run_all(
+                "createRuntime",
+                h.and_then(|h| h.create_runtime().as_ref()),
+                &state,
+            )
+        };
         let setup = ChildSetup {
             ns: &ns,
             cgroup: &cgroup,
@@ -168,9 +181,11 @@ impl Container {
             process,
             seccomp: filter.as_ref(),
             init: Some(InitSetup {
+                id: &opts.id,
+                runtime_hooks: Some(&runtime_hooks),
                 spec,
                 rootfs,
-                bundle,
+                bundle: bundle.clone(),
                 no_pivot: opts.no_pivot_root,
                 uid_mappings: linux.uid_mappings().clone().unwrap_or_default(),
                 gid_mappings: linux.gid_mappings().clone().unwrap_or_default(),
@@ -184,7 +199,10 @@ impl Container {
                 return Err(e);
             }
         };
+        let hooks = spec.hooks().clone();
+        let state_spec = hooks.as_ref().map(|_| spec.clone());
         Ok(Container {
+            hooks: hooks.zip(state_spec).map(|(h, s)| (h, s, bundle)),
             id: opts.id,
             init,
             state: ContainerState::Created,
@@ -202,7 +220,17 @@ impl Container {
         self.expect(ContainerState::Created)?;
         let r = self.init.go();
         self.state = ContainerState::Running;
-        r
+        r?;
+        if let Some((h, spec, bundle)) = &self.hooks {
+            let state =
+                hooks::state_json(spec, &self.id, "running", self.init.pid.as_raw(), bundle);
+            // A failing poststart hook is reported, the container keeps running (as the
+            // runtime spec asks).
+            if let Err(e) = hooks::run_all("poststart", h.poststart().as_ref(), &state) {
+                log::warn!("container {}: {e}", self.id);
+            }
+        }
+        Ok(())
     }
 
     pub fn id(&self) -> &str {
@@ -348,7 +376,15 @@ impl Container {
             self.state = ContainerState::Stopped;
         }
         killed?;
-        self.cgroup.remove()
+        self.cgroup.remove()?;
+        if let Some((h, spec, bundle)) = &self.hooks {
+            let state =
+                hooks::state_json(spec, &self.id, "stopped", self.init.pid.as_raw(), bundle);
+            if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &state) {
+                log::warn!("container {}: {e}", self.id);
+            }
+        }
+        Ok(())
     }
 
     fn expect(&self, s: ContainerState) -> Result<(), EngineError> {

@@ -28,6 +28,7 @@ mod devices;
 mod error;
 mod exec;
 mod fds;
+mod hooks;
 mod mounts;
 mod namespaces;
 mod process;

@@ -22,6 +22,7 @@ use oci_spec::runtime::{LinuxIdMapping, Process, Spec};
 use super::cgroups::Cgroup;
 use super::error::EngineError;
 use super::fds::{close_fds_except, dup_to};
+use super::hooks;
 use super::namespaces::NsPlan;
 use super::process;
 use super::rootfs::{self, RootfsPlan};
@@ -38,6 +39,10 @@ pub(crate) struct InitSetup<'a> {
     pub no_pivot: bool,
     pub uid_mappings: Vec<LinuxIdMapping>,
     pub gid_mappings: Vec<LinuxIdMapping>,
+    /// The container's id, for the hooks' state.
+    pub id: &'a str,
+    /// Runs the createRuntime and prestart hooks in the engine, given the init's pid.
+    pub runtime_hooks: Option<&'a dyn Fn(Pid) -> Result<(), String>>,
 }
 
 /// Everything the forked processes need.
@@ -111,8 +116,22 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
     let mut pid = None;
     let mut failure: Option<EngineError> = None;
     let mut master = None;
+    // The init may ask for hooks before the intermediate's pid report is read.
+    let mut hooks_wanted = false;
     loop {
+        if hooks_wanted && failure.is_none() {
+            if let (Some(p), Some(init)) = (pid, &setup.init) {
+                hooks_wanted = false;
+                let r = init.runtime_hooks.map(|f| f(p)).unwrap_or(Ok(()));
+                let reply = match r {
+                    Ok(()) => Msg::HooksDone,
+                    Err(e) => Msg::Error(e),
+                };
+                let _ = parent.send(&reply);
+            }
+        }
         match parent.recv() {
+            Ok(Some((Msg::RunHooks, _))) => hooks_wanted = true,
             Ok(Some((Msg::MapIds, _))) => {
                 if let Some(init) = &setup.init {
                     let r = write_id_map(intermediate_pid, "uid_map", &init.uid_mappings).and_then(
@@ -318,7 +337,7 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
         let terminal = matches!(setup.stdio, Stdio::Pty);
         let master = match &setup.init {
-            Some(init) => setup_init(setup, init, terminal)?,
+            Some(init) => setup_init(setup, init, chan, terminal)?,
             None => {
                 process::set_oom_score_adj(setup.process)?;
                 if terminal {
@@ -338,6 +357,15 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
             None => exit_now(1),
             Some((m, _)) => return Err(format!("waiting for start: got {m:?}")),
         }
+        if let Some(init) = &setup.init {
+            let state = hooks::state_json(init.spec, init.id, "created", 1, &init.bundle);
+            let h = init.spec.hooks().as_ref();
+            hooks::run_all(
+                "startContainer",
+                h.and_then(|h| h.start_container().as_ref()),
+                &state,
+            )?;
+        }
         Err(process::exec(setup.process, setup.seccomp))
     })();
     let msg = result.err().unwrap_or_default();
@@ -348,6 +376,7 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
 fn setup_init(
     setup: &ChildSetup,
     init: &InitSetup,
+    chan: &Channel,
     terminal: bool,
 ) -> Result<Option<OwnedFd>, String> {
     let spec = init.spec;
@@ -384,6 +413,20 @@ fn setup_init(
         no_pivot: init.no_pivot,
     };
     rootfs::prepare(&plan)?;
+    if let Some(h) = spec.hooks() {
+        if h.prestart().is_some() || h.create_runtime().is_some() {
+            chan.send(&Msg::RunHooks)
+                .map_err(|e| format!("asking for hooks: {e}"))?;
+            match chan.recv()? {
+                Some((Msg::HooksDone, _)) => {}
+                Some((Msg::Error(e), _)) => return Err(e),
+                other => return Err(format!("waiting for hooks: got {other:?}")),
+            }
+        }
+        // In the container's namespaces, before the root changes: paths resolve on the host.
+        let state = hooks::state_json(spec, init.id, "created", 1, &init.bundle);
+        hooks::run_all("createContainer", h.create_container().as_ref(), &state)?;
+    }
     process::set_oom_score_adj(setup.process)?;
     rootfs::change_root(&plan.rootfs, plan.no_pivot)?;
     let master = if terminal {

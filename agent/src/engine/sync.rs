@@ -31,6 +31,10 @@ pub(crate) enum Msg {
     Ready,
     /// engine -> init: exec the program.
     Go,
+    /// init -> engine: mounts are done, run the createRuntime / prestart hooks.
+    RunHooks,
+    /// engine -> init: hooks ran.
+    HooksDone,
     /// child -> engine: a step failed; the text names it.
     Error(String),
 }
@@ -47,6 +51,8 @@ impl Msg {
             Msg::MapsDone => out.push(b'M'),
             Msg::Ready => out.push(b'R'),
             Msg::Go => out.push(b'G'),
+            Msg::RunHooks => out.push(b'H'),
+            Msg::HooksDone => out.push(b'D'),
             Msg::Error(text) => {
                 out.push(b'E');
                 let bytes = text.as_bytes();
@@ -67,6 +73,8 @@ impl Msg {
             b'M' => Msg::MapsDone,
             b'R' => Msg::Ready,
             b'G' => Msg::Go,
+            b'H' => Msg::RunHooks,
+            b'D' => Msg::HooksDone,
             b'E' => Msg::Error(String::from_utf8_lossy(rest).into_owned()),
             other => return Err(format!("unknown message tag {other:#x}")),
         })
@@ -172,6 +180,8 @@ mod tests {
             Msg::MapsDone,
             Msg::Ready,
             Msg::Go,
+            Msg::RunHooks,
+            Msg::HooksDone,
             Msg::Error("mount /proc: EPERM".into()),
         ] {
             b.send(&m).unwrap();
