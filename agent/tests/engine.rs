@@ -1218,3 +1218,55 @@ fn a_failing_hook_fails_create_and_leaves_nothing() {
     );
     assert_nothing_left("engine-slowhook", &b);
 }
+
+/// This host has cgroup v1 with an empty unified (v2) hierarchy beside it. Mounting that
+/// hierarchy on /sys/fs/cgroup in a private mount namespace gives the engine a v2 layout
+/// (without controllers, which v1 holds): enough to run the v2 create / join / cgroup
+/// namespace / kill / remove path for real. The inner test runs in that namespace.
+#[test]
+fn cgroup_v2_lifecycle_in_a_private_mount_namespace() {
+    if cgroup_v2() || !Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists() {
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "mount -t cgroup2 none /sys/fs/cgroup && exec {} --exact inner_cgroup_v2_lifecycle --ignored --nocapture",
+            exe.display()
+        ))
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}");
+    assert_eq!(cgroup_dirs_named("engine-v2"), Vec::<PathBuf>::new());
+}
+
+#[test]
+#[ignore = "run by cgroup_v2_lifecycle_in_a_private_mount_namespace"]
+fn inner_cgroup_v2_lifecycle() {
+    assert!(cgroup_v2(), "needs /sys/fs/cgroup to be cgroup2");
+    let b = Bundle::new("v2");
+    let mut c = sleeper("engine-v2", &b, spec(""));
+    assert_eq!(
+        c.cgroup_dirs(),
+        vec![PathBuf::from("/sys/fs/cgroup/sandbox/engine-v2")]
+    );
+    let procs = fs::read_to_string("/sys/fs/cgroup/sandbox/engine-v2/cgroup.procs").unwrap();
+    assert_eq!(procs.trim(), c.pid().to_string());
+    let (status, out) = exec_output(
+        &c,
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
+        "args": ["sh", "-c", "cat /proc/self/cgroup; grep -c . /sys/fs/cgroup/cgroup.procs; grep ' /sys/fs/cgroup ' /proc/self/mountinfo | cut -d' ' -f9"]}),
+    );
+    assert_eq!(status, ExitStatus::Code(0));
+    // The cgroup namespace's root is the container's cgroup (v1 controllers stay where the
+    // host has them); it holds sleep, the shell and grep.
+    assert!(out.ends_with("\n0::/\n3\ncgroup2\n"), "{out}");
+    assert!(c.stats().is_ok());
+    c.signal(Signal::SIGKILL, true).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Signal(libc::SIGKILL));
+    c.destroy().unwrap();
+    assert!(!Path::new("/sys/fs/cgroup/sandbox/engine-v2").exists());
+}
