@@ -85,6 +85,8 @@ pub struct Muxer {
     rx_queue: VecDeque<ConnKey>,
     rx_queued: HashSet<ConnKey>,
     control: VecDeque<Header>,
+    /// Sockets to close once the event batch being handled is done.
+    closing: Vec<UnixStream>,
     next_local_port: u32,
     /// Whether a guest driver is there to talk to; host clients are turned away before.
     active: bool,
@@ -191,6 +193,7 @@ impl Muxer {
             rx_queue: VecDeque::new(),
             rx_queued: HashSet::new(),
             control: VecDeque::new(),
+            closing: Vec::new(),
             next_local_port: FIRST_LOCAL_PORT,
             active: false,
             stats: MuxerStats::default(),
@@ -416,6 +419,7 @@ impl Muxer {
             for ev in &events[..n] {
                 self.handle_host_event(ev.data(), ev.event_set());
             }
+            self.closing.clear();
             if n < events.len() {
                 return;
             }
@@ -489,10 +493,13 @@ impl Muxer {
     }
 
     fn drop_pending(&mut self, fd: RawFd) {
-        if self.pending_host.remove(&fd).is_some() {
+        if let Some(pending) = self.pending_host.remove(&fd) {
             let _ = self
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            // Closed after the current batch of events: if the number were reused by an
+            // accept in this batch, a later event of the batch would reach the wrong socket.
+            self.closing.push(pending.stream);
         }
     }
 
