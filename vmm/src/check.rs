@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::arch::x86_64::cpu_template::CpuTemplate;
+use crate::arch::x86_64::cpu_template::{CpuTemplate, Reg};
+use crate::arch::x86_64::cpuid;
 use crate::arch::x86_64::layout::HIMEM_START;
 use std::sync::{Arc, Mutex};
 
@@ -32,6 +33,9 @@ pub const HARDWARE_SPEED_THRESHOLD: f64 = 5.0e7;
 /// exits leaves out VM entry and the first page faults.
 const PROBE_START_PORT: u16 = 0x81;
 const PROBE_DONE_PORT: u16 = 0x80;
+/// Ports the probe reports CPUID.1:ECX and CPUID.7.0:EBX on, as the guest sees them.
+const PROBE_LEAF1_ECX_PORT: u16 = 0x82;
+const PROBE_LEAF7_EBX_PORT: u16 = 0x83;
 
 #[derive(Debug, Serialize)]
 pub struct CapabilityStatus {
@@ -48,6 +52,14 @@ pub struct SpeedProbe {
     pub hardware_speed: bool,
 }
 
+/// Whether CPUID bits cleared by a template are really hidden from guest kernel code.
+#[derive(Debug, Serialize)]
+pub struct CpuidMasking {
+    pub complete: bool,
+    /// Features the `minimal` template cleared that the guest still sees.
+    pub unmasked_features: Vec<&'static str>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     pub kvm_path: &'static str,
@@ -59,6 +71,7 @@ pub struct CheckReport {
     pub capabilities: Vec<CapabilityStatus>,
     pub missing_capabilities: Vec<&'static str>,
     pub kernel_mode: Option<SpeedProbe>,
+    pub cpuid_masking: Option<CpuidMasking>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_mode_error: Option<String>,
     /// "hardware", "emulated" or "unknown".
@@ -79,6 +92,7 @@ pub fn run_check() -> CheckReport {
         capabilities: Vec::new(),
         missing_capabilities: Vec::new(),
         kernel_mode: None,
+        cpuid_masking: None,
         kernel_mode_error: None,
         kernel_mode_verdict: "unknown",
         recommended_cpu_template: None,
@@ -107,7 +121,8 @@ pub fn run_check() -> CheckReport {
         return report;
     }
     match probe_kernel_mode_speed(&kvm) {
-        Ok(probe) => {
+        Ok((probe, masking)) => {
+            report.cpuid_masking = Some(masking);
             report.kernel_mode_verdict = if probe.hardware_speed {
                 "hardware"
             } else {
@@ -125,6 +140,35 @@ pub fn run_check() -> CheckReport {
     report
 }
 
+/// mov eax, 1; cpuid; mov eax, ecx; out LEAF1, eax;
+/// mov eax, 7; xor ecx, ecx; cpuid; mov eax, ebx; out LEAF7, eax
+const CPUID_PROBE: [u8; 24] = [
+    0xb8,
+    1,
+    0,
+    0,
+    0,
+    0x0f,
+    0xa2,
+    0x89,
+    0xc8,
+    0xe7,
+    PROBE_LEAF1_ECX_PORT as u8, //
+    0xb8,
+    7,
+    0,
+    0,
+    0,
+    0x31,
+    0xc9,
+    0x0f,
+    0xa2,
+    0x89,
+    0xd8,
+    0xe7,
+    PROBE_LEAF7_EBX_PORT as u8,
+];
+
 /// out START, al; mov ecx, N; 1: dec ecx; jnz 1b; out DONE, al; hlt
 fn probe_code(iterations: u32) -> Vec<u8> {
     let mut code = vec![0xe6, PROBE_START_PORT as u8, 0xb9];
@@ -133,11 +177,16 @@ fn probe_code(iterations: u32) -> Vec<u8> {
     code
 }
 
-pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, String> {
+/// Times the loop and, on the way, reads two CPUID leaves under the `minimal` template.
+pub fn probe_kernel_mode_speed(
+    kvm: &kvm_ioctls::Kvm,
+) -> Result<(SpeedProbe, CpuidMasking), String> {
     let mem = create_guest_memory(2).map_err(|e| e.to_string())?;
     let vm = Vm::new(kvm).map_err(|e| e.to_string())?;
     vm.register_memory(&mem).map_err(|e| e.to_string())?;
-    mem.write_slice(&probe_code(PROBE_ITERATIONS), GuestAddress(HIMEM_START))
+    let mut code = CPUID_PROBE.to_vec();
+    code.extend_from_slice(&probe_code(PROBE_ITERATIONS));
+    mem.write_slice(&code, GuestAddress(HIMEM_START))
         .map_err(|e| e.to_string())?;
     // The first port write starts the clock, the second stops it and ends the run.
     let stop = StopHandle::new();
@@ -146,8 +195,10 @@ pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, Stri
         stop: stop.clone(),
         start: None,
         done: None,
+        leaf1_ecx: None,
+        leaf7_ebx: None,
     }));
-    pio.insert(marks.clone(), u64::from(PROBE_DONE_PORT), 2)
+    pio.insert(marks.clone(), u64::from(PROBE_DONE_PORT), 4)
         .map_err(|e| e.to_string())?;
     let mut vcpu = Vcpu::new(&vm, 0, pio, Bus::new()).map_err(|e| e.to_string())?;
     vcpu.configure(&BootSetup {
@@ -155,9 +206,15 @@ pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, Stri
         mem: &mem,
         entry: GuestAddress(HIMEM_START),
         vcpu_count: 1,
-        template: CpuTemplate::None,
+        template: CpuTemplate::Minimal,
     })
     .map_err(|e| e.to_string())?;
+    // What the VMM set (KVM_GET_CPUID2 may already report the hypervisor's additions).
+    let mut set_cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    cpuid::normalize(&mut set_cpuid, 0, 1).map_err(|e| e.to_string())?;
+    CpuTemplate::Minimal.apply(&mut set_cpuid);
     vcpu::install_kick_handler().map_err(|e| e.to_string())?;
 
     // A watchdog kicks this thread out of KVM_RUN when the limit passes.
@@ -173,45 +230,84 @@ pub fn probe_kernel_mode_speed(kvm: &kvm_ioctls::Kvm) -> Result<SpeedProbe, Stri
     });
     let started = Instant::now();
     let result = vcpu.run_loop(&stop);
-    let elapsed = started.elapsed();
-    let completed = result.is_ok()
-        && stop.take_reason().is_some_and(|r| r.exit_code() == 0)
-        && elapsed < PROBE_TIME_LIMIT;
+    let ended = Instant::now();
     drop(cancel);
     let _ = watchdog.join();
     result.map_err(|e| e.to_string())?;
+    let marks = marks.lock().unwrap_or_else(|e| e.into_inner());
+    // Without both marks the watchdog stopped the loop: it did not finish in time.
+    let (completed, elapsed) = match (marks.start, marks.done) {
+        (Some(start), Some(done)) => (true, done - start),
+        _ => (false, ended - started),
+    };
 
     let iterations_per_sec = if completed {
         f64::from(PROBE_ITERATIONS) / elapsed.as_secs_f64()
     } else {
         0.0
     };
-    Ok(SpeedProbe {
+    let speed = SpeedProbe {
         iterations: PROBE_ITERATIONS,
         completed,
         elapsed_us: elapsed.as_micros() as u64,
         iterations_per_sec,
         hardware_speed: completed && iterations_per_sec >= HARDWARE_SPEED_THRESHOLD,
-    })
+    };
+    let seen = [(1, marks.leaf1_ecx), (7, marks.leaf7_ebx)];
+    let mut unmasked = Vec::new();
+    for (leaf, observed) in seen {
+        let observed = observed.ok_or("the CPUID probe did not report")?;
+        let set =
+            cpuid::find(&set_cpuid, leaf, 0).map_or(0, |e| if leaf == 1 { e.ecx } else { e.ebx });
+        unmasked.extend(leaked_features(leaf, set, observed));
+    }
+    Ok((
+        speed,
+        CpuidMasking {
+            complete: unmasked.is_empty(),
+            unmasked_features: unmasked,
+        },
+    ))
+}
+
+/// Names of `minimal`-hidden features in CPUID.`leaf` (ECX of leaf 1, EBX of leaf 7) that the
+/// guest saw although the VMM cleared them.
+fn leaked_features(leaf: u32, set: u32, observed: u32) -> Vec<&'static str> {
+    let reg = if leaf == 1 { Reg::Ecx } else { Reg::Ebx };
+    CpuTemplate::Minimal
+        .hidden_features()
+        .filter(|f| f.leaf == leaf && f.subleaf == 0 && f.reg == reg)
+        .filter(|f| set & (1 << f.bit) == 0 && observed & (1 << f.bit) != 0)
+        .map(|f| f.name)
+        .collect()
 }
 
 struct ProbeMarks {
     stop: StopHandle,
     start: Option<Instant>,
     done: Option<Instant>,
+    leaf1_ecx: Option<u32>,
+    leaf7_ebx: Option<u32>,
 }
 
 impl BusDevice for ProbeMarks {
     fn read(&mut self, _: u64, _: u64, data: &mut [u8]) {
         data.fill(0);
     }
-    fn write(&mut self, base: u64, offset: u64, _: &[u8]) {
+    fn write(&mut self, base: u64, offset: u64, data: &[u8]) {
         let now = Instant::now();
-        if base + offset == u64::from(PROBE_START_PORT) {
-            self.start = Some(now);
-        } else if self.start.is_some() {
-            self.done = Some(now);
-            self.stop.request(VmExit::GuestReset);
+        let mut raw = [0u8; 4];
+        raw[..data.len().min(4)].copy_from_slice(&data[..data.len().min(4)]);
+        let value = u32::from_le_bytes(raw);
+        match u16::try_from(base + offset) {
+            Ok(PROBE_START_PORT) => self.start = Some(now),
+            Ok(PROBE_DONE_PORT) if self.start.is_some() => {
+                self.done = Some(now);
+                self.stop.request(VmExit::GuestReset);
+            }
+            Ok(PROBE_LEAF1_ECX_PORT) => self.leaf1_ecx = Some(value),
+            Ok(PROBE_LEAF7_EBX_PORT) => self.leaf7_ebx = Some(value),
+            _ => {}
         }
     }
 }
@@ -256,6 +352,16 @@ impl CheckReport {
                 HARDWARE_SPEED_THRESHOLD / 1e6
             ));
         }
+        if let Some(m) = &self.cpuid_masking {
+            if m.complete {
+                out.push_str("CPUID masking: complete\n");
+            } else {
+                out.push_str(&format!(
+                    "CPUID masking: incomplete, guest kernel code still sees {} (CPU templates also pass clearcpuid= to Linux)\n",
+                    m.unmasked_features.join(", ")
+                ));
+            }
+        }
         if let Some(e) = &self.kernel_mode_error {
             out.push_str(&format!("guest kernel mode: probe failed: {e}\n"));
         }
@@ -284,6 +390,17 @@ mod tests {
     }
 
     #[test]
+    fn leaked_features_are_bits_cleared_but_seen() {
+        // popcnt (23) and sse3 (0) cleared by the VMM; the guest sees popcnt and x2apic (21).
+        let set = 1 << 21;
+        let observed = (1 << 23) | (1 << 21);
+        assert_eq!(leaked_features(1, set, observed), vec!["popcnt"]);
+        assert!(leaked_features(1, set, set).is_empty());
+        // smap is bit 20 of leaf 7 EBX.
+        assert_eq!(leaked_features(7, 0, 1 << 20), vec!["smap"]);
+    }
+
+    #[test]
     fn text_report_for_missing_kvm() {
         let report = CheckReport {
             kvm_path: KVM_PATH,
@@ -294,6 +411,7 @@ mod tests {
             capabilities: vec![],
             missing_capabilities: vec![],
             kernel_mode: None,
+            cpuid_masking: None,
             kernel_mode_error: None,
             kernel_mode_verdict: "unknown",
             recommended_cpu_template: None,
