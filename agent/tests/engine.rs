@@ -1270,3 +1270,12 @@ fn inner_cgroup_v2_lifecycle() {
     c.destroy().unwrap();
     assert!(!Path::new("/sys/fs/cgroup/sandbox/engine-v2").exists());
 }
+
+#[test]
+fn the_program_gets_only_its_three_standard_descriptors() {
+    let b = Bundle::new("fds");
+    // Pipes without close-on-exec, as a caller might hand them over.
+    let o = run("engine-fds", &b, spec("ls /proc/self/fd"));
+    // ls itself holds one more for reading the directory.
+    assert_eq!(o.stdout, "0\n1\n2\n3\n", "{}", o.stderr);
+}

@@ -268,6 +268,11 @@ fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
                 for (target, fd) in moved.into_iter().enumerate() {
                     dup_to(fd, target as RawFd).map_err(|e| format!("stdio fd {target}: {e}"))?;
                 }
+                // The originals may lack close-on-exec: the program gets 0-2 only.
+                for fd in fds.iter().flatten().filter(|&&fd| fd > 2) {
+                    // SAFETY: closing this process's copy of a descriptor it no longer uses.
+                    unsafe { libc::close(*fd) };
+                }
             }
             Stdio::Null => {
                 close_fds_except(&keep);
