@@ -465,6 +465,27 @@ fn rootfs_propagation_and_pivot_root_fallback() {
     assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
     c.destroy().unwrap();
     assert_eq!(s, "/bin/busybox\n1\n");
+
+    // exec into a MS_MOVE + chroot container lands in its root too (setns finds the
+    // rootfs mounted over the namespace's root).
+    let mut o = opts("engine-nopivot-exec", &b, spec(""), Stdio::Null);
+    o.spec
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_args(Some(vec!["sleep".into(), "1000".into()]));
+    o.no_pivot_root = true;
+    let mut c = Container::create(o).unwrap();
+    c.start().unwrap();
+    let (status, out) = exec_output(
+        &c,
+        json!({"user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["sh", "-c", "ls /bin/busybox; hostname"]}),
+    );
+    assert_eq!(
+        (status, out.as_str()),
+        (ExitStatus::Code(0), "/bin/busybox\nengine-test\n")
+    );
+    c.destroy().unwrap();
 }
 
 fn cgroup_v2() -> bool {
