@@ -7,6 +7,7 @@ pub mod error;
 pub mod image;
 pub mod logging;
 pub mod sandbox;
+pub mod shim;
 pub mod signal;
 pub mod state;
 pub mod timefmt;

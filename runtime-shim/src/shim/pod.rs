@@ -1,0 +1,284 @@
+//! The sandbox behind one shim: one agent (native isolation) or one VM (vm isolation) that
+//! runs every container of the pod. Started by the pod's first container, shut down when the
+//! last task is gone. The agent or VMM is started with the runtime's own launchers
+//! (`sandbox::native`, `sandbox::vm`), so the shim and the `sandbox` CLI run sandboxes the
+//! same way.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent::protocol::{Client, Endpoint, RootfsSource};
+use clap::Parser;
+use sha2::{Digest, Sha256};
+
+use crate::bundle::Bundle;
+use crate::cli::GlobalOpts;
+use crate::sandbox::{native, vm};
+use crate::state::{Cleanup, Isolation};
+
+use super::error::{agent, Result, ShimError};
+use super::options::ShimOptions;
+
+pub struct Pod {
+    pub isolation: Isolation,
+    pub endpoint: Endpoint,
+    pub dir: PathBuf,
+    /// The agent's (native) or VMM's (vm) host pid.
+    pub backend_pid: i32,
+    /// Set by the watcher when the back end process has ended.
+    pub ended: Arc<Mutex<Option<String>>>,
+    /// Where the first container's rootfs is in the guest (vm isolation).
+    pub vm_rootfs: Option<RootfsSource>,
+    cleanup: Cleanup,
+    /// One control connection, one request at a time; waits use connections of their own.
+    pub control: Mutex<Client>,
+}
+
+/// The state directory of the sandbox of `group` in `namespace`: a short hash keeps the
+/// agent's socket path within the 108 bytes of a unix socket address.
+pub fn state_dir(root: &Path, namespace: &str, group: &str) -> PathBuf {
+    let digest = Sha256::digest(format!("{namespace}/{group}").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    root.join(hex)
+}
+
+/// GlobalOpts for the runtime's launchers, built through its own parser so its defaults hold.
+fn global_opts(opts: &ShimOptions, isolation: Isolation) -> Result<GlobalOpts> {
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        g: GlobalOpts,
+    }
+    let mut args = vec![
+        "containerd-shim-sandbox-v2".to_string(),
+        "--isolation".into(),
+        isolation.to_string(),
+        "--image-store".into(),
+        opts.image_store.display().to_string(),
+        "--root".into(),
+        opts.root.display().to_string(),
+    ];
+    if opts.allow_slow_kvm {
+        args.push("--allow-slow-kvm".into());
+    }
+    Wrapper::try_parse_from(args)
+        .map(|w| w.g)
+        .map_err(|e| ShimError::Options(e.to_string()))
+}
+
+impl Pod {
+    /// Starts the sandbox for its first container, whose bundle (rootfs already mounted) is
+    /// `bundle`.
+    pub fn start(
+        opts: &ShimOptions,
+        isolation: Isolation,
+        namespace: &str,
+        group: &str,
+        bundle: &Path,
+    ) -> Result<Pod> {
+        let dir = state_dir(&opts.root, namespace, group);
+        let g = global_opts(opts, isolation)?;
+        if isolation == Isolation::Vm {
+            // Refuse before anything is made where a VM would not run at hardware speed.
+            vm::preflight(&g)?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ShimError::Agent(format!("cannot create {}: {e}", dir.display())))?;
+        match Self::launch(&g, isolation, &dir, bundle) {
+            Ok(pod) => Ok(pod),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    fn launch(g: &GlobalOpts, isolation: Isolation, dir: &Path, bundle: &Path) -> Result<Pod> {
+        let mut cleanup = Cleanup::default();
+        let (child, endpoint, vm_rootfs, sandbox_cfg) = match isolation {
+            Isolation::Native => {
+                let a = native::start_agent(dir)?;
+                (a.child, a.endpoint, None, None)
+            }
+            Isolation::Vm => {
+                let b = Bundle::load(bundle)?;
+                let v = match vm::launch(g, dir, &b, &mut cleanup) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        vm::release(&cleanup);
+                        return Err(e.into());
+                    }
+                };
+                (v.child, v.endpoint, Some(v.rootfs), Some(v.sandbox_config))
+            }
+        };
+        let backend_pid = child.id() as i32;
+        // The child is reaped by the watcher thread, not through `Child`.
+        drop(child);
+        let ended = Arc::new(Mutex::new(None));
+        spawn_watcher(backend_pid, ended.clone());
+        let timeout = match isolation {
+            Isolation::Native => Duration::from_secs(10),
+            Isolation::Vm => Duration::from_secs(60),
+        };
+        let connected = connect_while_alive(&endpoint, &ended, timeout).and_then(|mut c| {
+            if let Some(cfg) = sandbox_cfg {
+                c.create_sandbox(cfg)
+                    .map_err(agent("configure the sandbox"))?;
+            }
+            Ok(c)
+        });
+        let client = match connected {
+            Ok(c) => c,
+            Err(e) => {
+                kill_and_reap(backend_pid, &ended);
+                vm::release(&cleanup);
+                return Err(e);
+            }
+        };
+        Ok(Pod {
+            isolation,
+            endpoint,
+            dir: dir.to_path_buf(),
+            backend_pid,
+            ended,
+            vm_rootfs,
+            cleanup,
+            control: Mutex::new(client),
+        })
+    }
+
+    /// Runs `f` on the control connection, reconnecting once if the connection broke.
+    pub fn call<T>(
+        &self,
+        f: impl Fn(&mut Client) -> std::result::Result<T, agent::protocol::ProtocolError>,
+    ) -> std::result::Result<T, agent::protocol::ProtocolError> {
+        let mut c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        match f(&mut c) {
+            Err(agent::protocol::ProtocolError::Io(_) | agent::protocol::ProtocolError::Closed) => {
+                *c = Client::connect(self.endpoint.clone())?;
+                f(&mut c)
+            }
+            other => other,
+        }
+    }
+
+    /// Why the back end is gone, if it is.
+    pub fn gone(&self) -> Option<String> {
+        self.ended.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Destroys the sandbox: the agent kills what is left (a VM powers off), then the back
+    /// end process is ended for certain and everything made for it removed.
+    pub fn shut_down(self) {
+        if self.gone().is_none() {
+            if let Ok(mut c) = Client::connect(self.endpoint.clone()) {
+                let _ = c.stream().set_read_timeout(Some(Duration::from_secs(2)));
+                let _ = c.destroy_sandbox(self.isolation == Isolation::Vm);
+            }
+            if self.isolation == Isolation::Vm {
+                wait_ended(&self.ended, Duration::from_millis(500));
+            }
+        }
+        kill_and_reap(self.backend_pid, &self.ended);
+        vm::release(&self.cleanup);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn spawn_watcher(pid: i32, ended: Arc<Mutex<Option<String>>>) {
+    std::thread::spawn(move || {
+        let why = loop {
+            match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                    break format!("back end process {pid} exited with status {code}")
+                }
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                    break format!("back end process {pid} was killed by {sig}")
+                }
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => break format!("back end process {pid}: {e}"),
+            }
+        };
+        log::info!("{why}");
+        if let Ok(mut g) = ended.lock() {
+            *g = Some(why);
+        }
+    });
+}
+
+fn wait_ended(ended: &Mutex<Option<String>>, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if ended.lock().map(|g| g.is_some()).unwrap_or(true) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn kill_and_reap(pid: i32, ended: &Mutex<Option<String>>) {
+    if !ended.lock().map(|g| g.is_some()).unwrap_or(true) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        wait_ended(ended, Duration::from_secs(3));
+    }
+}
+
+fn connect_while_alive(
+    endpoint: &Endpoint,
+    ended: &Mutex<Option<String>>,
+    timeout: Duration,
+) -> Result<Client> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match Client::connect_timeout(endpoint.clone(), Duration::from_millis(100)) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                if let Some(why) = ended.lock().ok().and_then(|g| g.clone()) {
+                    return Err(ShimError::SandboxGone(format!(
+                        "{why} before its agent answered"
+                    )));
+                }
+                if Instant::now() >= deadline {
+                    return Err(ShimError::Agent(format!(
+                        "no answer from the agent within {}s: {e}",
+                        timeout.as_secs()
+                    )));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dirs_are_short_and_distinct() {
+        let root = Path::new("/run/sandbox-shim");
+        let a = state_dir(root, "k8s.io", &"a".repeat(64));
+        let b = state_dir(root, "default", &"a".repeat(64));
+        assert_ne!(a, b);
+        assert!(a.join(native::AGENT_SOCKET).as_os_str().len() < 100);
+    }
+
+    #[test]
+    fn global_opts_take_the_shim_options() {
+        let mut o = ShimOptions::default();
+        o.allow_slow_kvm = true;
+        let g = global_opts(&o, Isolation::Native).unwrap();
+        assert_eq!(g.isolation(), Isolation::Native);
+        assert!(g.allow_slow_kvm);
+        assert_eq!(g.root, o.root);
+    }
+}
