@@ -1300,3 +1300,34 @@ fn the_program_gets_only_its_three_standard_descriptors() {
     // ls itself holds one more for reading the directory.
     assert_eq!(o.stdout, "0\n1\n2\n3\n", "{}", o.stderr);
 }
+
+#[test]
+fn time_and_ipc_namespaces_are_new() {
+    let b = Bundle::new("timens");
+    let mut v = spec("readlink /proc/self/ns/time; readlink /proc/self/ns/ipc");
+    v["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "time"}));
+    let o = run("engine-timens", &b, v);
+    let host_time = fs::read_link("/proc/self/ns/time")
+        .unwrap()
+        .display()
+        .to_string();
+    let host_ipc = fs::read_link("/proc/self/ns/ipc")
+        .unwrap()
+        .display()
+        .to_string();
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{} {}", o.stdout, o.stderr);
+    assert!(
+        lines[0].starts_with("time:[") && lines[0] != host_time,
+        "{}",
+        o.stdout
+    );
+    assert!(
+        lines[1].starts_with("ipc:[") && lines[1] != host_ipc,
+        "{}",
+        o.stdout
+    );
+}

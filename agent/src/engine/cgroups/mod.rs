@@ -69,7 +69,6 @@ pub struct CgroupStats {
 #[derive(Debug)]
 pub struct OomWatcher {
     fd: OwnedFd,
-    version: CgroupVersion,
     file: PathBuf,
 }
 
@@ -88,10 +87,8 @@ impl OomWatcher {
     /// The OOM kill count of the cgroup now.
     pub fn oom_kills(&self) -> Result<u64, EngineError> {
         let text = read(&self.file)?;
-        let key = match self.version {
-            CgroupVersion::V1 => "oom_kill",
-            CgroupVersion::V2 => "oom_kill",
-        };
+        // v1 memory.oom_control and v2 memory.events both carry an `oom_kill N` line.
+        let key = "oom_kill";
         Ok(keyed(&text, key).unwrap_or(0))
     }
 }

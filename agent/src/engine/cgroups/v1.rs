@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxDeviceType, LinuxResources};
 
-use super::{keyed, read, write, CgroupStats, CgroupVersion, Hierarchy, OomWatcher};
+use super::{keyed, read, write, CgroupStats, Hierarchy, OomWatcher};
 use crate::engine::error::EngineError;
 
 const KNOWN: &[&str] = &[
@@ -240,7 +240,6 @@ pub(super) fn oom_watcher(hs: &[Hierarchy]) -> Result<OomWatcher, EngineError> {
     )?;
     Ok(OomWatcher {
         fd: efd,
-        version: CgroupVersion::V1,
         file: control,
     })
 }

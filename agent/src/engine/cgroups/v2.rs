@@ -7,7 +7,7 @@ use std::path::Path;
 
 use oci_spec::runtime::LinuxResources;
 
-use super::{keyed, read, write, CgroupStats, CgroupVersion, OomWatcher};
+use super::{keyed, read, write, CgroupStats, OomWatcher};
 use crate::engine::error::EngineError;
 
 const WANTED: &[&str] = &["cpu", "cpuset", "memory", "pids", "io"];
@@ -172,11 +172,7 @@ pub(super) fn oom_watcher(d: &Path) -> Result<OomWatcher, EngineError> {
             std::io::Error::last_os_error(),
         ));
     }
-    Ok(OomWatcher {
-        fd,
-        version: CgroupVersion::V2,
-        file,
-    })
+    Ok(OomWatcher { fd, file })
 }
 
 #[cfg(test)]
