@@ -109,11 +109,22 @@ pub fn avail_features(has_mac: bool) -> u64 {
 }
 
 /// The TUN_F_* flags for the receive offloads in `acked`.
+///
+/// The specification makes GUEST_TSO4/6 depend on GUEST_CSUM and GUEST_ECN on a TSO bit,
+/// and the kernel refuses TUNSETOFFLOAD (EINVAL) for a set that breaks those rules; a
+/// driver that acked such a set gets only the offloads whose prerequisites it also acked.
 pub fn tun_offload_flags(acked: u64) -> u32 {
-    GUEST_OFFLOADS
+    let mut flags = GUEST_OFFLOADS
         .iter()
         .filter(|(bit, _)| acked & (1 << bit) != 0)
-        .fold(0, |flags, (_, tun)| flags | tun)
+        .fold(0, |flags, (_, tun)| flags | tun);
+    if flags & libc::TUN_F_CSUM == 0 {
+        flags &= !(libc::TUN_F_TSO4 | libc::TUN_F_TSO6);
+    }
+    if flags & (libc::TUN_F_TSO4 | libc::TUN_F_TSO6) == 0 {
+        flags &= !libc::TUN_F_TSO_ECN;
+    }
+    flags
 }
 
 pub struct NetEngine<B: NetBackend> {
@@ -628,6 +639,12 @@ mod tests {
         assert_eq!(
             tun_offload_flags(acked),
             libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6
+        );
+        // Prerequisites missing: the dependent offloads are left out.
+        assert_eq!(tun_offload_flags(1 << VIRTIO_NET_F_GUEST_TSO4), 0);
+        assert_eq!(
+            tun_offload_flags((1 << VIRTIO_NET_F_GUEST_CSUM) | (1 << VIRTIO_NET_F_GUEST_ECN)),
+            libc::TUN_F_CSUM
         );
         let mut net = NetEngine::new(MemoryBackend::default(), None);
         net.activate(acked).unwrap();

@@ -177,6 +177,33 @@ mod tests {
         });
     }
 
+    /// Whatever subset of the receive offloads a driver acks, the kernel accepts the
+    /// TUNSETOFFLOAD the device derives from it.
+    #[test]
+    fn every_acked_offload_set_is_accepted_by_the_kernel() {
+        use crate::devices::virtio::net::datapath::tun_offload_flags;
+        use virtio_bindings::virtio_net::*;
+        in_private_netns(|| {
+            let tap = Tap::open("sbxoff0", VNET_HDR_LEN).unwrap();
+            let bits = [
+                VIRTIO_NET_F_GUEST_CSUM,
+                VIRTIO_NET_F_GUEST_TSO4,
+                VIRTIO_NET_F_GUEST_TSO6,
+                VIRTIO_NET_F_GUEST_ECN,
+            ];
+            for subset in 0u32..16 {
+                let acked = bits
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| subset & (1 << i) != 0)
+                    .fold(0u64, |a, (_, bit)| a | (1 << bit));
+                let flags = tun_offload_flags(acked);
+                tap.set_offload_flags(flags)
+                    .unwrap_or_else(|e| panic!("acked {acked:#x} -> {flags:#x}: {e}"));
+            }
+        });
+    }
+
     #[test]
     fn frames_cross_a_real_tap_both_ways() {
         in_private_netns(|| {
