@@ -1331,3 +1331,26 @@ fn time_and_ipc_namespaces_are_new() {
         o.stdout
     );
 }
+
+#[test]
+fn block_io_throttle_seen_from_inside() {
+    let dev = std::os::unix::fs::MetadataExt::dev(&fs::metadata("/").unwrap());
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let b = Bundle::new("blkio");
+    let file = if cgroup_v2() {
+        "io.max"
+    } else {
+        "blkio/blkio.throttle.read_bps_device"
+    };
+    let mut v = spec(&format!("cat /sys/fs/cgroup/{file}"));
+    v["linux"]["resources"] = json!({"blockIO": {"throttleReadBpsDevice": [
+        {"major": major, "minor": minor, "rate": 1048576}]}});
+    let o = run("engine-blkio", &b, v);
+    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    let want = if cgroup_v2() {
+        format!("{major}:{minor} rbps=1048576 wbps=max riops=max wiops=max\n")
+    } else {
+        format!("{major}:{minor} 1048576\n")
+    };
+    assert_eq!(o.stdout, want);
+}

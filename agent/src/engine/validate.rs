@@ -408,6 +408,30 @@ pub(crate) fn validate_resources(r: &LinuxResources, f: &str) -> Result<(), Spec
             }
         }
     }
+    if let Some(b) = r.block_io() {
+        for (name, w) in [("weight", b.weight()), ("leafWeight", b.leaf_weight())] {
+            if let Some(w) = w {
+                if !(10..=1000).contains(&w) {
+                    return err(
+                        format!("{f}.blockIO.{name}"),
+                        format!("must be 10-1000, got {w}"),
+                    );
+                }
+            }
+        }
+    }
+    if r.rdma().as_ref().is_some_and(|m| !m.is_empty()) {
+        return err(format!("{f}.rdma"), "is not supported by this engine");
+    }
+    for (i, h) in r.hugepage_limits().iter().flatten().enumerate() {
+        let size = h.page_size();
+        if size.is_empty() || !size.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return err(
+                format!("{f}.hugepageLimits[{i}].pageSize"),
+                format!("must be like 2MB, got {size:?}"),
+            );
+        }
+    }
     for (k, _) in r.unified().iter().flatten() {
         if k.contains('/') || k.starts_with('.') || !k.contains('.') {
             return err(

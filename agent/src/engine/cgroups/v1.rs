@@ -144,6 +144,89 @@ pub(super) fn apply(hs: &[Hierarchy], res: &LinuxResources) -> Result<(), Engine
             }
         }
     }
+    if let Some(cpu) = res.cpu() {
+        if cpu.realtime_period().is_some() || cpu.realtime_runtime().is_some() {
+            let d = &need(hs, "cpu")?.dir;
+            if let Some(p) = cpu.realtime_period() {
+                write(&d.join("cpu.rt_period_us"), &p.to_string())?;
+            }
+            if let Some(r) = cpu.realtime_runtime() {
+                write(&d.join("cpu.rt_runtime_us"), &r.to_string())?;
+            }
+        }
+    }
+    if let Some(b) = res.block_io() {
+        let d = &need(hs, "blkio")?.dir;
+        // CFQ's file, or BFQ's where CFQ is gone.
+        let weight_file = |name: &str| {
+            let cfq = d.join(format!("blkio.{name}"));
+            if cfq.exists() {
+                cfq
+            } else {
+                d.join(format!("blkio.bfq.{name}"))
+            }
+        };
+        if let Some(w) = b.weight() {
+            write(&weight_file("weight"), &w.to_string())?;
+        }
+        if let Some(w) = b.leaf_weight() {
+            write(&weight_file("leaf_weight"), &w.to_string())?;
+        }
+        for wd in b.weight_device().iter().flatten() {
+            if let Some(w) = wd.weight() {
+                write(
+                    &weight_file("weight_device"),
+                    &format!("{}:{} {w}", wd.major(), wd.minor()),
+                )?;
+            }
+        }
+        for (file, list) in [
+            (
+                "blkio.throttle.read_bps_device",
+                b.throttle_read_bps_device(),
+            ),
+            (
+                "blkio.throttle.write_bps_device",
+                b.throttle_write_bps_device(),
+            ),
+            (
+                "blkio.throttle.read_iops_device",
+                b.throttle_read_iops_device(),
+            ),
+            (
+                "blkio.throttle.write_iops_device",
+                b.throttle_write_iops_device(),
+            ),
+        ] {
+            for t in list.iter().flatten() {
+                write(
+                    &d.join(file),
+                    &format!("{}:{} {}", t.major(), t.minor(), t.rate()),
+                )?;
+            }
+        }
+    }
+    for h in res.hugepage_limits().iter().flatten() {
+        let d = &need(hs, "hugetlb")?.dir;
+        write(
+            &d.join(format!("hugetlb.{}.limit_in_bytes", h.page_size())),
+            &limit(h.limit()),
+        )?;
+    }
+    if let Some(n) = res.network() {
+        if let Some(id) = n.class_id() {
+            write(
+                &need(hs, "net_cls")?.dir.join("net_cls.classid"),
+                &id.to_string(),
+            )?;
+        }
+        for p in n.priorities().iter().flatten() {
+            write(
+                &need(hs, "net_prio")?.dir.join("net_prio.ifpriomap"),
+                &format!("{} {}", p.name(), p.priority()),
+            )?;
+        }
+    }
     if let Some(p) = res.pids() {
         let d = &need(hs, "pids")?.dir;
         let v = if p.limit() <= 0 {

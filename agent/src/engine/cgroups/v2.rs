@@ -101,6 +101,54 @@ pub(super) fn apply(d: &Path, res: &LinuxResources) -> Result<(), EngineError> {
             write(&d.join("cpuset.mems"), m)?;
         }
     }
+    if let Some(cpu) = res.cpu() {
+        if cpu.realtime_period().is_some() || cpu.realtime_runtime().is_some() {
+            return Err(EngineError::CgroupUnsupported(
+                "linux.resources.cpu.realtimePeriod/realtimeRuntime: cgroup v2 has no real-time \
+                 bandwidth control"
+                    .into(),
+            ));
+        }
+    }
+    if let Some(b) = res.block_io() {
+        // blkio weights (10-1000) onto io.weight (1-10000), as runc converts them.
+        let conv = |w: u16| 1 + (u64::from(w).clamp(10, 1000) - 10) * 9999 / 990;
+        if let Some(w) = b.weight() {
+            write(&d.join("io.weight"), &format!("default {}", conv(w)))?;
+        }
+        for wd in b.weight_device().iter().flatten() {
+            if let Some(w) = wd.weight() {
+                write(
+                    &d.join("io.weight"),
+                    &format!("{}:{} {}", wd.major(), wd.minor(), conv(w)),
+                )?;
+            }
+        }
+        for (key, list) in [
+            ("rbps", b.throttle_read_bps_device()),
+            ("wbps", b.throttle_write_bps_device()),
+            ("riops", b.throttle_read_iops_device()),
+            ("wiops", b.throttle_write_iops_device()),
+        ] {
+            for t in list.iter().flatten() {
+                write(
+                    &d.join("io.max"),
+                    &format!("{}:{} {key}={}", t.major(), t.minor(), t.rate()),
+                )?;
+            }
+        }
+    }
+    for h in res.hugepage_limits().iter().flatten() {
+        write(
+            &d.join(format!("hugetlb.{}.max", h.page_size())),
+            &max_or(h.limit()),
+        )?;
+    }
+    if res.network().is_some() {
+        return Err(EngineError::CgroupUnsupported(
+            "linux.resources.network: net_cls / net_prio do not exist in cgroup v2".into(),
+        ));
+    }
     if let Some(p) = res.pids() {
         let v = if p.limit() <= 0 {
             "max".to_string()
@@ -197,11 +245,12 @@ mod tests {
                 "memory": {"limit": 67108864, "swap": 100663296, "reservation": 1048576},
                 "cpu": {"shares": 1024, "quota": 25000, "cpus": "0-1", "mems": "0"},
                 "pids": {"limit": 64},
+                "blockIO": {"weight": 500, "throttleWriteIOPSDevice": [{"major": 8, "minor": 0, "rate": 100}]},
                 "unified": {"memory.high": "50000000"}
             })),
         )
         .unwrap();
-        let r = |f: &str| fs::read_to_string(d.join(f)).unwrap();
+        let r = |f: &str| fs::read_to_string(d.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
         assert_eq!(r("memory.max"), "67108864");
         assert_eq!(r("memory.swap.max"), "33554432");
         assert_eq!(r("memory.low"), "1048576");
@@ -211,6 +260,8 @@ mod tests {
         assert_eq!(r("cpuset.mems"), "0");
         assert_eq!(r("pids.max"), "64");
         assert_eq!(r("memory.high"), "50000000");
+        assert_eq!(r("io.weight"), "default 4950");
+        assert_eq!(r("io.max"), "8:0 wiops=100");
         apply(
             &d,
             &resources(serde_json::json!({
