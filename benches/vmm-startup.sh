@@ -9,6 +9,8 @@
 #    resident pages of the guest-memory mapping, sampled once the guest has started.
 #
 # Usage: benches/vmm-startup.sh [RUNS]   (default 50; SANDBOX_VMM=path to use a given binary)
+# BENCH_RT=1 runs sandbox-vmm with real-time priority (chrt -f 50), which keeps other work on
+# a busy machine from being scheduled in between.
 set -euo pipefail
 
 RUNS=${1:-50}
@@ -19,6 +21,9 @@ if [[ -z "${SANDBOX_VMM:-}" ]]; then
     (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET_DIR cargo build --release -q -p vmm --bin sandbox-vmm)
     SANDBOX_VMM=$TARGET_DIR/release/sandbox-vmm
 fi
+
+PREFIX=()
+if [[ "${BENCH_RT:-0}" == 1 ]]; then PREFIX=(chrt -f 50); fi
 
 WORK=$(mktemp -d)
 VMM_PID=
@@ -59,7 +64,7 @@ first_insn=()
 whole_run=()
 for _ in $(seq "$RUNS"); do
     t0=$EPOCHREALTIME
-    "$SANDBOX_VMM" --kernel "$WORK/reset.elf" --mem-mib 128 --serial none 2>"$WORK/err" \
+    "${PREFIX[@]}" "$SANDBOX_VMM" --kernel "$WORK/reset.elf" --mem-mib 128 --serial none 2>"$WORK/err" \
         || { echo "sandbox-vmm failed:" >&2; cat "$WORK/err" >&2; exit 1; }
     t1=$EPOCHREALTIME
     us=$(awk '/^sandbox-vmm: boot-complete 1 after/ {print $5}' "$WORK/err")
@@ -87,7 +92,7 @@ kill "$VMM_PID"; wait "$VMM_PID" 2>/dev/null || true; VMM_PID=
 own_kb=$((rss_kb - guest_kb))
 
 cat <<REPORT
-runs: $RUNS, binary: $SANDBOX_VMM
+runs: $RUNS, binary: $SANDBOX_VMM${PREFIX[*]:+, run with: ${PREFIX[*]}}, load average: $(cut -d' ' -f1-3 /proc/loadavg)
 process start (main) to guest first instruction: median ${fi_median} us (min ${fi_min}, max ${fi_max})
 exec to exit, whole run (start, first instruction, i8042 reset, teardown): median ${wr_median} us
 RSS with a 128 MiB guest: total ${rss_kb} KiB, guest pages touched ${guest_kb} KiB, VMM itself ${own_kb} KiB
