@@ -1354,3 +1354,42 @@ fn block_io_throttle_seen_from_inside() {
     };
     assert_eq!(o.stdout, want);
 }
+
+#[test]
+fn default_deny_profile_with_hundreds_of_rules() {
+    // An allow-list profile shaped like Docker's default: every x86_64 system call allowed
+    // except a few, clone only without namespace flags, clone3 answered with ENOSYS so
+    // that the C library falls back to clone.
+    let header = fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h").unwrap();
+    let denied = ["mkdir", "mkdirat", "unshare", "clone", "clone3", "setns"];
+    let names: Vec<&str> = header
+        .lines()
+        .filter_map(|l| l.strip_prefix("#define __NR_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| !denied.contains(n))
+        .collect();
+    assert!(names.len() > 300);
+    let b = Bundle::new("bigseccomp");
+    let mut v = spec(
+        "echo piped | cat; mkdir /tmp/d 2>&1; unshare -n true 2>&1; echo rc=$?; \
+         grep '^Seccomp:' /proc/self/status",
+    );
+    v["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": names, "action": "SCMP_ACT_ALLOW"},
+            {"names": ["clone"], "action": "SCMP_ACT_ALLOW",
+             "args": [{"index": 0, "value": 2114060288u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]},
+            {"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}
+        ]
+    });
+    let o = run("engine-bigseccomp", &b, v);
+    assert_eq!(o.status, ExitStatus::Code(0), "{} {}", o.stdout, o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert_eq!(lines[0], "piped");
+    assert!(lines[1].contains("Operation not permitted"), "{}", o.stdout);
+    assert!(lines[2].contains("Operation not permitted"), "{}", o.stdout);
+    assert_eq!(&lines[3..], &["rc=1", "Seccomp:\t2"]);
+}
