@@ -181,11 +181,16 @@ fn exit_code_pid_namespace_and_hostname() {
     let o = run(
         "engine-basic",
         &b,
-        spec("echo pid=$$; hostname; cat /proc/self/status; exit 7"),
+        spec("echo pid=$$; echo home=$HOME; hostname; cat /proc/self/status; exit 7"),
     );
     assert_eq!(o.status, ExitStatus::Code(7), "stderr: {}", o.stderr);
     assert!(o.stdout.contains("pid=1\n"), "{}", o.stdout);
     assert!(o.stdout.contains("engine-test\n"), "{}", o.stdout);
+    assert!(
+        o.stdout.contains("home=/root\n"),
+        "HOME from the rootfs' /etc/passwd: {}",
+        o.stdout
+    );
     assert_eq!(status_field(&o.stdout, "NoNewPrivs"), "1");
 }
 

@@ -73,15 +73,28 @@ pub(crate) fn set_oom_score_adj(p: &Process) -> Result<(), String> {
     Ok(())
 }
 
-/// The environment for execve; HOME defaults to / when the spec does not set it.
+/// The environment for execve. Without HOME in the spec it comes from the container's
+/// /etc/passwd for the process's uid, else `/` (as runc does). Runs inside the new root.
 pub(crate) fn environment(p: &Process) -> Result<Vec<CString>, String> {
     let mut env: Vec<String> = p.env().clone().unwrap_or_default();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push("HOME=/".into());
+        let home = std::fs::read_to_string("/etc/passwd")
+            .ok()
+            .and_then(|t| home_of(&t, p.user().uid()))
+            .unwrap_or_else(|| "/".to_string());
+        env.push(format!("HOME={home}"));
     }
     env.into_iter()
         .map(|e| CString::new(e).map_err(|_| "process.env: an entry contains NUL".to_string()))
         .collect()
+}
+
+/// The home directory of `uid` in passwd(5) text.
+fn home_of(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2].parse() == Ok(uid) && !f[5].is_empty()).then(|| f[5].to_string())
+    })
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -273,4 +286,17 @@ fn prepare_exec(
         }
     }
     Ok((path, argv, envp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn home_from_passwd() {
+        let t = "root:x:0:0:root:/root:/bin/sh\nbad line\napp:x:1000:1000::/home/app:/bin/sh\n";
+        assert_eq!(home_of(t, 0).as_deref(), Some("/root"));
+        assert_eq!(home_of(t, 1000).as_deref(), Some("/home/app"));
+        assert_eq!(home_of(t, 5), None);
+    }
 }
