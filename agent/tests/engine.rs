@@ -1398,3 +1398,27 @@ fn default_deny_profile_with_hundreds_of_rules() {
     assert!(lines[2].contains("Operation not permitted"), "{}", o.stdout);
     assert_eq!(&lines[3..], &["rc=1", "Seccomp:\t2"]);
 }
+
+#[test]
+fn stdin_pipe_reaches_the_program() {
+    use std::io::Write;
+    let b = Bundle::new("stdin");
+    let (in_r, in_w) = nix::unistd::pipe().unwrap();
+    let (mut out_r, out_w) = pipe();
+    let (_err_r, err_w) = pipe();
+    let stdio = Stdio::Fds {
+        stdin: Some(in_r),
+        stdout: out_w,
+        stderr: err_w,
+    };
+    let mut c = Container::create(opts("engine-stdin", &b, spec("tr a-z A-Z"), stdio)).unwrap();
+    c.start().unwrap();
+    let mut w = fs::File::from(in_w);
+    w.write_all(b"hello through stdin\n").unwrap();
+    drop(w);
+    let mut s = String::new();
+    out_r.read_to_string(&mut s).unwrap();
+    assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
+    c.destroy().unwrap();
+    assert_eq!(s, "HELLO THROUGH STDIN\n");
+}
