@@ -11,7 +11,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::config::VsockConfig;
 use super::muxer::{Muxer, MuxerError, MuxerStats};
-use super::packet::{read_packet, RxBuffer, EVENT_TRANSPORT_RESET, MAX_PAYLOAD};
+use super::packet::{read_packet, Descriptor, RxBuffer, EVENT_TRANSPORT_RESET, MAX_PAYLOAD};
 use crate::devices::virtio::device::check_activation;
 use crate::devices::virtio::{
     ActivateError, ActivationEvent, EventRegistry, InterruptKind, VirtioDevice, VirtioInterrupt,
@@ -73,6 +73,8 @@ pub struct Vsock {
     /// Set by `reset` (vCPU thread), done by `finish_reset` (event loop).
     drop_pending: bool,
     payload: Vec<u8>,
+    /// Scratch for the descriptors of the chain being handled.
+    descs: Vec<Descriptor>,
     stats: VsockStats,
 }
 
@@ -90,6 +92,7 @@ impl Vsock {
             retired_evts: Vec::new(),
             drop_pending: false,
             payload: vec![0; MAX_PAYLOAD],
+            descs: Vec::with_capacity(QUEUE_SIZE as usize),
             stats: VsockStats::default(),
         })
     }
@@ -126,7 +129,7 @@ impl Vsock {
         let mut used = false;
         while let Some(chain) = active.queues[TX_QUEUE].pop_descriptor_chain(&active.mem) {
             let head = chain.head_index();
-            match read_packet(&active.mem, chain, &mut self.payload) {
+            match read_packet(&active.mem, chain, &mut self.descs, &mut self.payload) {
                 Ok((hdr, len)) => {
                     self.stats.tx_packets += 1;
                     self.muxer.handle_guest_packet(&hdr, &self.payload[..len]);
@@ -160,7 +163,7 @@ impl Vsock {
                 break;
             };
             let head = chain.head_index();
-            let buffer = match RxBuffer::new(&active.mem, chain) {
+            let buffer = match RxBuffer::new(&active.mem, chain, &mut self.descs) {
                 Ok(b) => b,
                 Err(e) => {
                     debug!("vsock: RX chain {head} unusable: {e}");

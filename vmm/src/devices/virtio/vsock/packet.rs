@@ -92,17 +92,24 @@ pub enum PacketError {
     BadLength { len: u32, available: usize },
 }
 
-type Descriptor = virtio_queue::desc::split::Descriptor;
+pub type Descriptor = virtio_queue::desc::split::Descriptor;
 
-/// The descriptors of a chain, checked for direction and guest-memory bounds.
-fn segments<M, I>(mem: &M, chain: I, writable: bool) -> Result<Vec<Descriptor>, PacketError>
+/// The descriptors of a chain into `descs` (reused across packets), checked for direction
+/// and guest-memory bounds.
+fn segments<M, I>(
+    mem: &M,
+    chain: I,
+    writable: bool,
+    descs: &mut Vec<Descriptor>,
+) -> Result<(), PacketError>
 where
     M: GuestMemory,
     I: Iterator<Item = Descriptor>,
 {
     // The iterator stops silently after queue-size steps, at a bad `next` index or at an
     // unreadable table; a last descriptor that still says "next" shows it did.
-    let descs: Vec<Descriptor> = chain.collect();
+    descs.clear();
+    descs.extend(chain);
     match descs.last() {
         None => return Err(PacketError::Empty),
         Some(last) if last.has_next() => return Err(PacketError::Unterminated),
@@ -113,7 +120,7 @@ where
     } else {
         Permissions::Read
     };
-    for d in &descs {
+    for d in descs.iter() {
         if d.is_write_only() != writable {
             return Err(PacketError::WrongDirection);
         }
@@ -124,7 +131,7 @@ where
             });
         }
     }
-    Ok(descs)
+    Ok(())
 }
 
 /// Reads a guest (TX) packet: its header, and its payload into `payload`. Returns the header
@@ -132,13 +139,14 @@ where
 pub fn read_packet<M, I>(
     mem: &M,
     chain: I,
+    descs: &mut Vec<Descriptor>,
     payload: &mut [u8],
 ) -> Result<(Header, usize), PacketError>
 where
     M: GuestMemory,
     I: Iterator<Item = Descriptor>,
 {
-    let descs = segments(mem, chain, false)?;
+    segments(mem, chain, false, descs)?;
     let total: usize = descs.iter().map(|d| d.len() as usize).sum();
     if total < HDR_LEN {
         return Err(PacketError::TooShort(total));
@@ -147,13 +155,13 @@ where
     let mut hdr_filled = 0;
     let mut data_len = 0;
     let limit = payload.len().min(MAX_PAYLOAD);
-    for d in descs {
+    for d in descs.iter() {
         let mut addr = d.addr();
         let mut left = d.len() as usize;
         if hdr_filled < HDR_LEN {
             let n = left.min(HDR_LEN - hdr_filled);
             mem.read_slice(&mut hdr_bytes[hdr_filled..hdr_filled + n], addr)
-                .map_err(|_| bad_address(&d))?;
+                .map_err(|_| bad_address(d))?;
             hdr_filled += n;
             left -= n;
             addr = GuestAddress(addr.0 + n as u64);
@@ -168,7 +176,7 @@ where
                 });
             }
             mem.read_slice(&mut payload[data_len..data_len + n], addr)
-                .map_err(|_| bad_address(&d))?;
+                .map_err(|_| bad_address(d))?;
             data_len += n;
         }
     }
@@ -191,18 +199,19 @@ fn bad_address(d: &Descriptor) -> PacketError {
 }
 
 /// A checked device-writable (RX) chain, ready to receive one packet.
-pub struct RxBuffer {
-    descs: Vec<Descriptor>,
+pub struct RxBuffer<'a> {
+    descs: &'a [Descriptor],
     capacity: usize,
 }
 
-impl RxBuffer {
-    pub fn new<M, I>(mem: &M, chain: I) -> Result<Self, PacketError>
+impl<'a> RxBuffer<'a> {
+    /// Checks `chain`, keeping its descriptors in `descs` (reused across packets).
+    pub fn new<M, I>(mem: &M, chain: I, descs: &'a mut Vec<Descriptor>) -> Result<Self, PacketError>
     where
         M: GuestMemory,
         I: Iterator<Item = Descriptor>,
     {
-        let descs = segments(mem, chain, true)?;
+        segments(mem, chain, true, descs)?;
         let capacity = descs
             .iter()
             .fold(0usize, |acc, d| acc.saturating_add(d.len() as usize));
@@ -228,7 +237,7 @@ impl RxBuffer {
         let hdr_bytes = hdr.to_bytes();
         let mut sources: [&[u8]; 2] = [&hdr_bytes, payload];
         let mut written = 0;
-        for d in &self.descs {
+        for d in self.descs {
             let mut addr = d.addr();
             let mut room = d.len() as usize;
             for src in sources.iter_mut() {
