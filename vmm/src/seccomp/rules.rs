@@ -9,7 +9,8 @@ use super::ThreadKind;
 
 /// What any Rust thread needs once running: memory management by the allocator, locks,
 /// eventfd/pipe I/O, logging to stderr, fd drops (debug builds check an fd with F_GETFD
-/// before closing it), signal return for the vCPU kick, thread exit.
+/// before closing it), signal return for the vCPU kick, thread exit, and getrandom (std
+/// seeds a thread's HashMap keys with it the first time one is created there).
 const COMMON: &[i64] = &[
     libc::SYS_read,
     libc::SYS_write,
@@ -30,6 +31,7 @@ const COMMON: &[i64] = &[
     libc::SYS_sched_yield,
     libc::SYS_gettid,
     libc::SYS_restart_syscall,
+    libc::SYS_getrandom,
     libc::SYS_exit,
     libc::SYS_exit_group,
 ];
@@ -52,7 +54,6 @@ const DEVICE_LOOP: &[i64] = &[
     libc::SYS_readv,
     libc::SYS_fdatasync,
     libc::SYS_fsync,
-    libc::SYS_getrandom,
     libc::SYS_accept4,
     libc::SYS_socket,
     libc::SYS_connect,
