@@ -114,7 +114,9 @@ fn main() {
     let req_bytes = args.request_kib * 1024;
     let image_bytes = args.image_mib << 20;
     let total = args.total_gib << 30;
-    let path = args.dir.join(format!("virtio-blk-bench-{}.img", std::process::id()));
+    let path = args
+        .dir
+        .join(format!("virtio-blk-bench-{}.img", std::process::id()));
     {
         let f = std::fs::File::create(&path).expect("create image");
         f.set_len(image_bytes).unwrap();

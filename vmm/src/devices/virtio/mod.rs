@@ -18,10 +18,10 @@ pub mod device;
 pub mod event_loop;
 pub mod mmio;
 pub mod net;
-pub mod vsock;
 pub mod rng;
 #[doc(hidden)]
 pub mod test_utils;
+pub mod vsock;
 
 pub use device::{
     ActivateError, ActivationEvent, DeviceError, EventRegistry, InterruptKind, IrqTrigger,
