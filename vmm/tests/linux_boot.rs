@@ -69,6 +69,15 @@ fn cmdline(test_params: &str) -> String {
 const MEM_MIB: u64 = 64;
 const VCPUS: u32 = 1;
 
+/// What one VM of a test is made of.
+struct VmSpec {
+    kernel: PathBuf,
+    initrd: PathBuf,
+    cmdline: String,
+    /// Device flags and the like.
+    extra_args: Vec<String>,
+}
+
 #[test]
 fn linux_boots_to_init() {
     let Some(kernel) = GuestKernel::find_or_skip("linux_boots_to_init") else {
@@ -79,8 +88,14 @@ fn linux_boots_to_init() {
     // A parameter of our own at the end proves the kernel read the whole line.
     let cmdline = cmdline("sandbox.test=linux_boots_to_init");
 
+    let spec = VmSpec {
+        kernel: kernel.vmlinux.clone(),
+        initrd,
+        cmdline: cmdline.clone(),
+        extra_args: Vec::new(),
+    };
     let started = Instant::now();
-    let mut vm = VmmRun::start(&kernel.vmlinux, &initrd, &cmdline, VCPUS, MEM_MIB, &[]);
+    let mut vm = VmmRun::start(&spec, None);
     let init_line = vm.wait_for("Run /init as init process", BOOT_TIMEOUT);
     let boot_time = started.elapsed();
     let log = vm.stop();
@@ -113,6 +128,96 @@ fn linux_boots_to_init() {
     assert!(
         log.contains("Trying to unpack rootfs image as initramfs"),
         "the kernel did not unpack our initramfs:\n{log}"
+    );
+}
+
+/// A disk, a NIC and a vsock device (and an entropy source) attached to the VM: Linux's own
+/// virtio drivers find each of them on the command line, bind to them and report what the
+/// device told them, all before `/init` runs.
+#[test]
+fn linux_probes_virtio_devices() {
+    let Some(kernel) = GuestKernel::find_or_skip("linux_probes_virtio_devices") else {
+        return;
+    };
+    let Some(netns) = NetNs::create_or_skip("linux_probes_virtio_devices") else {
+        return;
+    };
+    let work = TempDir::new("linux-devices");
+    let initrd = write_initramfs(work.path()).expect("writing the initramfs");
+
+    // An odd size, so that no default could match it by chance.
+    let disk_sectors: u64 = 20_000 + u64::from(std::process::id() % 1000);
+    let disk = work.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(disk_sectors * 512))
+        .expect("creating the disk image");
+    let mac = "52:54:00:5a:b0:07";
+    let vsock = work.path().join("vsock.sock");
+
+    // `ip=` has the kernel configure eth0 itself and print the MAC it read from the device;
+    // `dyndbg=` makes the driver core say which driver bound to which virtio device.
+    let cmdline = cmdline(
+        "sandbox.test=linux_probes_virtio_devices \
+         ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off dyndbg=\"func driver_bound +p\"",
+    );
+    let spec = VmSpec {
+        kernel: kernel.vmlinux.clone(),
+        initrd,
+        cmdline: cmdline.clone(),
+        extra_args: vec![
+            "--disk".into(),
+            format!("path={}", disk.display()),
+            "--net".into(),
+            format!("tap={},mac={mac}", NetNs::TAP),
+            "--vsock".into(),
+            format!("cid=3,path={}", vsock.display()),
+            "--rng".into(),
+        ],
+    };
+    let started = Instant::now();
+    let mut vm = VmmRun::start(&spec, Some(&netns));
+    vm.wait_for("Run /init as init process", BOOT_TIMEOUT);
+    eprintln!("Linux reached /init after {:.1?}", started.elapsed());
+    let log = vm.stop();
+    let before_init = &log[..log.find("Run /init as init process").unwrap()];
+
+    // The VMM announced four virtio-mmio windows on the command line, after ours.
+    let echoed = find_line(&log, "Command line: ").expect("the kernel's command line");
+    assert!(
+        echoed.contains(&cmdline),
+        "our command line is missing from {echoed:?}"
+    );
+    let announced = echoed.matches("virtio_mmio.device=").count();
+    assert_eq!(announced, 4, "expected 4 virtio-mmio devices in {echoed:?}");
+    let registered = before_init
+        .matches("Registering device virtio-mmio.")
+        .count();
+    assert_eq!(
+        registered, 4,
+        "virtio-mmio did not register 4 devices:\n{log}"
+    );
+
+    // Each driver bound to a device.
+    for driver in ["virtio_blk", "virtio_net", "virtio_transport", "virtio_rng"] {
+        let bound = format!("driver: '{driver}': driver_bound: bound to device 'virtio");
+        assert!(
+            before_init.contains(&bound),
+            "no {driver} bound to a virtio device before /init:\n{log}"
+        );
+    }
+
+    // The disk's size as the guest read it from the device's configuration space.
+    let blocks = format!("[vda] {disk_sectors} 512-byte logical blocks");
+    assert!(
+        before_init.contains(&blocks),
+        "virtio_blk did not report {blocks:?}:\n{log}"
+    );
+
+    // The NIC's MAC as the guest read it, on the interface the kernel configured.
+    let nic = format!("device=eth0, hwaddr={mac}, ipaddr=10.0.2.15");
+    assert!(
+        before_init.contains(&nic),
+        "the kernel did not configure eth0 with MAC {mac}:\n{log}"
     );
 }
 
@@ -215,30 +320,33 @@ struct VmmRun {
 }
 
 impl VmmRun {
-    fn start(
-        kernel: &Path,
-        initrd: &Path,
-        cmdline: &str,
-        vcpus: u32,
-        mem_mib: u64,
-        extra_args: &[String],
-    ) -> VmmRun {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
+    /// Starts `sandbox-vmm` for `spec`, inside network namespace `netns` when given.
+    fn start(spec: &VmSpec, netns: Option<&NetNs>) -> VmmRun {
+        let vmm = env!("CARGO_BIN_EXE_sandbox-vmm");
+        let mut command = match netns {
+            // `ip netns exec` execs the VMM itself, so killing the child kills the VMM.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, vmm]);
+                c
+            }
+            None => Command::new(vmm),
+        };
+        command
             .arg("--kernel")
-            .arg(kernel)
+            .arg(&spec.kernel)
             .arg("--initrd")
-            .arg(initrd)
-            .args(["--cmdline", cmdline])
-            .args(["--vcpus", &vcpus.to_string()])
-            .args(["--mem-mib", &mem_mib.to_string()])
+            .arg(&spec.initrd)
+            .args(["--cmdline", &spec.cmdline])
+            .args(["--vcpus", &VCPUS.to_string()])
+            .args(["--mem-mib", &MEM_MIB.to_string()])
             .args(["--cpu-template", CPU_TEMPLATE])
             .args(["--serial", "stdout"])
-            .args(extra_args)
+            .args(&spec.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting sandbox-vmm");
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("starting sandbox-vmm");
 
         let (tx, lines) = mpsc::channel();
         let log = Arc::new(Mutex::new(String::new()));
@@ -320,6 +428,57 @@ impl Drop for VmmRun {
 }
 
 // ---------------------------------------------------------------------------------------
+// A network namespace for the TAP device
+
+/// A network namespace of the test's own, deleted (with the TAP device in it) when dropped.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Name of the TAP device the VMM creates inside the namespace.
+    const TAP: &'static str = "sbxtap0";
+
+    /// Creates the namespace, or says why the test is skipped (not root, no `ip`). With
+    /// `SANDBOX_REQUIRE_GUEST_KERNEL=1` that fails the test instead.
+    fn create_or_skip(test: &str) -> Option<NetNs> {
+        let name = format!("sbx-linux-boot-{}", std::process::id());
+        let made = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))
+            .and_then(|out| {
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "ip netns add failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ))
+                }
+            });
+        match made {
+            Ok(()) => Some(NetNs { name }),
+            Err(why) => {
+                if std::env::var("SANDBOX_REQUIRE_GUEST_KERNEL").as_deref() == Ok("1") {
+                    panic!("{test}: {why}, and SANDBOX_REQUIRE_GUEST_KERNEL=1");
+                }
+                eprintln!("SKIPPED {test}: {why} (creating a network namespace needs root)");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The initramfs
 
 /// Writes an initramfs (cpio "newc") whose `/init` is a tiny static x86-64 program that
@@ -367,7 +526,7 @@ fn cpio_entry(out: &mut Vec<u8>, name: &str, mode: u32, rdev: u32, data: &[u8]) 
 }
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
