@@ -315,6 +315,7 @@ impl Cgroup {
     }
 
     pub(crate) fn apply(&self, res: &LinuxResources) -> Result<(), EngineError> {
+        let res = &zero_is_unset(res.clone());
         match &self.layout {
             Layout::V1(hs) => v1::apply(hs, res),
             Layout::V2(d) => v2::apply(d, res),
@@ -407,9 +408,56 @@ impl Cgroup {
     }
 }
 
+/// A zero memory limit, swap, reservation, cpu shares or quota means "not set" (runc's
+/// reading, and what the validation accepts); writing it would mean something else.
+fn zero_is_unset(mut res: LinuxResources) -> LinuxResources {
+    if let Some(mut m) = res.memory().clone() {
+        if m.limit() == Some(0) {
+            m.set_limit(None);
+        }
+        if m.swap() == Some(0) {
+            m.set_swap(None);
+        }
+        if m.reservation() == Some(0) {
+            m.set_reservation(None);
+        }
+        res.set_memory(Some(m));
+    }
+    if let Some(mut c) = res.cpu().clone() {
+        if c.shares() == Some(0) {
+            c.set_shares(None);
+        }
+        if c.quota() == Some(0) {
+            c.set_quota(None);
+        }
+        res.set_cpu(Some(c));
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_values_are_dropped() {
+        let r: LinuxResources = serde_json::from_value(serde_json::json!({
+            "memory": {"limit": 0, "swap": 0, "reservation": 5},
+            "cpu": {"shares": 0, "quota": 0, "period": 100000}
+        }))
+        .unwrap();
+        let r = zero_is_unset(r);
+        let m = r.memory().as_ref().unwrap();
+        assert_eq!(
+            (m.limit(), m.swap(), m.reservation()),
+            (None, None, Some(5))
+        );
+        let c = r.cpu().as_ref().unwrap();
+        assert_eq!(
+            (c.shares(), c.quota(), c.period()),
+            (None, None, Some(100000))
+        );
+    }
 
     #[test]
     fn keyed_files() {
