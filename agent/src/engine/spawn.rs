@@ -118,7 +118,11 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
     let mut master = None;
     // The init may ask for hooks before the intermediate's pid report is read.
     let mut hooks_wanted = false;
+    let mut ready = false;
     loop {
+        if ready && pid.is_some() {
+            break;
+        }
         if hooks_wanted && failure.is_none() {
             if let (Some(p), Some(init)) = (pid, &setup.init) {
                 hooks_wanted = false;
@@ -149,9 +153,10 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
                 pid = Some(Pid::from_raw(p));
                 reap_quietly(intermediate_pid);
             }
-            Ok(Some((Msg::Ready, fd))) if failure.is_none() && pid.is_some() => {
+            // Ready may overtake the intermediate's pid report: keep it until both are in.
+            Ok(Some((Msg::Ready, fd))) if failure.is_none() => {
                 master = fd;
-                break;
+                ready = true;
             }
             Ok(Some((Msg::Error(e), _))) => {
                 failure.get_or_insert(EngineError::Child(e));

@@ -411,7 +411,7 @@ impl Cgroup {
 /// A zero memory limit, swap, reservation, cpu shares or quota means "not set" (runc's
 /// reading, and what the validation accepts); writing it would mean something else.
 fn zero_is_unset(mut res: LinuxResources) -> LinuxResources {
-    if let Some(mut m) = res.memory().clone() {
+    if let Some(mut m) = *res.memory() {
         if m.limit() == Some(0) {
             m.set_limit(None);
         }
