@@ -29,6 +29,9 @@ struct State {
     sequence: u64,
     watched: HashMap<i32, Callback>,
     unclaimed: VecDeque<(u64, i32, ExitStatus)>,
+    /// Bumped whenever children may have appeared, so that the reaping thread never sleeps
+    /// through a wake-up that came while it was busy in `waitpid`.
+    wakeups: u64,
 }
 
 /// Reaps every child of the agent and dispatches exit statuses by pid.
@@ -56,7 +59,8 @@ impl Reaper {
     /// To be called before spawning a process: wakes the thread and returns the mark to
     /// pass to [`Reaper::watch`].
     pub fn before_spawn(&self) -> u64 {
-        let state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
+        state.wakeups += 1;
         self.spawned.notify_all();
         state.sequence
     }
@@ -76,12 +80,17 @@ impl Reaper {
             }
             None => {
                 state.watched.insert(pid, Box::new(on_exit));
+                // The child exists now for sure: a thread that found no children while it
+                // was being spawned must look again.
+                state.wakeups += 1;
+                self.spawned.notify_all();
             }
         }
     }
 
     fn run(&self) {
         loop {
+            let seen = self.state.lock().unwrap().wakeups;
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::__WALL)) {
                 Ok(status) => {
                     let (pid, exit) = match status {
@@ -95,13 +104,16 @@ impl Reaper {
                 }
                 Err(Errno::EINTR) => {}
                 Err(_) => {
-                    // ECHILD: nothing to reap until the next spawn (or an orphan arrives,
-                    // hence the timeout).
+                    // ECHILD: nothing to reap until the next spawn, or until an orphan is
+                    // reparented to us (PID 1, subreaper), which nobody announces: hence
+                    // the timeout.
                     let state = self.state.lock().unwrap();
-                    let _ = self
-                        .spawned
-                        .wait_timeout(state, Duration::from_millis(100))
-                        .unwrap();
+                    if state.wakeups == seen {
+                        let _ = self
+                            .spawned
+                            .wait_timeout(state, Duration::from_millis(100))
+                            .unwrap();
+                    }
                 }
             }
         }
