@@ -1105,14 +1105,31 @@ fn user_namespace_with_id_mappings() {
         .push(json!({"type": "user"}));
     v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 100000, "size": 65535}]);
     v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 100000, "size": 65535}]);
-    // sysfs needs a network namespace owned by the user namespace: keep it, it is new.
-    let o = run("engine-userns", &b, v);
+    // A read-only bind of a nosuid,nodev,noexec mount: in a user namespace those flags are
+    // locked and must be kept by the remount.
+    let src = b.path().join("locked");
+    fs::create_dir_all(&src).unwrap();
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(Some("tmpfs"), &src, Some("tmpfs"), locked, Some("size=1m")).unwrap();
+    fs::write(src.join("f"), "locked\n").unwrap();
+    v["mounts"].as_array_mut().unwrap().push(
+        json!({"destination": "/locked", "type": "bind", "source": src, "options": ["bind", "ro"]}),
+    );
+    v["process"]["args"][2] = json!(format!(
+        "{} cat /locked/f; touch /locked/g 2>/dev/null || echo ro",
+        v["process"]["args"][2].as_str().unwrap().to_string() + ";"
+    ));
+    let o = try_run("engine-userns", &b, v);
+    umount2(&src, MntFlags::MNT_DETACH).unwrap();
+    let o = o.unwrap();
     assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
     let words: Vec<&str> = o.stdout.split_whitespace().collect();
     assert_eq!(
         words,
         vec![
-            "0", "0", "1", "1", "100000", "65535", "0", "0", "1", "1", "100000", "65535", "0", "0"
+            "0", "0", "1", "1", "100000", "65535", "0", "0", "1", "1", "100000", "65535", "0", "0",
+            "locked", "ro"
         ]
     );
 }

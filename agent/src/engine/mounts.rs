@@ -218,11 +218,12 @@ pub(crate) fn mount_entry(
         // Bind mounts ignore every other flag on the first call: remount to apply them.
         let extra = opts.flags & !(MsFlags::MS_REMOUNT);
         if !extra.is_empty() {
+            let kept = inherited_flags(&dest) & !opts.cleared;
             do_mount(
                 None,
                 &dest,
                 None,
-                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra | kept,
                 None,
             )?;
         }
@@ -237,6 +238,29 @@ pub(crate) fn mount_entry(
         do_mount(None, &dest, None, *p, None)?;
     }
     Ok(())
+}
+
+/// The flags a bind mount took over from its source. A remount that drops one of them is
+/// refused in a user namespace (the kernel locks them), so they are carried along.
+fn inherited_flags(dest: &Path) -> MsFlags {
+    use nix::sys::statvfs::{statvfs, FsFlags};
+    let Ok(st) = statvfs(dest) else {
+        return MsFlags::empty();
+    };
+    let mut f = MsFlags::empty();
+    for (fs_flag, ms) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.flags().contains(fs_flag) {
+            f |= ms;
+        }
+    }
+    f
 }
 
 /// The container's view of its cgroup. With a cgroup namespace a fresh cgroup mount shows
@@ -273,7 +297,7 @@ fn mount_cgroup(
                     None,
                     dest,
                     None,
-                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                    MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | inherited_flags(dest),
                     None,
                 )?;
             }
@@ -315,7 +339,7 @@ fn mount_cgroup(
                         None,
                         &sub,
                         None,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | inherited_flags(&sub),
                         None,
                     )?;
                 }
