@@ -1439,3 +1439,27 @@ fn stdin_pipe_reaches_the_program() {
     c.destroy().unwrap();
     assert_eq!(s, "HELLO THROUGH STDIN\n");
 }
+
+#[test]
+fn exec_into_a_user_namespace_container() {
+    let b = Bundle::new("userns-exec");
+    let mut v = spec("");
+    v["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    v["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 200000, "size": 1000}]);
+    v["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 0, "size": 1}, {"containerID": 1, "hostID": 200000, "size": 1000}]);
+    let c = sleeper("engine-userns-exec", &b, v);
+    let init_user = fs::read_link(format!("/proc/{}/ns/user", c.pid())).unwrap();
+    let (status, out) = exec_output(
+        &c,
+        json!({"user": {"uid": 5, "gid": 5}, "cwd": "/",
+        "args": ["sh", "-c", "readlink /proc/self/ns/user; id -u; grep -E '^Uid:' /proc/self/status"]}),
+    );
+    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], init_user.display().to_string());
+    assert_eq!(&lines[1..], &["5", "Uid:\t5\t5\t5\t5"]);
+    c.destroy().unwrap();
+}
