@@ -149,7 +149,7 @@ fn prctl(op: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<(), String> 
 
 /// Opens a terminal from the container's /dev/ptmx, makes it the controlling terminal and
 /// fds 0-2, and returns the master for the engine.
-pub(crate) fn open_terminal(p: &Process) -> Result<OwnedFd, String> {
+pub(crate) fn open_terminal(p: &Process, bind_console: bool) -> Result<OwnedFd, String> {
     // SAFETY: open with a static path.
     let master = unsafe {
         libc::open(
@@ -205,8 +205,10 @@ pub(crate) fn open_terminal(p: &Process) -> Result<OwnedFd, String> {
         // SAFETY: our own descriptor, no longer needed.
         unsafe { libc::close(slave) };
     }
-    // /dev/console names the container's terminal, as runc does.
-    if Path::new("/dev/console").exists() || std::fs::File::create("/dev/console").is_ok() {
+    // /dev/console names the init's terminal, as runc does.
+    if bind_console
+        && (Path::new("/dev/console").exists() || std::fs::File::create("/dev/console").is_ok())
+    {
         let _ = nix::mount::mount(
             Some(slave_path.as_str()),
             "/dev/console",

@@ -351,7 +351,7 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
             None => {
                 process::set_oom_score_adj(setup.process)?;
                 if terminal {
-                    Some(process::open_terminal(setup.process)?)
+                    Some(process::open_terminal(setup.process, false)?)
                 } else {
                     None
                 }
@@ -440,7 +440,7 @@ fn setup_init(
     process::set_oom_score_adj(setup.process)?;
     rootfs::change_root(&plan.rootfs, plan.no_pivot)?;
     let master = if terminal {
-        Some(process::open_terminal(setup.process)?)
+        Some(process::open_terminal(setup.process, true)?)
     } else {
         None
     };
