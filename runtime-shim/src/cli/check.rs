@@ -166,7 +166,7 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<i32> {
     let yn = |b: bool| if b { "yes" } else { "no" };
     println!("KVM usable:              {}", yn(kvm.usable));
     println!(
-        "guest kernel at hw speed: {} ({})",
+        "guest kernel at hardware speed: {} ({})",
         yn(kvm.hardware_speed),
         kvm.detail
     );

@@ -28,10 +28,10 @@ pub fn build_default(store: &ImageStore, busybox: &Path) -> Result<ImageConfig> 
             busybox.display()
         )));
     }
-    eprintln!(
+    crate::image::disk::progress(&format!(
         "building the default image {DEFAULT_IMAGE:?} from {}",
         busybox.display()
-    );
+    ));
     let staging = store.staging(DEFAULT_IMAGE)?;
     let rootfs = staging.join("rootfs");
     let result = populate(&rootfs, busybox);

@@ -230,7 +230,12 @@ pub fn apply_layer(layer: &Path, rootfs: &Path) -> Result<()> {
         let f = fs::File::open(layer).ctx("open layer", layer)?;
         Ok(tar::Archive::new(maybe_gzip(f, layer)?))
     };
-    let bad = |e: std::io::Error| Error::Image(format!("layer {}: {e}", layer.display()));
+    let bad = |e: std::io::Error| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        Error::Image(format!("layer {}: {e}{cause}", layer.display()))
+    };
 
     let mut archive = open()?;
     for entry in archive.entries().map_err(bad)? {

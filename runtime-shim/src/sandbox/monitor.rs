@@ -276,6 +276,9 @@ fn host_stdio(tty: bool, console_socket: Option<&PathBuf>) -> Result<(HostStdio,
                 stdout: dup(pty.slave.as_fd()),
                 stderr: None,
             };
+            // The caller's stdio is not the container's here: let go of it, so a caller that
+            // reads our inherited pipes to their end is not kept waiting for the container.
+            release_caller_stdio();
             return Ok((io, Some(pty)));
         }
     }
@@ -285,6 +288,19 @@ fn host_stdio(tty: bool, console_socket: Option<&PathBuf>) -> Result<(HostStdio,
         stderr: dup(std::io::stderr().as_fd()),
     };
     Ok((io, None))
+}
+
+fn release_caller_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..=2 {
+            // SAFETY: dup2 onto the standard fds of this process.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
 }
 
 fn block_sigwinch() {

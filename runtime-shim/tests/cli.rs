@@ -1,0 +1,745 @@
+//! End-to-end tests of the `sandbox` command line, each run in native isolation and again in
+//! vm isolation. The vm runs happen only where `sandbox check` finds hardware-speed KVM and
+//! the guest pieces; elsewhere they print why they skip.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{processes_mentioning, vm_unavailable, Env};
+
+/// Reports a skipped test where it stays visible: straight to stderr, past the harness's
+/// capture of print macros.
+fn skip(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {msg}");
+}
+
+/// Declares `native_NAME` and `vm_NAME` for a test body taking an `Env`.
+macro_rules! both {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+
+            #[test]
+            fn native() {
+                let env = Env::new(stringify!($name), "native");
+                ($body)(&env);
+            }
+
+            #[test]
+            fn vm() {
+                if let Some(why) = vm_unavailable() {
+                    skip(&format!("vm::{}: {why}", stringify!($name)));
+                    return;
+                }
+                let env = Env::new(stringify!($name), "vm");
+                ($body)(&env);
+            }
+        }
+    };
+}
+
+both!(run_echo_hello, |env: &Env| {
+    let out = env.sandbox(&["run", "--", "echo", "hello"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+    assert_eq!(out.status.code(), Some(0));
+    env.assert_clean();
+});
+
+both!(run_returns_exit_code, |env: &Env| {
+    let out = env.sandbox(&["run", "--", "sh", "-c", "echo to-stderr >&2; exit 42"]);
+    assert_eq!(out.status.code(), Some(42));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+    env.assert_clean();
+});
+
+both!(run_env_and_stdin, |env: &Env| {
+    let mut child = env
+        .cmd()
+        .args([
+            "run",
+            "-i",
+            "-e",
+            "GREETING=hi there",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; cat",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"from stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi there\nfrom stdin\n"
+    );
+    assert!(out.status.success());
+    env.assert_clean();
+});
+
+both!(run_keeps_writes_out_of_the_image, |env: &Env| {
+    env.ok(&["run", "--", "sh", "-c", "echo scribble > /etc/scribble"]);
+    assert!(!env
+        .images
+        .join("images/busybox/rootfs/etc/scribble")
+        .exists());
+    let out = env.sandbox(&["run", "--", "cat", "/etc/scribble"]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "a second container saw the first one's write"
+    );
+    env.assert_clean();
+});
+
+both!(run_signal_is_forwarded_and_cleans_up, |env: &Env| {
+    let child = env
+        .cmd()
+        .args([
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 5' TERM; echo ready; while true; do sleep 0.05; done",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let mut stdout = child.stdout.unwrap();
+    let mut buf = [0u8; 6];
+    stdout.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+    assert_eq!(
+        status,
+        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 5)
+    );
+    env.assert_clean();
+});
+
+both!(lifecycle_create_start_state_kill_delete, |env: &Env| {
+    let b = env.bundle("b", &["sh", "-c", "echo started; exec sleep 60"]);
+    let pid_file = env.dir.join("pid");
+    let out_file = std::fs::File::create(env.dir.join("out")).unwrap();
+    let st = env
+        .cmd()
+        .args([
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            "c1",
+        ])
+        .stdin(Stdio::null())
+        .stdout(out_file)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let state = env.state("c1");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], "c1");
+    assert_eq!(state["bundle"], b.canonicalize().unwrap().to_str().unwrap());
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(state["pid"], pid);
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    // Lifecycle rules.
+    assert!(env
+        .fails(&["create", "--bundle", b.to_str().unwrap(), "c1"])
+        .contains("already exists"));
+    env.ok(&["start", "c1"]);
+    assert!(env.fails(&["start", "c1"]).contains("cannot start"));
+    assert_eq!(env.status("c1"), "running");
+    assert!(env.fails(&["delete", "c1"]).contains("cannot delete"));
+
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["id"], "c1");
+    assert_eq!(list[0]["status"], "running");
+    assert_eq!(env.ok(&["list", "-q"]), "c1\n");
+
+    // The container's stdout is the stdout `create` was given.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(env.dir.join("out")).unwrap() != "started\n" {
+        assert!(Instant::now() < deadline, "container output never arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    env.ok(&["kill", "c1", "KILL"]);
+    env.wait_status("c1", "stopped");
+    assert_eq!(env.state("c1")["pid"], 0);
+    // The pid `create` reported is gone once the container is.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "monitor {pid} outlived the container"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env.fails(&["kill", "c1"]).contains("stopped"));
+    env.ok(&["delete", "c1"]);
+    assert!(env.fails(&["state", "c1"]).contains("does not exist"));
+    env.assert_clean();
+});
+
+both!(kill_takes_names_and_numbers, |env: &Env| {
+    let b = env.bundle(
+        "b",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 3' USR1; while true; do sleep 0.05; done",
+        ],
+    );
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "k1"]);
+    env.ok(&["start", "k1"]);
+    assert!(env
+        .fails(&["kill", "k1", "SIGNOPE"])
+        .contains("unknown signal"));
+    assert!(env.fails(&["kill", "k1", "99"]).contains("unknown signal"));
+    std::thread::sleep(Duration::from_millis(200));
+    env.ok(&["kill", "k1", "usr1"]);
+    env.wait_status("k1", "stopped");
+    env.ok(&["delete", "k1"]);
+
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "k2"]);
+    env.ok(&["start", "k2"]);
+    env.ok(&["kill", "--all", "k2", "9"]);
+    env.wait_status("k2", "stopped");
+    env.ok(&["delete", "k2"]);
+    env.assert_clean();
+});
+
+both!(exec_ps_events, |env: &Env| {
+    let b = env.bundle("b", &["sleep", "60"]);
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "e1"]);
+    assert!(env.fails(&["exec", "e1", "true"]).contains("cannot exec"));
+    env.ok(&["start", "e1"]);
+
+    assert_eq!(env.ok(&["exec", "e1", "echo", "from-exec"]), "from-exec\n");
+    let out = env.sandbox(&["exec", "e1", "sh", "-c", "exit 9"]);
+    assert_eq!(out.status.code(), Some(9));
+    assert_eq!(
+        env.ok(&[
+            "exec",
+            "--env",
+            "X=1",
+            "--cwd",
+            "/etc",
+            "e1",
+            "sh",
+            "-c",
+            "echo $X $(pwd)"
+        ]),
+        "1 /etc\n"
+    );
+    let process = env.dir.join("process.json");
+    std::fs::write(
+        &process,
+        serde_json::to_vec(&serde_json::json!({
+            "user": {"uid": 0, "gid": 0}, "cwd": "/", "args": ["echo", "from-process-json"],
+            "env": ["PATH=/bin:/usr/bin"]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        env.ok(&["exec", "--process", process.to_str().unwrap(), "e1"]),
+        "from-process-json\n"
+    );
+
+    // A detached exec: its pid-file names a process that lives as long as the exec.
+    let pid_file = env.dir.join("exec.pid");
+    env.ok_bg(&[
+        "exec",
+        "--detach",
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "e1",
+        "sleep",
+        "30",
+    ]);
+    let exec_pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{exec_pid}")).exists());
+
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", "e1"])).unwrap();
+    assert_eq!(pids.len(), 2, "init and the detached exec: {pids:?}");
+    let table = env.ok(&["ps", "e1"]);
+    assert!(table.contains("sleep 60"), "{table}");
+    assert!(table.contains("sleep 30"), "{table}");
+
+    let stats: serde_json::Value =
+        serde_json::from_str(env.ok(&["events", "--stats", "e1"]).trim()).unwrap();
+    assert_eq!(stats["type"], "stats");
+    assert_eq!(stats["id"], "e1");
+    assert!(stats["data"].is_object());
+
+    env.ok(&["delete", "--force", "e1"]);
+    assert!(env.fails(&["state", "e1"]).contains("does not exist"));
+    env.assert_clean();
+});
+
+both!(
+    delete_force_cleans_up_after_a_crashed_monitor,
+    |env: &Env| {
+        let b = env.bundle("b", &["sleep", "60"]);
+        env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "x1"]);
+        env.ok(&["start", "x1"]);
+        let pid = env.state("x1")["pid"].as_i64().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // The monitor is gone: the container counts as stopped whatever the file says.
+        env.wait_status("x1", "stopped");
+        env.ok(&["delete", "--force", "x1"]);
+        // Give the killed back end's children a moment to be reaped by init.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_mentioning(env.root.to_str().unwrap()).is_empty()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        env.assert_clean();
+
+        // An interrupted create (state directory without state.json) is listed and removable.
+        std::fs::create_dir_all(env.root.join("half")).unwrap();
+        assert!(env.fails(&["state", "half"]).contains("delete --force"));
+        assert!(env.ok(&["list"]).contains("half"));
+        env.ok(&["delete", "--force", "half"]);
+        env.assert_clean();
+    }
+);
+
+both!(bad_bundles_are_refused_clearly, |env: &Env| {
+    let b = env.bundle("b", &["true"]);
+    std::fs::write(b.join("config.json"), b"{ not json").unwrap();
+    assert!(env
+        .fails(&["create", "--bundle", b.to_str().unwrap(), "bb"])
+        .contains("line 1"));
+
+    env.write_config(&b, &["true"], |c| {
+        c["process"]["args"] = serde_json::json!("true")
+    });
+    let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), "bb"]);
+    assert!(err.contains("process.args"), "{err}");
+
+    env.write_config(&b, &["true"], |c| {
+        c["root"]["path"] = serde_json::json!("missing")
+    });
+    let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), "bb"]);
+    assert!(err.contains("root.path"), "{err}");
+
+    env.write_config(&b, &[], |_| {});
+    let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), "bb"]);
+    assert!(err.contains("process.args"), "{err}");
+
+    let err = env.fails(&[
+        "create",
+        "--bundle",
+        env.dir.join("nowhere").to_str().unwrap(),
+        "bb",
+    ]);
+    assert!(err.contains("bundle"), "{err}");
+    assert!(env
+        .fails(&["create", "--bundle", b.to_str().unwrap(), "../evil"])
+        .contains("invalid container id"));
+    assert!(env.fails(&["start", "nope"]).contains("does not exist"));
+    assert!(env.fails(&["delete", "nope"]).contains("does not exist"));
+    env.assert_clean();
+});
+
+both!(console_socket_gets_a_terminal, |env: &Env| {
+    use std::os::unix::net::UnixListener;
+    let b = env.bundle("b", &["sh", "-c", "tty; stty size"]);
+    env.write_config(
+        &b,
+        &["sh", "-c", "test -t 0 && echo is-a-tty; stty size"],
+        |c| c["process"]["terminal"] = serde_json::json!(true),
+    );
+    let sock = env.dir.join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        receive_fd(&conn)
+    });
+    env.ok(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "t1",
+    ]);
+    let master = receiver.join().unwrap();
+    let ws = libc::winsize {
+        ws_row: 33,
+        ws_col: 101,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ on the pty master we were handed.
+    unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&master),
+            libc::TIOCSWINSZ,
+            &ws,
+        )
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    env.ok(&["start", "t1"]);
+    let mut master = std::fs::File::from(master);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let mut buf = [0u8; 256];
+        while !text.contains("33 101") {
+            match master.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => text.push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+        let _ = tx.send(text);
+    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("console output within 10 s");
+    assert!(text.contains("is-a-tty"), "{text:?}");
+    assert!(text.contains("33 101"), "{text:?}");
+    env.wait_status("t1", "stopped");
+    env.ok(&["delete", "t1"]);
+    env.assert_clean();
+});
+
+fn receive_fd(conn: &std::os::unix::net::UnixStream) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mut buf = [0u8; 64];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    for c in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            // SAFETY: the fd was just received and is ours alone.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd received on the console socket");
+}
+
+both!(image_import_docker_and_oci_archives, |env: &Env| {
+    let docker = env.dir.join("docker.tar");
+    build_docker_archive(&docker);
+    assert_eq!(
+        env.ok(&["image", "import", docker.to_str().unwrap()])
+            .trim(),
+        "test/layered:1"
+    );
+    let rootfs = env.images.join("images/test_layered_1/rootfs");
+    assert!(rootfs.join("bin/busybox").is_file());
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/kept")).unwrap(),
+        "kept\n"
+    );
+    assert!(!rootfs.join("etc/removed").exists(), "whiteout not applied");
+    assert!(
+        !rootfs.join("data/old").exists(),
+        "opaque directory not applied"
+    );
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("data/new")).unwrap(),
+        "new\n"
+    );
+    assert!(env.ok(&["image", "ls"]).contains("test/layered:1"));
+    let out = env.ok(&[
+        "run",
+        "--image",
+        "test/layered:1",
+        "--",
+        "cat",
+        "/etc/kept",
+        "/data/new",
+    ]);
+    assert_eq!(out, "kept\nnew\n");
+    // The image's own command (Cmd) runs when none is given.
+    assert_eq!(env.ok(&["run", "--image", "test/layered:1"]), "image-cmd\n");
+
+    env.ok(&["image", "build-default"]);
+    let oci = env.dir.join("oci.tar");
+    build_oci_layout(&oci, &env.images.join("images/busybox/rootfs"));
+    assert_eq!(
+        env.ok(&[
+            "image",
+            "import",
+            "--name",
+            "ocitest",
+            oci.to_str().unwrap()
+        ])
+        .trim(),
+        "ocitest"
+    );
+    assert_eq!(
+        env.ok(&["run", "--image", "ocitest", "--", "cat", "/hello"]),
+        "oci layer\n"
+    );
+
+    env.ok(&["image", "rm", "ocitest"]);
+    assert!(!env.ok(&["image", "ls"]).contains("ocitest"));
+    assert!(env
+        .fails(&["run", "--image", "ocitest", "--", "true"])
+        .contains("no image"));
+    let junk = env.dir.join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar file at all, not even close....").unwrap();
+    assert!(env
+        .fails(&["image", "import", junk.to_str().unwrap()])
+        .contains("image"));
+    env.assert_clean();
+});
+
+fn tar_with(entries: &[(&str, &[u8])], dirs: &[&str], base: Option<&std::path::Path>) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    b.follow_symlinks(false);
+    if let Some(base) = base {
+        b.append_dir_all(".", base).unwrap();
+    }
+    for d in dirs {
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        b.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    for (name, data) in entries {
+        let mut h = header();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, name, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A tar header with the numeric fields real archives carry (uid, gid, mtime).
+fn header() -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_700_000_000);
+    h
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A two-layer `docker save` archive: busybox plus files, then a layer that deletes one file
+/// (whiteout) and replaces a directory's contents (opaque marker).
+fn build_docker_archive(path: &std::path::Path) {
+    let busybox = std::fs::read("/bin/busybox").unwrap();
+    let mut l1 = tar::Builder::new(Vec::new());
+    for d in ["bin", "etc", "data"] {
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+        l1.append_data(&mut h, d, std::io::empty()).unwrap();
+    }
+    let mut h = header();
+    h.set_mode(0o755);
+    h.set_size(busybox.len() as u64);
+    l1.append_data(&mut h, "bin/busybox", &busybox[..]).unwrap();
+    for (link, _) in [("bin/sh", ()), ("bin/cat", ()), ("bin/echo", ())] {
+        let mut h = header();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        l1.append_link(&mut h, link, "busybox").unwrap();
+    }
+    for (name, data) in [
+        ("etc/kept", "kept\n"),
+        ("etc/removed", "gone\n"),
+        ("data/old", "old\n"),
+    ] {
+        let mut h = header();
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        l1.append_data(&mut h, name, data.as_bytes()).unwrap();
+    }
+    let l1 = l1.into_inner().unwrap();
+    let l2 = tar_with(
+        &[
+            ("etc/.wh.removed", b""),
+            ("data/.wh..wh..opq", b""),
+            ("data/new", b"new\n"),
+        ],
+        &[],
+        None,
+    );
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Cmd": ["echo", "image-cmd"], "Env": ["PATH=/bin"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&l1)), format!("sha256:{}", sha256_hex(&l2))]}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!([{
+        "Config": "config.json", "RepoTags": ["test/layered:1"], "Layers": ["l1/layer.tar", "l2/layer.tar"]
+    }]))
+    .unwrap();
+    let outer = tar_with(
+        &[
+            ("manifest.json", &manifest),
+            ("config.json", &config),
+            ("l1/layer.tar", &l1),
+            ("l2/layer.tar", &l2),
+        ],
+        &["l1", "l2"],
+        None,
+    );
+    std::fs::write(path, outer).unwrap();
+}
+
+/// An OCI image layout with a gzip-compressed layer on top of a busybox rootfs.
+fn build_oci_layout(path: &std::path::Path, busybox_rootfs: &std::path::Path) {
+    let base = tar_with(&[], &[], Some(busybox_rootfs));
+    let top_plain = tar_with(&[("hello", b"oci layer\n")], &[], None);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&top_plain).unwrap();
+    let top = gz.finish().unwrap();
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": []}
+    }))
+    .unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{}", sha256_hex(&config)), "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{}", sha256_hex(&base)), "size": base.len()},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": format!("sha256:{}", sha256_hex(&top)), "size": top.len()}
+        ]
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{}", sha256_hex(&manifest)), "size": manifest.len()}]
+    }))
+    .unwrap();
+    let blobs: Vec<(String, &[u8])> = [&config[..], &manifest[..], &base[..], &top[..]]
+        .iter()
+        .map(|d| (format!("blobs/sha256/{}", sha256_hex(d)), *d))
+        .collect();
+    let mut entries: Vec<(&str, &[u8])> = vec![
+        ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+        ("index.json", &index),
+    ];
+    for (n, d) in &blobs {
+        entries.push((n.as_str(), d));
+    }
+    std::fs::write(path, tar_with(&entries, &["blobs", "blobs/sha256"], None)).unwrap();
+}
+
+#[test]
+fn spec_writes_a_loadable_config_once() {
+    let env = Env::new("spec", "native");
+    let b = env.dir.join("specb");
+    std::fs::create_dir_all(&b).unwrap();
+    env.ok(&["spec", "--bundle", b.to_str().unwrap()]);
+    let text = std::fs::read(b.join("config.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!(v["process"]["args"][0], "sh");
+    assert!(env
+        .fails(&["spec", "--bundle", b.to_str().unwrap()])
+        .contains("already exists"));
+}
+
+#[test]
+fn vm_isolation_refuses_slow_kvm_instead_of_falling_back() {
+    let env = Env::new("slowkvm", "vm");
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    if check["kvm"]["hardware_speed"].as_bool() == Some(true) {
+        skip("vm_isolation_refuses_slow_kvm: KVM runs guest kernels at hardware speed here");
+        return;
+    }
+    let out = env.sandbox(&["run", "--", "echo", "hello"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "ran anyway: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("--allow-slow-kvm") || err.contains("KVM is not usable"),
+        "{err}"
+    );
+    env.assert_clean();
+}
+
+#[test]
+fn check_reports_the_host() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
+        .args(["check"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for what in [
+        "KVM usable",
+        "hardware speed",
+        "TUN",
+        "cgroup v2",
+        "mkfs.ext4",
+        "vm isolation ready",
+    ] {
+        assert!(text.contains(what), "check output lacks {what}: {text}");
+    }
+}
