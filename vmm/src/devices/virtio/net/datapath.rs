@@ -34,6 +34,8 @@ const NUM_BUFFERS_OFFSET: usize = 10;
 /// The largest frame a GSO-capable peer produces (64 KiB IP packet plus Ethernet/VLAN header),
 /// plus its virtio-net header.
 pub const MAX_BUFFER_LEN: usize = 65550 + VNET_HDR_LEN;
+/// No chain may be longer than the queue (virtio 1.2, 2.7.5.3.1), indirect tables included.
+pub const MAX_CHAIN_DESCRIPTORS: usize = QUEUE_SIZE as usize;
 
 /// Size of the device config space we expose: mac[6] and status (the status field is only
 /// meaningful with VIRTIO_NET_F_STATUS, which is not offered, but reads stay in range).
@@ -81,6 +83,8 @@ pub enum ChainError {
     Empty,
     #[error("chain ends after {0} descriptors with the next flag still set (a loop or a bad next index)")]
     Truncated(usize),
+    #[error("chain has more than {MAX_CHAIN_DESCRIPTORS} descriptors")]
+    TooManyDescriptors,
     #[error("descriptor has the wrong direction for this queue")]
     WrongDirection,
     #[error("descriptor points outside guest memory")]
@@ -317,7 +321,10 @@ where
     I: Iterator<Item = Descriptor>,
 {
     out.clear();
-    out.extend(chain);
+    out.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
+    if out.len() > MAX_CHAIN_DESCRIPTORS {
+        return Err(ChainError::TooManyDescriptors);
+    }
     match out.last() {
         None => Err(ChainError::Empty),
         Some(last) if last.has_next() => Err(ChainError::Truncated(out.len())),
@@ -336,6 +343,9 @@ where
     let mut last_has_next = false;
     for desc in chain {
         count += 1;
+        if count > MAX_CHAIN_DESCRIPTORS {
+            return Err(ChainError::TooManyDescriptors);
+        }
         last_has_next = desc.has_next();
         if desc.is_write_only() {
             return Err(ChainError::WrongDirection);
@@ -468,19 +478,24 @@ mod tests {
         // A `next` index past the end of the table.
         let bad_next = dq.add_chain(&[Buf::read(DATA, 64)]);
         dq.set_desc(bad_next, DATA, 64, 1, 999);
+        // More descriptors than the queue holds, through an indirect table.
+        let many: Vec<Buf> = (0..MAX_CHAIN_DESCRIPTORS as u64 + 1)
+            .map(|i| Buf::read(DATA + i, 1))
+            .collect();
+        dq.add_indirect_chain(GuestAddress(0x30_0000), &many);
         // A head index past the end of the table: cannot even be returned.
         dq.publish(1000);
         // And a good frame after all that.
         dq.add_chain(&[Buf::read(DATA, 64)]);
 
         assert!(net.process_tx(&mem, &mut q));
-        assert_eq!(net.stats.tx_malformed, 7);
+        assert_eq!(net.stats.tx_malformed, 8);
         assert_eq!(net.stats.bad_heads, 1);
         assert_eq!(net.stats.tx_frames, 1);
         assert_eq!(net.backend.outbound.len(), 1);
         // Everything but the out-of-range head went back to the guest, with nothing written.
-        assert_eq!(dq.used_idx(), 7);
-        for pos in 0..7 {
+        assert_eq!(dq.used_idx(), 8);
+        for pos in 0..8 {
             assert_eq!(dq.used_elem(pos).1, 0);
         }
     }

@@ -26,6 +26,7 @@ pub const TX_QUEUE: usize = 1;
 pub const EVENT_QUEUE: usize = 2;
 pub const NUM_QUEUES: usize = 3;
 pub const QUEUE_SIZE: u16 = 256;
+const _: () = assert!(super::packet::MAX_CHAIN_DESCRIPTORS == QUEUE_SIZE as usize);
 
 const TOKEN_ACTIVATION: u32 = 0;
 const TOKEN_RX_QUEUE: u32 = 1;

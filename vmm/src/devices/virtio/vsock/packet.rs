@@ -8,6 +8,9 @@ pub const HDR_LEN: usize = 44;
 /// Largest payload we put in, or accept from, one packet (Linux's VIRTIO_VSOCK_MAX_PKT_BUF_SIZE).
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
+/// No chain may be longer than the queue (virtio 1.2, 2.7.5.3.1), indirect tables included.
+pub const MAX_CHAIN_DESCRIPTORS: usize = 256;
+
 pub const HOST_CID: u64 = 2;
 pub const TYPE_STREAM: u16 = 1;
 
@@ -82,6 +85,8 @@ pub enum PacketError {
     Empty,
     #[error("chain ends with the next flag still set (a loop or a bad next index)")]
     Unterminated,
+    #[error("chain has more than {MAX_CHAIN_DESCRIPTORS} descriptors")]
+    TooManyDescriptors,
     #[error("descriptor has the wrong direction for this queue")]
     WrongDirection,
     #[error("descriptor {addr:#x}+{len:#x} is outside guest memory")]
@@ -109,7 +114,10 @@ where
     // The iterator stops silently after queue-size steps, at a bad `next` index or at an
     // unreadable table; a last descriptor that still says "next" shows it did.
     descs.clear();
-    descs.extend(chain);
+    descs.extend(chain.take(MAX_CHAIN_DESCRIPTORS + 1));
+    if descs.len() > MAX_CHAIN_DESCRIPTORS {
+        return Err(PacketError::TooManyDescriptors);
+    }
     match descs.last() {
         None => return Err(PacketError::Empty),
         Some(last) if last.has_next() => return Err(PacketError::Unterminated),

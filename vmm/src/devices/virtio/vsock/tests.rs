@@ -580,6 +580,12 @@ fn malformed_packets_are_answered_with_rst_or_dropped() {
     let looped = g.txq.add_chain(&[Buf::read(at, 44)]);
     g.txq
         .set_desc(looped, at, 44, VRING_DESC_F_NEXT as u16, looped);
+    // More descriptors than the queue holds, through an indirect table.
+    let many: Vec<Buf> = (0..MAX_CHAIN_DESCRIPTORS as u64 + 1)
+        .map(|i| Buf::read(at + i % 44, 1))
+        .collect();
+    let table = g.alloc(16 * many.len() as u64);
+    g.txq.add_indirect_chain(GuestAddress(table), &many);
     // A head index past the table.
     g.txq.publish(4000);
     // Payload beyond the largest packet.
@@ -589,10 +595,10 @@ fn malformed_packets_are_answered_with_rst_or_dropped() {
         Buf::read(big + 44, MAX_PAYLOAD as u32 + 1),
     ]);
     g.dev.process_tx();
-    assert_eq!(g.dev.stats().malformed_tx - before, 7);
+    assert_eq!(g.dev.stats().malformed_tx - before, 8);
     assert!(g.recv().is_empty());
     // Every chain but the one with no valid head came back.
-    assert_eq!(g.txq.used_idx(), 6 + 6);
+    assert_eq!(g.txq.used_idx(), 6 + 7);
 
     // The device still works after all that.
     let listener = UnixListener::bind(format!("{}_83", g.path.display())).unwrap();
