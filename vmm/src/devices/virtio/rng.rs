@@ -297,6 +297,20 @@ mod tests {
     }
 
     #[test]
+    fn oversize_chains_return_nothing() {
+        let (mem, mut dq, mut rng, _) = setup();
+        // 100 one-byte buffers through an indirect table: more descriptors than the ring.
+        let bufs: Vec<_> = (0..100).map(|i| Buf::write(0x10000 + i, 1)).collect();
+        dq.add_indirect_chain(GuestAddress(0x30000), &bufs);
+        mem.write_slice(&[0u8; 100], GuestAddress(0x10000)).unwrap();
+        assert_eq!(rng.process_queue().unwrap(), 1);
+        assert_eq!(dq.used_elem(0).1, 0);
+        let mut a = [0u8; 100];
+        mem.read_slice(&mut a, GuestAddress(0x10000)).unwrap();
+        assert_eq!(a, [0u8; 100]);
+    }
+
+    #[test]
     fn malformed_requests_return_nothing() {
         let (mem, mut dq, mut rng, _) = setup();
         // Device-readable buffer.
