@@ -20,7 +20,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "head", "tr", "stty", "tty", "id", "ls",
-    "hostname", "wc", "kill",
+    "hostname", "wc", "kill", "grep",
 ];
 
 /// The agent under test: the one cargo built for this test, or another build of it (the
@@ -489,7 +489,15 @@ fn rpc_exec_signal_stats_update_and_remove() {
         ..Default::default()
     };
     let pid = client
-        .exec(exec_req("e1", &["sh", "-c", "hostname; echo $$"], out_only))
+        .exec(exec_req(
+            "e1",
+            &[
+                "sh",
+                "-c",
+                "hostname; echo $$; grep -E 'SigIgn|SigBlk' /proc/self/status",
+            ],
+            out_only,
+        ))
         .unwrap();
     assert!(pid > 1);
     let e1 = ProcessRef::exec(id, "e1");
@@ -501,6 +509,22 @@ fn rpc_exec_signal_stats_update_and_remove() {
     assert!(
         inner_pid > 1 && inner_pid != pid,
         "exec pid inside: {inner_pid}, outside: {pid}"
+    );
+    // Processes started through the agent get default signal dispositions and an empty
+    // mask, whatever the agent itself ignores or blocks.
+    client
+        .exec(exec_req(
+            "signals",
+            &["grep", "-E", "SigIgn|SigBlk", "/proc/self/status"],
+            out_only,
+        ))
+        .unwrap();
+    let signals = ProcessRef::exec(id, "signals");
+    let out = read_all(client.attach(&signals, StreamKind::Stdout).unwrap());
+    assert_eq!(client.wait(signals).unwrap(), ExitStatus::exited(0));
+    assert_eq!(
+        out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n",
+        "{out}"
     );
 
     // An exec fed through stdin, ended by close_stdin.
