@@ -42,14 +42,11 @@ RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release -p agent --target x86_64-unknown-linux-gnu
 
 step "installing binaries into /usr/local/bin"
-for bin in target/release/sandbox-vmm target/release/sandbox target/release/containerd-shim-sandbox-v2; do
-  [ -x "$bin" ] && install -m 0755 "$bin" /usr/local/bin/
-done
+install -m 0755 target/release/sandbox-vmm target/release/sandbox \
+  target/release/containerd-shim-sandbox-v2 /usr/local/bin/
 install -m 0755 target/x86_64-unknown-linux-gnu/release/sandbox-agent /usr/local/bin/sandbox-agent
 
-if command -v sandbox >/dev/null 2>&1 && sandbox image --help >/dev/null 2>&1; then
-  step "building the default image"
-  sandbox image build-default || true
-fi
+step "building the default image (busybox)"
+sandbox image build-default
 
 step "done"
