@@ -78,6 +78,12 @@ impl TestAgent {
         Client::connect_timeout(self.endpoint(), Duration::from_secs(10)).expect("connect")
     }
 
+    /// The number of threads of the agent process.
+    fn threads(&self) -> usize {
+        let pid = self.child.as_ref().unwrap().id();
+        fs::read_dir(format!("/proc/{pid}/task")).unwrap().count()
+    }
+
     fn raw(&self) -> UnixStream {
         UnixStream::connect(self.dir.join("agent.sock")).unwrap()
     }
@@ -361,6 +367,7 @@ fn rpc_server_survives_client_disconnects() {
             .attach(&ProcessRef::init("waiter"), StreamKind::Stdout)
             .unwrap();
         client.start_container("waiter").unwrap();
+        let threads_before = agent.threads();
         let mut waiter = agent.client();
         let t = thread::spawn(move || {
             waiter
@@ -371,6 +378,16 @@ fn rpc_server_survives_client_disconnects() {
             assert!(waiter.wait(ProcessRef::init("waiter")).is_err());
         });
         t.join().unwrap();
+        // The abandoned wait (and its connection) does not keep a thread in the agent.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while agent.threads() > threads_before && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            agent.threads(),
+            threads_before,
+            "threads left behind by a dead wait"
+        );
         drop(out);
         client.signal(ProcessRef::init("waiter"), 9, false).unwrap();
         assert_eq!(

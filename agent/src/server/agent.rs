@@ -222,6 +222,27 @@ impl Agent {
         }
     }
 
+    /// Answers a `wait`, giving up without an answer once `gone` says the client has left,
+    /// so that abandoned waits on long-lived processes do not pile up.
+    pub fn wait_for_client(
+        &self,
+        process: &ProcessRef,
+        gone: impl Fn() -> bool,
+    ) -> Option<Outcome> {
+        let p = match self.process(process) {
+            Ok(p) => p,
+            Err(e) => return Some(Outcome::Error(e)),
+        };
+        loop {
+            if let Some(status) = p.wait_timeout(Duration::from_millis(500)) {
+                return Some(Outcome::Result(Response::Exited(status)));
+            }
+            if gone() {
+                return None;
+            }
+        }
+    }
+
     fn entry(&self, id: &str) -> Result<Arc<Entry>, ErrorReply> {
         self.containers
             .lock()

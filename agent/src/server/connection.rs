@@ -3,6 +3,7 @@
 
 use std::io;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
@@ -172,11 +173,22 @@ fn reply(writer: &Mutex<UnixStream>, id: Option<u64>, outcome: Outcome) -> io::R
     })
 }
 
+/// Marks the connection closed when the control loop ends, however it ends.
+struct ClosedOnDrop(Arc<AtomicBool>);
+
+impl Drop for ClosedOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 fn control_loop(agent: Arc<Agent>, mut conn: UnixStream) {
     let writer = match conn.try_clone() {
         Ok(w) => Arc::new(Mutex::new(w)),
         Err(_) => return,
     };
+    let closed = Arc::new(AtomicBool::new(false));
+    let _closed_on_drop = ClosedOnDrop(closed.clone());
     loop {
         let bytes = match read_frame(&mut conn) {
             Ok(Some(bytes)) => bytes,
@@ -209,9 +221,15 @@ fn control_loop(agent: Arc<Agent>, mut conn: UnixStream) {
         if blocks(&frame.request) {
             let agent = agent.clone();
             let writer = writer.clone();
+            let closed = closed.clone();
             thread::spawn(move || {
-                let outcome = agent.handle(frame.request);
-                let _ = reply(&writer, id, outcome);
+                let outcome = match &frame.request {
+                    Request::Wait(p) => agent.wait_for_client(p, || closed.load(Ordering::SeqCst)),
+                    _ => Some(agent.handle(frame.request)),
+                };
+                if let Some(outcome) = outcome {
+                    let _ = reply(&writer, id, outcome);
+                }
             });
             continue;
         }
