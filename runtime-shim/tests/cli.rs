@@ -103,7 +103,7 @@ both!(run_keeps_writes_out_of_the_image, |env: &Env| {
 });
 
 both!(run_signal_is_forwarded_and_cleans_up, |env: &Env| {
-    let child = env
+    let mut child = env
         .cmd()
         .args([
             "run",
@@ -117,7 +117,7 @@ both!(run_signal_is_forwarded_and_cleans_up, |env: &Env| {
         .spawn()
         .unwrap();
     let pid = child.id() as i32;
-    let mut stdout = child.stdout.unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let mut buf = [0u8; 6];
     stdout.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"ready\n");
@@ -129,11 +129,7 @@ both!(run_signal_is_forwarded_and_cleans_up, |env: &Env| {
     let mut rest = String::new();
     stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "got-term\n");
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-    assert_eq!(
-        status,
-        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 5)
-    );
+    assert_eq!(child.wait().unwrap().code(), Some(5));
     env.assert_clean();
 });
 
