@@ -34,9 +34,12 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
 ///   TSC-deadline MSR, which not every KVM implementation emulates.
 /// - `tsc=reliable lpj=5000000`: trust the TSC (KVM keeps it stable) and skip the timed
 ///   delay-loop calibration, which costs seconds when kernel code does not run at full speed.
+/// - `rcupdate.rcu_cpu_stall_suppress_at_boot=1`: on a busy host, or where kernel code is
+///   emulated, boot can be slow enough for RCU to report stalls, and writing those long
+///   reports to the serial console slows boot further.
 /// - `clearcpuid=...`: see `KERNEL_HIDDEN_FEATURES`.
-const BASE_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=-1 lapic=notscdeadline tsc=reliable lpj=5000000";
+const BASE_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 lapic=notscdeadline tsc=reliable \
+     lpj=5000000 rcupdate.rcu_cpu_stall_suppress_at_boot=1";
 
 /// The VMM's `minimal` CPU template hides, in CPUID, features whose instructions a hypervisor
 /// may be unable to emulate for guest kernel code. `clearcpuid=` tells the kernel the same
