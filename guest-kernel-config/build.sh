@@ -17,6 +17,10 @@
 # the build tree in the cache is reused, so make only rebuilds what it must.
 set -euo pipefail
 
+# Everything runs from main(), called on the last line, so that bash has read the whole
+# script before running any of it (editing it during a long build is then harmless).
+main() {
+
 # Bump when this script changes how the kernel is configured or built.
 RECIPE_VERSION=1
 SOURCE_PACKAGE=linux-source-6.1
@@ -183,3 +187,6 @@ echo "$kernel_release" >"$GUEST_DIR/kernel.release"
 echo "$build_key" >"$GUEST_DIR/build-key"
 echo "Guest kernel $kernel_release installed:"
 ls -l "$GUEST_DIR/vmlinux" "$GUEST_DIR/bzImage"
+}
+
+main "$@"
