@@ -10,6 +10,7 @@ const LEAF_TOPOLOGY: u32 = 0xb;
 const LEAF_TOPOLOGY_V2: u32 = 0x1f;
 pub const LEAF_HYPERVISOR: u32 = 0x4000_0000;
 const LEAF_AMD_SIZES: u32 = 0x8000_0008;
+const LEAF_AMD_CACHE_PARAMS: u32 = 0x8000_001d;
 const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 
 const HYPERVISOR_BIT: u32 = 1 << 31; // leaf 1 ECX
@@ -19,6 +20,8 @@ const KVM_SIGNATURE: &[u8; 12] = b"KVMKVMKVM\0\0\0";
 
 const TOPOLOGY_LEVEL_SMT: u32 = 1;
 const TOPOLOGY_LEVEL_CORE: u32 = 2;
+/// SMT level, core level, terminator.
+const TOPOLOGY_SUBLEAVES: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CpuidError {
@@ -67,24 +70,7 @@ pub fn normalize(cpuid: &mut CpuId, vcpu_id: u8, vcpu_count: u8) -> Result<(), C
                 entry.edx = 0;
             }
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
-                entry.edx = apic_id;
-                match entry.index {
-                    0 => {
-                        entry.eax = 0;
-                        entry.ebx = 1;
-                        entry.ecx = (TOPOLOGY_LEVEL_SMT << 8) | entry.index;
-                    }
-                    1 => {
-                        entry.eax = core_shift;
-                        entry.ebx = count;
-                        entry.ecx = (TOPOLOGY_LEVEL_CORE << 8) | entry.index;
-                    }
-                    _ => {
-                        entry.eax = 0;
-                        entry.ebx = 0;
-                        entry.ecx = entry.index;
-                    }
-                }
+                fill_topology_level(entry, apic_id, count, core_shift);
             }
             LEAF_HYPERVISOR => {
                 has_hypervisor_leaf = true;
@@ -94,12 +80,44 @@ pub fn normalize(cpuid: &mut CpuId, vcpu_id: u8, vcpu_count: u8) -> Result<(), C
                 // NC: cores per package minus one; ApicIdCoreIdSize.
                 entry.ecx = (core_shift << 12) | (count - 1);
             }
+            LEAF_AMD_CACHE_PARAMS => {
+                // Threads sharing the cache: only the last level is shared by all vCPUs.
+                let level = (entry.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                entry.eax = (entry.eax & !(0xfff << 14)) | (sharing.min(0xfff) << 14);
+            }
             LEAF_AMD_TOPOLOGY => {
                 entry.eax = apic_id;
                 entry.ebx = apic_id & 0xff; // compute unit id, one thread per unit
                 entry.ecx = 0; // one node
             }
             _ => {}
+        }
+    }
+
+    // KVM may list a topology leaf with only some of its levels (or none filled in); the
+    // kernel walks subleaves until it finds the terminating one, so all three must exist.
+    for leaf in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
+        if !cpuid.as_slice().iter().any(|e| e.function == leaf) {
+            continue;
+        }
+        for index in 0..TOPOLOGY_SUBLEAVES {
+            let present = cpuid
+                .as_slice()
+                .iter()
+                .any(|e| e.function == leaf && e.index == index);
+            if !present {
+                let mut entry = kvm_cpuid_entry2 {
+                    function: leaf,
+                    index,
+                    flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                };
+                fill_topology_level(&mut entry, apic_id, count, core_shift);
+                cpuid
+                    .push(entry)
+                    .map_err(|e| CpuidError::AddLeaf(leaf, e))?;
+            }
         }
     }
 
@@ -114,6 +132,29 @@ pub fn normalize(cpuid: &mut CpuId, vcpu_id: u8, vcpu_count: u8) -> Result<(), C
             .map_err(|e| CpuidError::AddLeaf(LEAF_HYPERVISOR, e))?;
     }
     Ok(())
+}
+
+/// Subleaf 0: SMT level (one thread per core), 1: core level (`count` cores per package),
+/// 2 and above: the terminating "invalid" level. EDX holds the x2APIC id at every level.
+fn fill_topology_level(entry: &mut kvm_cpuid_entry2, apic_id: u32, count: u32, core_shift: u32) {
+    entry.edx = apic_id;
+    match entry.index {
+        0 => {
+            entry.eax = 0;
+            entry.ebx = 1;
+            entry.ecx = TOPOLOGY_LEVEL_SMT << 8;
+        }
+        1 => {
+            entry.eax = core_shift;
+            entry.ebx = count;
+            entry.ecx = (TOPOLOGY_LEVEL_CORE << 8) | 1;
+        }
+        index => {
+            entry.eax = 0;
+            entry.ebx = 0;
+            entry.ecx = index;
+        }
+    }
 }
 
 fn fill_hypervisor_leaf(entry: &mut kvm_cpuid_entry2) {
@@ -142,7 +183,7 @@ pub(crate) mod tests {
         kvm_cpuid_entry2 {
             function,
             index,
-            flags: if matches!(function, 0x4 | 0x7 | 0xb | 0xd | 0x1f) {
+            flags: if matches!(function, 0x4 | 0x7 | 0xb | 0xd | 0x1f | 0x8000_001d) {
                 KVM_CPUID_FLAG_SIGNIFCANT_INDEX
             } else {
                 0
@@ -171,6 +212,8 @@ pub(crate) mod tests {
             entry(0xd, 1, [0xf, 0, 0, 0]),
             entry(0x8000_0001, 0, [0, 0, 0x121, 0x2c10_0800]),
             entry(0x8000_0008, 0, [0x3030, 0, 0x7, 0]),
+            entry(0x8000_001d, 0, [0x121, 0x1c0_003f, 0x3f, 0]),
+            entry(0x8000_001d, 3, [0x4163, 0x3c0_003f, 0x7fff, 1]),
         ])
         .unwrap()
     }
@@ -209,7 +252,42 @@ pub(crate) mod tests {
         let l3 = find(&cpuid, 4, 3).unwrap();
         assert_eq!((l3.eax >> 14) & 0xfff, 2);
         assert_eq!(find(&cpuid, 0x8000_0008, 0).unwrap().ecx, (2 << 12) | 2);
+        let amd_l3 = find(&cpuid, 0x8000_001d, 3).unwrap();
+        assert_eq!((amd_l3.eax >> 14) & 0xfff, 2);
+        assert_eq!(amd_l3.eax & 0x3fff, 0x163, "cache type and level are kept");
+        assert_eq!((find(&cpuid, 0x8000_001d, 0).unwrap().eax >> 14) & 0xfff, 0);
         assert_eq!(find(&cpuid, 0xa, 0).unwrap().eax, 0);
+    }
+
+    #[test]
+    fn missing_topology_subleaves_are_added() {
+        // As some hosts report it: leaf 0xb with only subleaf 0, all zero.
+        let mut cpuid = CpuId::from_entries(&[entry(1, 0, [0; 4]), entry(0xb, 0, [0; 4])]).unwrap();
+        normalize(&mut cpuid, 1, 2).unwrap();
+        let levels: Vec<_> = (0..3)
+            .map(|i| {
+                let e = cpuid
+                    .as_slice()
+                    .iter()
+                    .find(|e| e.function == 0xb && e.index == i)
+                    .unwrap();
+                (
+                    e.eax,
+                    e.ebx,
+                    e.ecx,
+                    e.edx,
+                    e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                )
+            })
+            .collect();
+        assert_eq!(
+            levels,
+            vec![(0, 1, 0x100, 1, 1), (1, 2, 0x201, 1, 1), (0, 0, 2, 1, 1)]
+        );
+        // No topology leaf at all: none is invented.
+        let mut plain = CpuId::from_entries(&[entry(1, 0, [0; 4])]).unwrap();
+        normalize(&mut plain, 0, 2).unwrap();
+        assert!(plain.as_slice().iter().all(|e| e.function != 0xb));
     }
 
     #[test]
