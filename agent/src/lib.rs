@@ -1,6 +1,6 @@
 //! The sandbox agent: PID 1 in the guest and the container engine, in the guest and natively.
 
+pub mod engine;
 pub mod init;
 pub mod protocol;
-pub mod engine;
 pub mod server;
