@@ -89,6 +89,10 @@ pub struct ContainerRecord {
     pub backend: Option<HostProcess>,
     /// The container's init pid as the agent sees it (a guest pid under vm isolation).
     pub container_pid: Option<i32>,
+    /// Native isolation: the container's init on the host, killed on teardown should the
+    /// agent have died and left it behind.
+    #[serde(default)]
+    pub container_process: Option<HostProcess>,
     /// Unix socket that reaches the agent (native: the agent's socket; vm: the vsock socket).
     pub agent_socket: PathBuf,
     /// Set once the container's init has exited: the wait status in shell form (128+n for a
@@ -121,6 +125,9 @@ pub struct Cleanup {
 pub struct TapRecord {
     pub name: String,
     pub netns: Option<PathBuf>,
+    /// The interface whose ingress redirect to the TAP must go too.
+    #[serde(default)]
+    pub veth: Option<String>,
 }
 
 impl ContainerRecord {
@@ -378,6 +385,7 @@ mod tests {
             monitor: None,
             backend: None,
             container_pid: None,
+            container_process: None,
             agent_socket: "/s".into(),
             exit_code: None,
             cleanup: Default::default(),

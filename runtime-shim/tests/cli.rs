@@ -304,6 +304,13 @@ both!(exec_ps_events, |env: &Env| {
     assert_eq!(stats["id"], "e1");
     assert!(stats["data"].is_object());
 
+    let res = env.dir.join("resources.json");
+    std::fs::write(&res, br#"{"pids": {"limit": 64}}"#).unwrap();
+    env.ok(&["update", "--resources", res.to_str().unwrap(), "e1"]);
+    std::fs::write(&res, br#"{"pids": {"limit": "many"}}"#).unwrap();
+    let err = env.fails(&["update", "--resources", res.to_str().unwrap(), "e1"]);
+    assert!(err.contains("pids.limit"), "{err}");
+
     env.ok(&["delete", "--force", "e1"]);
     assert!(env.fails(&["state", "e1"]).contains("does not exist"));
     env.assert_clean();
@@ -341,6 +348,53 @@ both!(
         env.assert_clean();
     }
 );
+
+both!(backend_crash_is_noticed_and_reported, |env: &Env| {
+    let child = env
+        .cmd()
+        .args(["run", "--", "sleep", "67"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the container to run, then kill its back end (agent or VMM) outright.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let backend = loop {
+        let list: serde_json::Value =
+            serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+        if list[0]["status"] == "running" {
+            let id = list[0]["id"].as_str().unwrap().to_string();
+            let rec: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(env.root.join(&id).join("state.json")).unwrap(),
+            )
+            .unwrap();
+            break rec["backend"]["pid"].as_i64().unwrap() as i32;
+        }
+        assert!(Instant::now() < deadline, "container never ran");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(backend),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("lost the connection"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_mentioning(env.root.to_str().unwrap()).is_empty() && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The container's own process went with its sandbox.
+    assert!(
+        processes_mentioning("sleep 67").is_empty(),
+        "container process left behind"
+    );
+    env.assert_clean();
+});
 
 both!(bad_bundles_are_refused_clearly, |env: &Env| {
     let b = env.bundle("b", &["true"]);

@@ -52,7 +52,12 @@ pub fn kvm_report() -> KvmReport {
         };
     }
     if let Some(v) = &vmm_check {
-        if let Some(fast) = find_bool(v, &["hardware_speed", "kernel_mode_hardware_speed"]) {
+        let verdict = match v["kernel_mode_verdict"].as_str() {
+            Some("hardware") => Some(true),
+            Some("emulated") => Some(false),
+            _ => find_bool(v, &["hardware_speed"]),
+        };
+        if let Some(fast) = verdict {
             return KvmReport {
                 usable,
                 hardware_speed: fast,

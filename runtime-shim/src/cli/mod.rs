@@ -20,6 +20,7 @@ pub mod run;
 pub mod spec;
 pub mod start;
 pub mod state;
+pub mod update;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -124,6 +125,8 @@ pub enum Command {
     /// Manage local images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Apply new resource limits to a container.
+    Update(update::UpdateArgs),
     /// Not supported: containers cannot be paused.
     Pause { id: String },
     /// Not supported: containers cannot be paused.
@@ -149,6 +152,7 @@ pub fn dispatch(cli: Cli) -> crate::error::Result<i32> {
         Command::Events(a) => events::run(&g, a).map(|_| 0),
         Command::Check(a) => check::run(&g, a),
         Command::Image(c) => image::run(&g, c).map(|_| 0),
+        Command::Update(a) => update::run(&g, a).map(|_| 0),
         Command::Pause { .. } | Command::Resume { .. } => Err(crate::error::Error::Usage(
             "pause and resume are not supported by this runtime".into(),
         )),

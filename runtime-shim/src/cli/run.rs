@@ -170,6 +170,11 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     }
     let code = foreground::wait(monitor, endpoint, process, tty, sigs);
     drop(raw);
+    // A back end that died under the container (VMM crash, killed agent) is reported, not
+    // passed off as the container's own exit.
+    if let Ok(why) = std::fs::read_to_string(store.dir(&id).join("error")) {
+        eprintln!("sandbox: {}", why.trim());
+    }
     if !a.keep {
         launch::teardown(&store, &id);
     }
@@ -314,7 +319,7 @@ fn make_bundle(g: &GlobalOpts, a: &RunArgs, id: &str, cleanup: &mut Cleanup) -> 
     }
 
     if let Some(net) = &a.network {
-        set_network(&mut spec, net, isolation)?;
+        set_network(&mut spec, net)?;
     }
 
     let text = serde_json::to_string_pretty(&spec).map_err(|e| Error::Other(e.to_string()))?;
@@ -422,17 +427,12 @@ pub fn parse_size(s: &str) -> Result<u64> {
     Ok(bytes)
 }
 
-fn set_network(spec: &mut Spec, net: &str, isolation: Isolation) -> Result<()> {
+fn set_network(spec: &mut Spec, net: &str) -> Result<()> {
     let mut linux = spec.linux().clone().unwrap_or_default();
     let mut nss = linux.namespaces().clone().unwrap_or_default();
     let path = if net == "none" {
         None
     } else {
-        if isolation == Isolation::Vm {
-            return Err(Error::Usage(
-                "--network NETNS is not wired to a TAP device in vm isolation yet; use --isolation native or --network none".into(),
-            ));
-        }
         let p = if net.contains('/') {
             PathBuf::from(net)
         } else {

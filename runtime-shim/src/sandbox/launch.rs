@@ -75,6 +75,7 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         monitor: None,
         backend: None,
         container_pid: None,
+        container_process: None,
         agent_socket: match isolation {
             Isolation::Native => dir.join(native::AGENT_SOCKET),
             Isolation::Vm => dir.join(vm::VSOCK_SOCKET),
@@ -263,7 +264,10 @@ pub fn teardown(store: &StateStore, id: &str) {
         }
         // The monitor exits once the container has; give it a moment to record that.
         wait_gone(rec.monitor, Duration::from_secs(3));
-        for p in [rec.monitor, rec.backend].into_iter().flatten() {
+        for p in [rec.monitor, rec.backend, rec.container_process]
+            .into_iter()
+            .flatten()
+        {
             if p.alive() {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(p.pid),

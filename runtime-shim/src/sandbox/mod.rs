@@ -8,5 +8,6 @@ pub mod launch;
 pub mod link;
 pub mod monitor;
 pub mod native;
+pub mod network;
 pub mod stdio;
 pub mod vm;

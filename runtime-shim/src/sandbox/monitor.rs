@@ -209,7 +209,11 @@ fn set_up_container(
         .and_then(|p| p.terminal())
         .unwrap_or(false);
     let (io, pty) = host_stdio(tty, a.console_socket.as_ref())?;
-    let spec = serde_json::to_value(&bundle.spec).map_err(|e| Error::Other(e.to_string()))?;
+    let spec = match rec.isolation {
+        Isolation::Native => serde_json::to_value(&bundle.spec),
+        Isolation::Vm => serde_json::to_value(vm::guest_spec(&bundle.spec)),
+    }
+    .map_err(|e| Error::Other(e.to_string()))?;
     let pid = client
         .create_container(CreateContainer {
             container_id: id.clone(),
@@ -230,6 +234,9 @@ fn set_up_container(
     rec.status = Status::Created;
     rec.monitor = HostProcess::of(std::process::id() as i32);
     rec.container_pid = Some(pid);
+    if rec.isolation == Isolation::Native {
+        rec.container_process = HostProcess::of(pid);
+    }
     store.save(&rec)?;
     Ok((client, plumbing, pty))
 }

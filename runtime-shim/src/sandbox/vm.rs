@@ -4,6 +4,7 @@
 //! joins to it with overlayfs, so the cached image is never written.
 
 use std::fs::{self, File};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -14,8 +15,8 @@ use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
-use crate::sandbox::binaries;
-use crate::state::Cleanup;
+use crate::sandbox::{binaries, network};
+use crate::state::{Cleanup, TapRecord};
 
 pub const VSOCK_SOCKET: &str = "vsock.sock";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
@@ -84,6 +85,28 @@ pub fn launch(
     disk::writable_layer(&upper, UPPER_DISK_MIB)?;
     cleanup.files.push(upper.clone());
 
+    // The network namespace CNI prepared: a TAP behind its veth, the VMM inside it.
+    let mut sandbox_config = guest_storage();
+    let mut netns_file = None;
+    let mut nic_arg = None;
+    if let Some(netns) = network::spec_netns(&bundle.spec) {
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tap = network::tap_name(&id);
+        let nic = network::prepare(&netns, &tap)?;
+        cleanup.taps.push(TapRecord {
+            name: tap.clone(),
+            netns: Some(netns.clone()),
+            veth: Some(nic.veth.clone()),
+        });
+        netns_file = Some(File::open(&netns).ctx("open network namespace", &netns)?);
+        nic_arg = Some(format!("tap={tap},mac={}", nic.mac));
+        sandbox_config.interfaces.push(nic.interface);
+        sandbox_config.routes = nic.routes;
+    }
+
     let (vcpus, mem_mib) = vm_size(&bundle.spec);
     let socket = dir.join(VSOCK_SOCKET);
     let console = dir.join("console.log");
@@ -96,7 +119,7 @@ pub fn launch(
         .arg("--initrd")
         .arg(&initrd)
         .arg("--cmdline")
-        .arg("console=ttyS0 reboot=k panic=-1 quiet rdinit=/init")
+        .arg("console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init")
         .arg("--vcpus")
         .arg(vcpus.to_string())
         .arg("--mem-mib")
@@ -109,12 +132,23 @@ pub fn launch(
         .arg(format!("path={}", upper.display()))
         .arg("--vsock")
         .arg(format!("cid={GUEST_CID},path={}", socket.display()))
+        .args(
+            nic_arg
+                .iter()
+                .flat_map(|n| ["--net".to_string(), n.clone()]),
+        )
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
     // SAFETY: prctl is async-signal-safe; the VMM must not outlive its monitor.
+    let netns_fd = netns_file.as_ref().map(|f| f.as_raw_fd());
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
+            if let Some(fd) = netns_fd {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // Signals we block for our own use must not stay blocked in the child.
             let empty: libc::sigset_t = std::mem::zeroed();
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
@@ -133,8 +167,23 @@ pub fn launch(
         rootfs: RootfsSource::Directory {
             path: ROOTFS_MOUNT.into(),
         },
-        sandbox_config: guest_storage(),
+        sandbox_config,
     })
+}
+
+/// The spec as the guest must see it: namespaces given by host paths (the pod's network
+/// namespace among them) mean nothing inside the VM, so the container joins the guest's own
+/// (where eth0 is) instead.
+pub fn guest_spec(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    let mut spec = spec.clone();
+    if let Some(mut linux) = spec.linux().clone() {
+        if let Some(nss) = linux.namespaces().clone() {
+            let kept: Vec<_> = nss.into_iter().filter(|n| n.path().is_none()).collect();
+            linux.set_namespaces(Some(kept));
+        }
+        spec.set_linux(Some(linux));
+    }
+    spec
 }
 
 /// The guest mounts: the shared read-only image, the container's writable disk, and the
@@ -204,15 +253,7 @@ pub fn release(cleanup: &Cleanup) {
         let _ = fs::remove_file(f);
     }
     for tap in &cleanup.taps {
-        let mut cmd = Command::new("ip");
-        if let Some(ns) = &tap.netns {
-            cmd.arg("-n").arg(ns);
-        }
-        let _ = cmd
-            .args(["link", "del", &tap.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        crate::sandbox::network::release(tap);
     }
 }
 
