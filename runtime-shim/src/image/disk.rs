@@ -104,6 +104,12 @@ fn tree_bytes(root: &Path) -> u64 {
 /// The guest initramfs: a newc cpio whose /init is a statically linked `sandbox-agent`.
 pub fn agent_initramfs(store: &Path) -> Result<PathBuf> {
     let agent = binaries::find("sandbox-agent", "SANDBOX_GUEST_AGENT")?;
+    initramfs_from(store, &agent)
+}
+
+/// The initramfs with `agent` as /init, cached by the agent's hash.
+pub fn initramfs_from(store: &Path, agent: &Path) -> Result<PathBuf> {
+    let agent = agent.to_path_buf();
     ensure_static(&agent)?;
     let hash = hash_file(&agent)?;
     let dir = store.join("initramfs");
@@ -182,4 +188,88 @@ pub fn ensure_static(path: &Path) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("sandbox-disk-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn debugfs(img: &Path, request: &str) -> String {
+        let out = Command::new("debugfs")
+            .args(["-R", request])
+            .arg(img)
+            .output()
+            .expect("debugfs (e2fsprogs)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn rootfs_image_holds_the_tree_and_is_cached_by_content() {
+        let d = scratch("rootfs");
+        let rootfs = d.join("rootfs");
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        fs::write(rootfs.join("etc/hello"), b"from the host\n").unwrap();
+        let store = d.join("store");
+        let img = rootfs_image(&store, &rootfs).unwrap();
+        assert!(img.starts_with(store.join("ext4")));
+        assert_eq!(debugfs(&img, "cat /etc/hello"), "from the host\n");
+        // Same content, same image; other content, another image.
+        assert_eq!(rootfs_image(&store, &rootfs).unwrap(), img);
+        fs::write(rootfs.join("etc/hello"), b"changed\n").unwrap();
+        let img2 = rootfs_image(&store, &rootfs).unwrap();
+        assert_ne!(img2, img);
+        assert_eq!(debugfs(&img, "cat /etc/hello"), "from the host\n");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn writable_layer_has_overlay_directories_and_is_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        let d = scratch("upper");
+        let img = d.join("upper.img");
+        writable_layer(&img, 256).unwrap();
+        let listing = debugfs(&img, "ls -l /");
+        assert!(
+            listing.contains("upper") && listing.contains("work"),
+            "{listing}"
+        );
+        let m = fs::metadata(&img).unwrap();
+        assert_eq!(m.len(), 256 << 20);
+        assert!(
+            m.blocks() * 512 < m.len() / 4,
+            "not sparse: {} blocks",
+            m.blocks()
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn initramfs_has_the_static_agent_as_init() {
+        let d = scratch("initramfs");
+        // Debian's busybox-static is a static ELF binary like the guest agent must be.
+        let cpio = initramfs_from(&d, Path::new("/bin/busybox")).unwrap();
+        let out = Command::new("cpio")
+            .args(["-it", "--quiet"])
+            .stdin(fs::File::open(&cpio).unwrap())
+            .output()
+            .unwrap();
+        let names = String::from_utf8_lossy(&out.stdout);
+        for n in ["init", "dev", "proc", "sys"] {
+            assert!(names.lines().any(|l| l == n), "{n} missing: {names}");
+        }
+        assert_eq!(initramfs_from(&d, Path::new("/bin/busybox")).unwrap(), cpio);
+        // A dynamically linked binary cannot be /init in a guest without libc.
+        let err = initramfs_from(&d, Path::new("/bin/ls"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dynamically linked"), "{err}");
+        fs::remove_dir_all(&d).unwrap();
+    }
 }
