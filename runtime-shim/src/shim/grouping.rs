@@ -59,11 +59,17 @@ mod tests {
     #[test]
     fn cri_containers_join_their_sandbox() {
         assert_eq!(
-            group_of("pause", &ann(&[(CRI_CONTAINER_TYPE, "sandbox"), (CRI_SANDBOX_ID, "pause")])),
+            group_of(
+                "pause",
+                &ann(&[(CRI_CONTAINER_TYPE, "sandbox"), (CRI_SANDBOX_ID, "pause")])
+            ),
             "pause"
         );
         assert_eq!(
-            group_of("app", &ann(&[(CRI_CONTAINER_TYPE, "container"), (CRI_SANDBOX_ID, "pause")])),
+            group_of(
+                "app",
+                &ann(&[(CRI_CONTAINER_TYPE, "container"), (CRI_SANDBOX_ID, "pause")])
+            ),
             "pause"
         );
     }

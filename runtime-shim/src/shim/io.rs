@@ -172,6 +172,7 @@ fn copy_in(mut fifo: File, stop: OwnedFd, mut to: UnixStream) {
             break;
         }
     }
+    log::debug!("stdin copy ended");
     let _ = to.shutdown(Shutdown::Write);
 }
 

@@ -124,9 +124,12 @@ fn spawn_server(
     if flags.debug {
         cmd.arg("-debug");
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(
+        match std::env::var_os("SANDBOX_SHIM_DEBUG") {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        },
+    );
     let fd = listener.as_raw_fd();
     // SAFETY: setsid and dup2 are async-signal-safe; the listener stays open until exec.
     unsafe {
@@ -134,7 +137,12 @@ fn spawn_server(
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if libc::dup2(fd, LISTENER_FD) < 0 {
+            if fd == LISTENER_FD {
+                // dup2 onto itself would keep close-on-exec set.
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, LISTENER_FD) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

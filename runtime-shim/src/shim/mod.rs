@@ -32,7 +32,9 @@ pub fn main() -> i32 {
         "start" => launch::start(&flags),
         "delete" => launch::delete(&flags),
         "" => launch::serve(&flags),
-        other => Err(launch::LaunchError::Args(format!("unknown action {other:?}"))),
+        other => Err(launch::LaunchError::Args(format!(
+            "unknown action {other:?}"
+        ))),
     };
     match result {
         Ok(()) => 0,

@@ -95,8 +95,9 @@ impl ShimOptions {
             let key = key.trim();
             let value = value.trim();
             match key {
-                "isolation" => self.isolation = parse_isolation(&unquote(value).map_err(bad)?)
-                    .map_err(bad)?,
+                "isolation" => {
+                    self.isolation = parse_isolation(&unquote(value).map_err(bad)?).map_err(bad)?
+                }
                 "allow_isolation_annotation" => {
                     self.allow_isolation_annotation = parse_bool(value).map_err(bad)?
                 }
@@ -208,9 +209,8 @@ impl RuntimeOptions {
                     }
                     let (data, rest) = buf.split_at(len);
                     buf = rest;
-                    let text = || {
-                        String::from_utf8(data.to_vec()).map_err(|_| bad("string is not UTF-8"))
-                    };
+                    let text =
+                        || String::from_utf8(data.to_vec()).map_err(|_| bad("string is not UTF-8"));
                     match field {
                         1 => out.type_url = text()?,
                         2 => out.config_path = text()?,
@@ -251,7 +251,10 @@ mod tests {
     #[test]
     fn config_body_selects_isolation() {
         let mut msg = field(1, b"x");
-        msg.extend(field(3, b"isolation = \"native\" # comment\nallow_slow_kvm = true\n"));
+        msg.extend(field(
+            3,
+            b"isolation = \"native\" # comment\nallow_slow_kvm = true\n",
+        ));
         let o = ShimOptions::from_runtime_options(RUNTIME_OPTIONS_TYPE, &msg).unwrap();
         assert_eq!(o.isolation, Isolation::Native);
         assert!(o.allow_slow_kvm);

@@ -67,6 +67,39 @@ fn global_opts(opts: &ShimOptions, isolation: Isolation) -> Result<GlobalOpts> {
         .map_err(|e| ShimError::Options(e.to_string()))
 }
 
+/// Runs jobs on one thread that lives as long as the shim. The agent and the VMM are started
+/// with a parent-death signal, which Linux ties to the thread that forked them: started from
+/// a ttrpc worker thread, they would be killed when the server retires that worker.
+struct Launcher {
+    tx: Mutex<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+}
+
+fn launcher() -> &'static Launcher {
+    static LAUNCHER: std::sync::OnceLock<Launcher> = std::sync::OnceLock::new();
+    LAUNCHER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("launcher".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .expect("spawn the launcher thread");
+        Launcher { tx: Mutex::new(tx) }
+    })
+}
+
+/// Runs `f` on the launcher thread and returns its result.
+fn on_launcher<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let job: Box<dyn FnOnce() + Send> = Box::new(move || {
+        let _ = tx.send(f());
+    });
+    launcher().tx.lock().ok()?.send(job).ok()?;
+    rx.recv().ok()
+}
+
 impl Pod {
     /// Starts the sandbox for its first container, whose bundle (rootfs already mounted) is
     /// `bundle`.
@@ -86,7 +119,10 @@ impl Pod {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ShimError::Agent(format!("cannot create {}: {e}", dir.display())))?;
-        match Self::launch(&g, isolation, &dir, bundle) {
+        let (d, b) = (dir.clone(), bundle.to_path_buf());
+        let launched = on_launcher(move || Self::launch(&g, isolation, &d, &b))
+            .unwrap_or_else(|| Err(ShimError::Agent("the launcher thread is gone".into())));
+        match launched {
             Ok(pod) => Ok(pod),
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim::protos::types::mount::Mount;
 
+use nix::mount::{mount, MsFlags};
+
 use super::error::{Result, ShimError};
 
 /// `<bundle>/rootfs`, where the spec's relative `root.path` points.
@@ -32,12 +34,7 @@ pub fn mount_all(bundle: &Path, mounts: &[Mount]) -> Result<bool> {
             unmount(bundle);
             return Err(err(format!("mount of {:?} has no type", m.source)));
         }
-        if let Err(e) = containerd_shim::mount::mount_rootfs(
-            Some(m.type_.as_str()),
-            Some(m.source.as_str()),
-            &m.options,
-            &rootfs,
-        ) {
+        if let Err(e) = mount_one(&m.type_, &m.source, &m.options, &rootfs) {
             unmount(bundle);
             return Err(err(format!(
                 "mount {} {} on {}: {e}",
@@ -48,6 +45,84 @@ pub fn mount_all(bundle: &Path, mounts: &[Mount]) -> Result<bool> {
         }
     }
     Ok(true)
+}
+
+/// mount(8)-style options split into flags and filesystem data.
+fn parse_options(options: &[String]) -> (MsFlags, Vec<String>) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        let (set, clear) = match o.as_str() {
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" | "defaults" => (MsFlags::empty(), MsFlags::empty()),
+            _ => {
+                data.push(o.clone());
+                continue;
+            }
+        };
+        flags = (flags | set) & !clear;
+    }
+    (flags, data)
+}
+
+/// Mounts one of containerd's mounts. Done here rather than with containerd-shim's helper,
+/// which forks and waits for the child through the reaper of the crate's own `run`.
+fn mount_one(
+    fs_type: &str,
+    source: &str,
+    options: &[String],
+    target: &Path,
+) -> std::result::Result<(), String> {
+    let (flags, data) = parse_options(options);
+    let data = data.join(",");
+    if data.len() >= 4096 {
+        return Err(format!(
+            "mount options of {} bytes exceed one page",
+            data.len()
+        ));
+    }
+    let data = (!data.is_empty()).then_some(data.as_str());
+    let bind = flags.contains(MsFlags::MS_BIND);
+    let fs = (!bind).then_some(fs_type);
+    mount(
+        Some(source),
+        target,
+        fs,
+        flags & !MsFlags::MS_RDONLY
+            | if bind {
+                MsFlags::empty()
+            } else {
+                flags & MsFlags::MS_RDONLY
+            },
+        data,
+    )
+    .map_err(|e| e.to_string())?;
+    if bind && flags.contains(MsFlags::MS_RDONLY) {
+        // A bind mount takes its read-only flag only on a remount.
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            flags | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .map_err(|e| format!("remount read-only: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Unmounts everything at or below `<bundle>/rootfs` (lazily, so a process that still holds
@@ -66,6 +141,21 @@ mod tests {
     #[test]
     fn no_mounts_mount_nothing() {
         assert!(!mount_all(Path::new("/nonexistent-bundle"), &[]).unwrap());
+    }
+
+    #[test]
+    fn options_split_into_flags_and_data() {
+        let o: Vec<String> = ["rbind", "ro", "nosuid", "lowerdir=/a:/b", "index=off"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (flags, data) = parse_options(&o);
+        assert!(flags.contains(
+            MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+        ));
+        assert_eq!(data, vec!["lowerdir=/a:/b", "index=off"]);
+        let (flags, _) = parse_options(&["ro".to_string(), "rw".to_string()]);
+        assert!(!flags.contains(MsFlags::MS_RDONLY));
     }
 
     #[test]

@@ -169,36 +169,40 @@ impl Service {
         }
     }
 
-    fn create_mounted(&self, req: &api::CreateTaskRequest, bundle: &Path, mounted: bool) -> Result<u32> {
+    fn create_mounted(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        mounted: bool,
+    ) -> Result<u32> {
         let b = Bundle::load(bundle)?;
         let annotations: HashMap<String, String> = b.spec.annotations().clone().unwrap_or_default();
         let pod = self.pod_for(req, &annotations, bundle)?;
         if let Some(why) = pod.gone() {
             return Err(ShimError::SandboxGone(why));
         }
-        let rootfs = match pod.isolation {
-            Isolation::Native => native::rootfs_source(&b.dir),
-            Isolation::Vm => {
-                let first = self.lock().tasks.is_empty();
-                match (&pod.vm_rootfs, first) {
-                    (Some(r), true) => r.clone(),
-                    _ => {
-                        return Err(ShimError::Unimplemented(
+        let rootfs =
+            match pod.isolation {
+                Isolation::Native => native::rootfs_source(&b.dir),
+                Isolation::Vm => {
+                    let first = self.lock().tasks.is_empty();
+                    match (&pod.vm_rootfs, first) {
+                        (Some(r), true) => r.clone(),
+                        _ => return Err(ShimError::Unimplemented(
                             "adding a container with its own rootfs to a running VM (sandbox-vmm \
                              has no disk hot-plug)",
-                        ))
+                        )),
                     }
                 }
-            }
-        };
+            };
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let mut spec = serde_json::to_value(&b.spec)
-            .map_err(|e| ShimError::Invalid(format!("spec: {e}")))?;
+        let mut spec =
+            serde_json::to_value(&b.spec).map_err(|e| ShimError::Invalid(format!("spec: {e}")))?;
         if let Some(p) = spec.get_mut("process").and_then(|p| p.as_object_mut()) {
             // containerd decides about the terminal in the request.
             p.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
@@ -275,7 +279,9 @@ impl Service {
         let wanted = opts.isolation_for(annotations)?;
         if let Some(pod) = &st.pod {
             // A later container of the pod says nothing about isolation, or agrees.
-            if annotations.contains_key(super::options::ISOLATION_ANNOTATION) && wanted != pod.isolation {
+            if annotations.contains_key(super::options::ISOLATION_ANNOTATION)
+                && wanted != pod.isolation
+            {
                 return Err(ShimError::IsolationConflict {
                     id: req.id.clone(),
                     group: self.inner.group.clone(),
@@ -684,7 +690,11 @@ impl Service {
             .map(|t| t.bundle.display().to_string())
             .unwrap_or_default();
         let p = Self::proc_mut(&mut st, id, exec_id)?;
-        let (code, at) = p.exit.clone().map(|(c, t)| (c, Some(t))).unwrap_or((0, None));
+        let (code, at) = p
+            .exit
+            .clone()
+            .map(|(c, t)| (c, Some(t)))
+            .unwrap_or((0, None));
         Ok(api::StateResponse {
             id: id.to_string(),
             bundle,
@@ -719,6 +729,10 @@ impl Service {
     fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
         let mut st = self.lock();
         let p = Self::proc_mut(&mut st, id, exec_id)?;
+        log::debug!(
+            "close io {id}/{exec_id} stdin={stdin} pumps={}",
+            p.pumps.is_some()
+        );
         if stdin {
             if let Some(pumps) = p.pumps.as_mut() {
                 pumps.close_stdin();
@@ -777,7 +791,11 @@ impl containerd_shim::Task for Service {
         })
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
         let pid = logged("start", Service::start(self, &req.id, &req.exec_id))?;
         Ok(api::StartResponse {
             pid,
@@ -798,15 +816,15 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::new())
     }
 
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
         Ok(Service::state(self, &req.id, &req.exec_id)?)
     }
 
-    fn pids(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::PidsRequest,
-    ) -> TtrpcResult<api::PidsResponse> {
+    fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let pod = self.running_task(&req.id)?;
         let pids = pod
             .call(|c| c.processes(&req.id))
@@ -853,11 +871,7 @@ impl containerd_shim::Task for Service {
         Ok(api::Empty::new())
     }
 
-    fn update(
-        &self,
-        _ctx: &TtrpcContext,
-        req: api::UpdateTaskRequest,
-    ) -> TtrpcResult<api::Empty> {
+    fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
         let pod = self.running_task(&req.id)?;
         let resources: serde_json::Value = match req.resources.as_ref() {
             Some(any) => serde_json::from_slice(&any.value)
@@ -875,9 +889,7 @@ impl containerd_shim::Task for Service {
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
         let pod = self.running_task(&req.id)?;
-        let s = pod
-            .call(|c| c.stats(&req.id))
-            .map_err(agent("stats"))?;
+        let s = pod.call(|c| c.stats(&req.id)).map_err(agent("stats"))?;
         let any = stats::to_any(&s).map_err(ShimError::Agent)?;
         Ok(api::StatsResponse {
             stats: Some(any).into(),

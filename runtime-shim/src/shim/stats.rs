@@ -3,7 +3,9 @@
 //! CRI plugin read whatever cgroup layout the host (or guest) has.
 
 use agent::protocol::ContainerStats;
-use containerd_shim::protos::cgroups_v2::metrics::{CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat};
+use containerd_shim::protos::cgroups_v2::metrics::{
+    CPUStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::well_known_types::any::Any;
 use containerd_shim::protos::protobuf::Message;
 

@@ -1,0 +1,355 @@
+//! End-to-end tests of `containerd-shim-sandbox-v2` under a real containerd (Debian's), driven
+//! with `ctr`: output, exit codes, exec, kill, pids, metrics, a two-container pod in one
+//! sandbox, isolation options, and that nothing is left behind. Native isolation here; vm
+//! isolation where `sandbox check` finds hardware-speed KVM.
+//!
+//! Run: `cargo test -p runtime-shim --test containerd -- --nocapture` (as root).
+
+mod common;
+#[path = "containerd/harness.rs"]
+mod harness;
+#[path = "containerd/image.rs"]
+mod image;
+
+use std::path::PathBuf;
+
+use harness::{ancestor_named, Containerd, IMAGE, RUNTIME};
+
+fn setup(name: &str) -> Option<Containerd> {
+    if let Some(why) = harness::unavailable() {
+        eprintln!("skipping: {why}");
+        return None;
+    }
+    let agent = common::agent_binary().expect("sandbox-agent builds");
+    let c = Containerd::start(name, &agent);
+    c.import_image();
+    Some(c)
+}
+
+/// A runtime options file (read by the shim through `--runtime-config-path`).
+fn options_file(c: &Containerd, name: &str, text: &str) -> String {
+    let p: PathBuf = c.dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+fn run_args<'a>(opts: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", "--runtime", RUNTIME, "--runtime-config-path", opts];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Output, stderr, exit codes, stdin, exec, pids, metrics, kill: the same in either isolation.
+fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
+    // Output and a clean exit.
+    let out = c.ok(&run_args(
+        opts,
+        &[
+            "--rm",
+            IMAGE,
+            &format!("{tag}-echo"),
+            "echo",
+            "hello from the sandbox",
+        ],
+    ));
+    assert_eq!(out, "hello from the sandbox\n");
+
+    // stdout, stderr and the exit code come back separately.
+    let o = c.ctr(&run_args(
+        opts,
+        &[
+            "--rm",
+            IMAGE,
+            &format!("{tag}-exit"),
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 3",
+        ],
+    ));
+    assert_eq!(o.status.code(), Some(3), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "to-out\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("to-err"),
+        "{o:?}"
+    );
+
+    // stdin reaches the container and its end is seen (CloseIO).
+    let o = c.ctr_in(
+        &run_args(opts, &["--rm", IMAGE, &format!("{tag}-stdin"), "wc", "-c"]),
+        Some(b"twelve bytes"),
+    );
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "12");
+
+    // A long-running container: exec, ps, metrics, kill.
+    let id = format!("{tag}-long");
+    c.ok(&run_args(opts, &["-d", IMAGE, &id, "sleep", "600"]));
+    let pid = c.wait_task_status(&id, "RUNNING");
+    assert!(pid > 0);
+
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        &id,
+        "sh",
+        "-c",
+        "echo inside; exit 5",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "inside\n");
+    let out = c.ok(&["task", "exec", "--exec-id", "e2", &id, "ps"]);
+    assert!(out.contains("sleep 600"), "exec ps: {out}");
+
+    let ps = c.ok(&["task", "ps", &id]);
+    assert!(
+        ps.lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
+        "task ps lacks the init pid {pid}: {ps}"
+    );
+
+    let metrics = c.ok(&["task", "metrics", &id]);
+    println!("ctr task metrics {id}:\n{metrics}");
+    let pids_line = metrics
+        .lines()
+        .find(|l| l.trim_start().starts_with("pids.current"))
+        .unwrap_or_else(|| panic!("no pids.current in metrics: {metrics}"));
+    let n: u64 = pids_line
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(n >= 1, "{pids_line}");
+    let mem_line = metrics
+        .lines()
+        .find(|l| l.trim_start().starts_with("memory.usage"))
+        .unwrap_or_else(|| panic!("no memory.usage in metrics: {metrics}"));
+    let bytes: u64 = mem_line.split_whitespace().last().unwrap().parse().unwrap();
+    assert!(bytes > 0, "{mem_line}");
+
+    c.ok(&["task", "kill", "-s", "SIGTERM", &id]);
+    c.wait_task_status(&id, "STOPPED");
+    let del = c.ok(&["task", "delete", &id]);
+    println!("task delete {id}: {del}");
+    c.ok(&["container", "delete", &id]);
+    assert!(c.task_status(&id).is_none());
+}
+
+/// Waits until no shim of this containerd is left and the sandbox state is gone.
+fn assert_all_gone(c: &Containerd) {
+    let addr = c.socket.display().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let shims = c.processes_with(&["containerd-shim-sandbox-v2", &addr]);
+        let agents = c.processes_with(&["sandbox-agent", &c.shim_root.display().to_string()]);
+        let state_left: Vec<_> = std::fs::read_dir(&c.shim_root)
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let mounts: Vec<_> = c
+            .mounts()
+            .into_iter()
+            .filter(|m| m.ends_with("/rootfs"))
+            .collect();
+        if shims.is_empty() && agents.is_empty() && state_left.is_empty() && mounts.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "left behind: shims {shims:?}, agents {agents:?}, state {state_left:?}, mounts {mounts:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn containerd_native() {
+    let Some(c) = setup("ctrd-native") else {
+        return;
+    };
+    let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+    single_container_flow(&c, &opts, "n");
+    assert_all_gone(&c);
+}
+
+#[test]
+fn containerd_pod_shares_one_sandbox() {
+    let Some(c) = setup("ctrd-pod") else {
+        return;
+    };
+    let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+    // The CRI annotations, as the CRI plugin sets them on a pod's containers.
+    c.ok(&run_args(
+        &opts,
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=pod-a",
+            IMAGE,
+            "pod-a",
+            "sleep",
+            "600",
+        ],
+    ));
+    c.ok(&run_args(
+        &opts,
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=pod-a",
+            IMAGE,
+            "app-a",
+            "sleep",
+            "601",
+        ],
+    ));
+    let pause = c.wait_task_status("pod-a", "RUNNING");
+    let app = c.wait_task_status("app-a", "RUNNING");
+    let addr = c.socket.display().to_string();
+    let shims = c.processes_with(&["containerd-shim-sandbox-v2", &addr]);
+    assert_eq!(shims.len(), 1, "one shim for the pod, found {shims:?}");
+    let agent_pause = ancestor_named(pause as i32, "sandbox-agent");
+    let agent_app = ancestor_named(app as i32, "sandbox-agent");
+    assert!(
+        agent_pause.is_some(),
+        "pause container {pause} has no agent above it"
+    );
+    assert_eq!(
+        agent_pause, agent_app,
+        "both containers run under the same agent"
+    );
+    assert_eq!(
+        harness::parent_of(agent_pause.unwrap()),
+        Some(shims[0]),
+        "the agent belongs to the pod's shim"
+    );
+
+    // A container outside the pod gets a sandbox (shim, agent) of its own.
+    c.ok(&run_args(&opts, &["-d", IMAGE, "other", "sleep", "602"]));
+    let other = c.wait_task_status("other", "RUNNING");
+    assert_ne!(ancestor_named(other as i32, "sandbox-agent"), agent_pause);
+    assert_eq!(
+        c.processes_with(&["containerd-shim-sandbox-v2", &addr])
+            .len(),
+        2
+    );
+
+    // The pod's shim stays while one of its containers is left, then goes.
+    c.remove("app-a");
+    assert_eq!(
+        c.task_status("pod-a").map(|t| t.1).as_deref(),
+        Some("RUNNING")
+    );
+    let out = c.ok(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "x",
+        "pod-a",
+        "echo",
+        "still here",
+    ]);
+    assert_eq!(out, "still here\n");
+    c.remove("pod-a");
+    c.remove("other");
+    assert_all_gone(&c);
+}
+
+#[test]
+fn containerd_isolation_choices() {
+    let Some(c) = setup("ctrd-iso") else {
+        return;
+    };
+    // The annotation picks native isolation without any runtime options.
+    let out = c.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--annotation",
+        "io.sandbox.isolation=native",
+        IMAGE,
+        "by-annotation",
+        "echo",
+        "annotated",
+    ]);
+    assert_eq!(out, "annotated\n");
+
+    // A bad option is refused with its reason.
+    let bad = options_file(&c, "bad.toml", "isolation = \"kvm\"\n");
+    let o = c.ctr(&run_args(&bad, &["--rm", IMAGE, "bad-opts", "true"]));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("kvm"), "{err}");
+
+    // The operator can forbid the annotation.
+    let locked = options_file(
+        &c,
+        "locked.toml",
+        "isolation = \"vm\"\nallow_isolation_annotation = false\n",
+    );
+    let o = c.ctr(&run_args(
+        &locked,
+        &[
+            "--rm",
+            "--annotation",
+            "io.sandbox.isolation=native",
+            IMAGE,
+            "locked",
+            "true",
+        ],
+    ));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("allow_isolation_annotation"), "{err}");
+
+    // The default is vm isolation; where KVM is not hardware-speed it refuses (no silent
+    // fall-back to native).
+    let kvm = runtime_shim::cli::check::kvm_report();
+    if !kvm.hardware_speed {
+        let o = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            IMAGE,
+            "default-vm",
+            "true",
+        ]);
+        assert!(
+            !o.status.success(),
+            "vm isolation ran without hardware-speed KVM"
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("vm isolation"), "{err}");
+    }
+    for id in ["bad-opts", "locked", "default-vm"] {
+        let _ = c.ctr(&["container", "delete", id]);
+    }
+    assert_all_gone(&c);
+}
+
+#[test]
+fn containerd_vm() {
+    let kvm = runtime_shim::cli::check::kvm_report();
+    if !kvm.hardware_speed {
+        eprintln!(
+            "skipping vm isolation under containerd: guest kernels do not run at hardware \
+             speed here ({})",
+            kvm.detail
+        );
+        return;
+    }
+    let Some(c) = setup("ctrd-vm") else {
+        return;
+    };
+    let opts = options_file(&c, "vm.toml", "isolation = \"vm\"\n");
+    single_container_flow(&c, &opts, "v");
+    assert_all_gone(&c);
+}
