@@ -410,7 +410,8 @@ pub(crate) fn validate_resources(r: &LinuxResources, f: &str) -> Result<(), Spec
     }
     if let Some(b) = r.block_io() {
         for (name, w) in [("weight", b.weight()), ("leafWeight", b.leaf_weight())] {
-            if let Some(w) = w {
+            // 0 means "not set" (Docker sends it for every container), as runc reads it.
+            if let Some(w) = w.filter(|w| *w != 0) {
                 if !(10..=1000).contains(&w) {
                     return err(
                         format!("{f}.blockIO.{name}"),

@@ -166,10 +166,10 @@ pub(super) fn apply(hs: &[Hierarchy], res: &LinuxResources) -> Result<(), Engine
                 d.join(format!("blkio.bfq.{name}"))
             }
         };
-        if let Some(w) = b.weight() {
+        if let Some(w) = b.weight().filter(|w| *w != 0) {
             write(&weight_file("weight"), &w.to_string())?;
         }
-        if let Some(w) = b.leaf_weight() {
+        if let Some(w) = b.leaf_weight().filter(|w| *w != 0) {
             write(&weight_file("leaf_weight"), &w.to_string())?;
         }
         for wd in b.weight_device().iter().flatten() {

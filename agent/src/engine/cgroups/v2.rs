@@ -113,7 +113,7 @@ pub(super) fn apply(d: &Path, res: &LinuxResources) -> Result<(), EngineError> {
     if let Some(b) = res.block_io() {
         // blkio weights (10-1000) onto io.weight (1-10000), as runc converts them.
         let conv = |w: u16| 1 + (u64::from(w).clamp(10, 1000) - 10) * 9999 / 990;
-        if let Some(w) = b.weight() {
+        if let Some(w) = b.weight().filter(|w| *w != 0) {
             write(&d.join("io.weight"), &format!("default {}", conv(w)))?;
         }
         for wd in b.weight_device().iter().flatten() {
