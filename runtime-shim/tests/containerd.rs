@@ -130,7 +130,11 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
     let bytes: u64 = mem_line.split_whitespace().last().unwrap().parse().unwrap();
     assert!(bytes > 0, "{mem_line}");
 
+    // The init of a pid namespace ignores SIGTERM without a handler (as under runc).
     c.ok(&["task", "kill", "-s", "SIGTERM", &id]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(c.task_status(&id).map(|t| t.1).as_deref(), Some("RUNNING"));
+    c.ok(&["task", "kill", "-s", "SIGKILL", &id]);
     c.wait_task_status(&id, "STOPPED");
     let del = c.ok(&["task", "delete", &id]);
     println!("task delete {id}: {del}");
