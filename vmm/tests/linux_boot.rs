@@ -128,8 +128,9 @@ fn linux_boots_to_init() {
         "the kernel's e820 map differs from the VMM's layout; serial log:\n{log}"
     );
 
+    // The kernel only runs /init when it exists, and only our initramfs has one.
     assert!(
-        log.contains("Trying to unpack rootfs image as initramfs"),
+        log.contains("Unpacking initramfs...") && log.contains("Freeing initrd memory: "),
         "the kernel did not unpack our initramfs:\n{log}"
     );
 }
@@ -158,10 +159,12 @@ fn linux_probes_virtio_devices() {
     let vsock = work.path().join("vsock.sock");
 
     // `ip=` has the kernel configure eth0 itself and print the MAC it read from the device;
-    // `dyndbg=` makes the driver core say which driver bound to which virtio device.
+    // `dyndbg=` makes the driver core say which driver bound to which virtio device, at
+    // debug level, which `loglevel=8` lets through to the console.
     let cmdline = cmdline(
         "sandbox.test=linux_probes_virtio_devices \
-         ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off dyndbg=\"func driver_bound +p\"",
+         ip=10.0.2.15::10.0.2.1:255.255.255.0::eth0:off \
+         dyndbg=\"func driver_bound +p\" loglevel=8",
     );
     let spec = VmSpec {
         kernel: kernel.vmlinux.clone(),
@@ -201,7 +204,12 @@ fn linux_probes_virtio_devices() {
     );
 
     // Each driver bound to a device.
-    for driver in ["virtio_blk", "virtio_net", "virtio_transport", "virtio_rng"] {
+    for driver in [
+        "virtio_blk",
+        "virtio_net",
+        "vmw_vsock_virtio_transport",
+        "virtio_rng",
+    ] {
         let bound = format!("driver: '{driver}': driver_bound: bound to device 'virtio");
         assert!(
             before_init.contains(&bound),
