@@ -46,6 +46,7 @@ pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
 pub use stdio::Stdio;
 pub use validate::validate_spec;
+pub use seccomp::{syscall_surface, SyscallSurface};
 pub use wait::{exit_status, wait_pid, ExitStatus};
 
 pub use nix::sys::signal::Signal;

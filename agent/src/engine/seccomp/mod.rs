@@ -167,6 +167,56 @@ pub(crate) fn compile(s: &LinuxSeccomp) -> Result<Filter, SpecError> {
     Ok(Filter { prog, flags })
 }
 
+/// How much of the x86_64 system call table a profile leaves reachable, read from the
+/// profile data as `compile` reads it: a call's own unconditional rule decides it, a call with
+/// only argument-conditional rules is counted apart, every other call gets the default action.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyscallSurface {
+    /// Calls in the engine's x86_64 table.
+    pub known: usize,
+    /// Calls allowed whatever their arguments (SCMP_ACT_ALLOW or SCMP_ACT_LOG).
+    pub allowed: usize,
+    /// Calls whose action depends on their arguments.
+    pub conditional: usize,
+}
+
+/// The surface left by `profile`; with no profile every call in the table is allowed.
+pub fn syscall_surface(profile: Option<&LinuxSeccomp>) -> SyscallSurface {
+    use LinuxSeccompAction::{ScmpActAllow, ScmpActLog};
+    let known = syscalls_x86_64::X86_64.len();
+    let Some(p) = profile else {
+        return SyscallSurface {
+            known,
+            allowed: known,
+            conditional: 0,
+        };
+    };
+    let allows = |a: LinuxSeccompAction| matches!(a, ScmpActAllow | ScmpActLog);
+    let mut s = SyscallSurface {
+        known,
+        ..Default::default()
+    };
+    for (name, _) in syscalls_x86_64::X86_64 {
+        let rules: Vec<_> = p
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|r| r.names().iter().any(|n| n == *name))
+            .collect();
+        let plain = rules
+            .iter()
+            .find(|r| r.args().as_ref().is_none_or(|a| a.is_empty()));
+        match plain {
+            Some(r) if allows(r.action()) => s.allowed += 1,
+            Some(_) => {}
+            None if !rules.is_empty() => s.conditional += 1,
+            None if allows(p.default_action()) => s.allowed += 1,
+            None => {}
+        }
+    }
+    s
+}
+
 impl Filter {
     /// Installs the filter on the calling thread. Needs no_new_privs or CAP_SYS_ADMIN.
     pub(crate) fn install(&self) -> Result<(), String> {
@@ -260,6 +310,22 @@ mod tests {
         })))
         .unwrap_err();
         assert_eq!(e.field, "linux.seccomp.architectures");
+    }
+
+    #[test]
+    fn surface_counts_the_calls_a_profile_leaves() {
+        let all = syscall_surface(None);
+        assert_eq!(all.allowed, all.known);
+        let p = profile(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "syscalls": [
+                {"names": ["read", "write", "no_such_call"], "action": "SCMP_ACT_ALLOW"},
+                {"names": ["personality"], "action": "SCMP_ACT_ALLOW",
+                 "args": [{"index": 0, "value": 8, "op": "SCMP_CMP_EQ"}]}
+            ]
+        }));
+        let s = syscall_surface(Some(&p));
+        assert_eq!((s.allowed, s.conditional, s.known), (2, 1, all.known));
     }
 
     #[test]
