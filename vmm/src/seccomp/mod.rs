@@ -17,7 +17,7 @@ mod rules;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
 pub use gate::StartGate;
-pub use rules::allowed_syscalls;
+pub use rules::{allowed_ioctls, allowed_syscalls};
 
 /// The kinds of threads of a running VMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

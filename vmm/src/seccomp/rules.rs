@@ -129,6 +129,15 @@ pub fn allowed_syscalls(kind: ThreadKind) -> Vec<i64> {
     all
 }
 
+/// The ioctl requests `kind` may issue (empty when ioctl is not on its list at all).
+pub fn allowed_ioctls(kind: ThreadKind) -> &'static [u64] {
+    match kind {
+        ThreadKind::Vcpu => VCPU_IOCTLS,
+        ThreadKind::DeviceLoop => DEVICE_LOOP_IOCTLS,
+        ThreadKind::Main => &[],
+    }
+}
+
 fn arg_eq(index: u8, value: u64) -> Result<SeccompCondition, seccompiler::BackendError> {
     // ioctl request numbers and socket domains are 32-bit ints in the kernel ABI.
     SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
