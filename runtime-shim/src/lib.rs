@@ -3,6 +3,7 @@
 
 pub mod bundle;
 pub mod cli;
+pub mod compare;
 pub mod error;
 pub mod image;
 pub mod logging;

@@ -122,6 +122,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Report what this host can do (KVM and its speed, TUN, cgroups, tools).
     Check(check::CheckArgs),
+    /// Run one battery of probes in a native and in a microVM container, side by side.
+    Compare(crate::compare::CompareArgs),
     /// Manage local images.
     #[command(subcommand)]
     Image(image::ImageCommand),
@@ -151,6 +153,7 @@ pub fn dispatch(cli: Cli) -> crate::error::Result<i32> {
         Command::Spec(a) => spec::run(&g, a).map(|_| 0),
         Command::Events(a) => events::run(&g, a).map(|_| 0),
         Command::Check(a) => check::run(&g, a),
+        Command::Compare(a) => crate::compare::run(&g, a),
         Command::Image(c) => image::run(&g, c).map(|_| 0),
         Command::Update(a) => update::run(&g, a).map(|_| 0),
         Command::Pause { .. } | Command::Resume { .. } => Err(crate::error::Error::Usage(
