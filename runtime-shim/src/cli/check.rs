@@ -125,6 +125,8 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<i32> {
     let kvm = kvm_report();
     let tun = Path::new("/dev/net/tun").exists();
     let cgroup2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    // cgroup v1 hierarchies (the engine drives either version).
+    let cgroup1 = !cgroup2 && Path::new("/sys/fs/cgroup/memory").is_dir();
     let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
         .unwrap_or_default()
         .trim()
@@ -140,7 +142,7 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<i32> {
     let vmm = binaries::find("sandbox-vmm", "SANDBOX_VMM").ok();
     let kernel = vm::kernel_path();
     let kernel_ok = kernel.is_file();
-    let native_ready = cgroup2 && agent.is_some();
+    let native_ready = (cgroup2 || cgroup1) && agent.is_some();
     let vm_ready = kvm.usable
         && kvm.hardware_speed
         && vmm.is_some()
@@ -154,6 +156,7 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<i32> {
             "kvm": kvm,
             "tun": tun,
             "cgroup2": cgroup2,
+            "cgroup1": cgroup1,
             "cgroup_controllers": controllers,
             "tools": tools.iter().map(|(t, ok)| (t.to_string(), *ok)).collect::<std::collections::BTreeMap<_, _>>(),
             "sandbox_agent": agent,
@@ -177,6 +180,9 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<i32> {
     );
     println!("TUN (/dev/net/tun):      {}", yn(tun));
     println!("cgroup v2:               {} [{}]", yn(cgroup2), controllers);
+    if !cgroup2 {
+        println!("cgroup v1:               {}", yn(cgroup1));
+    }
     for (t, ok) in &tools {
         println!("tool {t:<19} {}", yn(*ok));
     }

@@ -108,6 +108,11 @@ pub fn launch(
     }
 
     let (vcpus, mem_mib) = vm_size(&bundle.spec);
+    // The CPU model the VMM's own check recommends for this host (e.g. `minimal` where
+    // guest kernel mode is emulated and newer instructions would fail to emulate).
+    let cpu_template = crate::cli::check::kvm_report()
+        .vmm_check
+        .and_then(|v| v["recommended_cpu_template"].as_str().map(str::to_string));
     let socket = dir.join(VSOCK_SOCKET);
     let console = dir.join("console.log");
     let log_path = dir.join("vmm.log");
@@ -136,6 +141,11 @@ pub fn launch(
             nic_arg
                 .iter()
                 .flat_map(|n| ["--net".to_string(), n.clone()]),
+        )
+        .args(
+            cpu_template
+                .iter()
+                .flat_map(|t| ["--cpu-template".to_string(), t.clone()]),
         )
         .stdin(Stdio::null())
         .stdout(log)
