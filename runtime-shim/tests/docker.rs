@@ -7,7 +7,6 @@
 
 mod common;
 #[path = "containerd/harness.rs"]
-#[allow(dead_code)]
 mod harness;
 #[path = "containerd/image.rs"]
 mod image;

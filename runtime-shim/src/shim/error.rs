@@ -76,9 +76,6 @@ impl From<ShimError> for ttrpc::Error {
 /// Turns an agent protocol failure into a shim error naming the operation.
 pub fn agent(what: &'static str) -> impl Fn(agent::protocol::ProtocolError) -> ShimError {
     move |e| match e.remote() {
-        Some(reply) if reply.code == agent::protocol::ErrorCode::NotFound => {
-            ShimError::Agent(format!("{what}: {}", reply.message))
-        }
         Some(reply) => ShimError::Agent(format!("{what}: {}", reply.message)),
         None => ShimError::Agent(format!("{what}: {e}")),
     }

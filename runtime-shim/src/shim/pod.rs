@@ -310,8 +310,10 @@ mod tests {
 
     #[test]
     fn global_opts_take_the_shim_options() {
-        let mut o = ShimOptions::default();
-        o.allow_slow_kvm = true;
+        let o = ShimOptions {
+            allow_slow_kvm: true,
+            ..Default::default()
+        };
         let g = global_opts(&o, Isolation::Native).unwrap();
         assert_eq!(g.isolation(), Isolation::Native);
         assert!(g.allow_slow_kvm);
