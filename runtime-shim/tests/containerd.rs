@@ -174,8 +174,27 @@ fn containerd_native() {
         return;
     };
     let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+    let mut events = c.events();
     single_container_flow(&c, &opts, "n");
     assert_all_gone(&c);
+    let _ = events.kill();
+    let _ = events.wait();
+    let seen = std::fs::read_to_string(c.dir.join("events.log")).unwrap();
+    // The shim's task events, as containerd's event service received them.
+    for topic in [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/delete",
+    ] {
+        assert!(
+            seen.lines()
+                .any(|l| l.contains(topic) && l.contains("n-long")),
+            "no {topic} event for n-long in:\n{seen}"
+        );
+    }
 }
 
 #[test]

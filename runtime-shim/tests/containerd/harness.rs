@@ -179,6 +179,23 @@ disabled_plugins = [
         assert!(list.contains(IMAGE), "image not imported: {list}");
     }
 
+    /// `ctr events`, written to `<dir>/events.log` until the child is killed.
+    pub fn events(&self) -> Child {
+        let log = std::fs::File::create(self.dir.join("events.log")).unwrap();
+        let child = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", NAMESPACE, "events"])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run ctr events");
+        // Subscribed before anything happens.
+        std::thread::sleep(Duration::from_millis(300));
+        child
+    }
+
     /// The status column of `ctr task ls` for `id` (RUNNING, STOPPED, ...).
     pub fn task_status(&self, id: &str) -> Option<(u32, String)> {
         let out = self.ok(&["task", "ls"]);
