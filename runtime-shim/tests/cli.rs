@@ -349,6 +349,25 @@ both!(
     }
 );
 
+both!(events_stream_ends_with_the_container, |env: &Env| {
+    let b = env.bundle("b", &["sleep", "1"]);
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "ev"]);
+    env.ok(&["start", "ev"]);
+    let out = env.ok(&["events", "--interval", "200ms", "ev"]);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each event is one JSON line"))
+        .collect();
+    assert!(lines.len() >= 2, "{out}");
+    assert!(lines
+        .iter()
+        .all(|l| l["type"] == "stats" && l["id"] == "ev"));
+    assert_eq!(env.status("ev"), "stopped");
+    assert!(env.fails(&["events", "--stats", "ev"]).contains("stopped"));
+    env.ok(&["delete", "ev"]);
+    env.assert_clean();
+});
+
 both!(backend_crash_is_noticed_and_reported, |env: &Env| {
     let child = env
         .cmd()

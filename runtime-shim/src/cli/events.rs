@@ -37,7 +37,11 @@ pub fn run(g: &GlobalOpts, a: EventsArgs) -> Result<()> {
     let mut client = link::connect(&rec)?;
     let mut oom_seen = 0u64;
     loop {
-        let stats = client.stats(&a.id).map_err(link::agent_err("stats"))?;
+        let stats = match client.stats(&a.id) {
+            Ok(s) => s,
+            Err(_) if !a.stats && stopped(&store, &a.id) => return Ok(()),
+            Err(e) => return Err(link::agent_err("stats")(e)),
+        };
         println!(
             "{}",
             serde_json::json!({"type": "stats", "id": a.id, "data": stats})
@@ -46,9 +50,12 @@ pub fn run(g: &GlobalOpts, a: EventsArgs) -> Result<()> {
             return Ok(());
         }
         // Wait for OOM events until the next statistics are due.
-        let ooms = client
-            .oom_events(Some(&a.id), oom_seen + 1, Some(interval))
-            .map_err(link::agent_err("oom events"))?;
+        // The agent goes away with the container: that ends the stream, it is not an error.
+        let ooms = match client.oom_events(Some(&a.id), oom_seen + 1, Some(interval)) {
+            Ok(o) => o,
+            Err(_) if stopped(&store, &a.id) => return Ok(()),
+            Err(e) => return Err(link::agent_err("oom events")(e)),
+        };
         for ev in ooms {
             oom_seen = oom_seen.max(ev.sequence);
             println!(
@@ -61,6 +68,18 @@ pub fn run(g: &GlobalOpts, a: EventsArgs) -> Result<()> {
             _ => return Ok(()),
         }
     }
+}
+
+fn stopped(store: &StateStore, id: &str) -> bool {
+    // Give the monitor a moment to record the exit before deciding.
+    for _ in 0..50 {
+        match store.load(id) {
+            Ok(r) if matches!(r.live_status(), Status::Created | Status::Running) => {}
+            _ => return true,
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 fn parse_interval(s: &str) -> Result<Duration> {
