@@ -102,6 +102,30 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
     let out = c.ok(&["task", "exec", "--exec-id", "e2", &id, "ps"]);
     assert!(out.contains("sleep 600"), "exec ps: {out}");
 
+    // An exec with a terminal: the agent's pty, sized by ResizePty from ctr's console.
+    if harness::which("script").is_some() {
+        let cmd = format!(
+            "stty rows 33 cols 77; ctr --address {} --namespace {} task exec -t --exec-id t1 \
+             {id} sh -c 'tty; stty size; exit 4'",
+            c.socket.display(),
+            harness::NAMESPACE
+        );
+        let o = std::process::Command::new("timeout")
+            .args(["60", "script", "-qec", &cmd, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(4), "{o:?}");
+        assert!(text.contains("/dev/pts/"), "not a terminal: {text:?}");
+        assert!(
+            text.contains("33 77"),
+            "terminal size not applied: {text:?}"
+        );
+    } else {
+        eprintln!("skipping the terminal exec: util-linux `script` is not installed");
+    }
+
     let ps = c.ok(&["task", "ps", &id]);
     assert!(
         ps.lines()

@@ -347,5 +347,12 @@ impl Drop for Containerd {
             let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        // The cgroup parent named after the containerd namespace (containerd puts containers
+        // at /<namespace>/<id>); rmdir only succeeds once it is empty.
+        if let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in hierarchies.flatten() {
+                let _ = std::fs::remove_dir(h.path().join(NAMESPACE));
+            }
+        }
     }
 }
