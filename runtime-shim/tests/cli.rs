@@ -794,6 +794,21 @@ fn vm_isolation_refuses_slow_kvm_instead_of_falling_back() {
 }
 
 #[test]
+fn features_document_is_json() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
+        .arg("features")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ociVersionMin"], "1.0.0");
+    assert!(v["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("pid")));
+}
+
+#[test]
 fn check_reports_the_host() {
     let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
         .args(["check"])

@@ -12,6 +12,7 @@ pub mod create;
 pub mod delete;
 pub mod events;
 pub mod exec;
+pub mod features;
 pub mod image;
 pub mod kill;
 pub mod list;
@@ -122,6 +123,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Report what this host can do (KVM and its speed, TUN, cgroups, tools).
     Check(check::CheckArgs),
+    /// Print the OCI runtime features document (what this runtime accepts).
+    Features,
     /// Run one battery of probes in a native and in a microVM container, side by side.
     Compare(crate::compare::CompareArgs),
     /// Manage local images.
@@ -153,6 +156,7 @@ pub fn dispatch(cli: Cli) -> crate::error::Result<i32> {
         Command::Spec(a) => spec::run(&g, a).map(|_| 0),
         Command::Events(a) => events::run(&g, a).map(|_| 0),
         Command::Check(a) => check::run(&g, a),
+        Command::Features => features::run().map(|_| 0),
         Command::Compare(a) => crate::compare::run(&g, a),
         Command::Image(c) => image::run(&g, c).map(|_| 0),
         Command::Update(a) => update::run(&g, a).map(|_| 0),
