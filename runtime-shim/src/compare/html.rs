@@ -78,7 +78,7 @@ pub fn render(r: &Report) -> Result<String> {
         }
     }
     let mut surface_labels = vec![format!(
-        "native container: host syscalls (profile {})",
+        "native: host syscalls (profile {})",
         r.native_surface.profile
     )];
     let mut surface_values = vec![r.native_surface.syscalls_allowed];

@@ -28,7 +28,7 @@ sleep 1
 
 /// What isolation costs inside the sandbox: system call latency (1-byte dd: one read and one
 /// write per byte), file write throughput to the rootfs with fsync, and TCP throughput over
-/// the container's own loopback. Needs CAP_NET_ADMIN to bring `lo` up.
+/// the container's own loopback (busybox httpd to wget). Needs CAP_NET_ADMIN to bring `lo` up.
 pub const COSTS: &str = r#"mkdir -p /tmp
 N=400000
 time -f %e -o /tmp/.t dd if=/dev/zero of=/dev/null bs=1 count=$N 2>/dev/null
@@ -39,16 +39,17 @@ echo "file_secs=$(cat /tmp/.t)"
 echo "file_mib=256"
 rm -f /tmp/.f
 if ip link set lo up 2>/dev/null; then
-  nc -l -p 5201 | wc -c > /tmp/.n &
+  # A sparse 256 MiB file served by busybox httpd: the bytes come from no disk.
+  mkdir -p /tmp/.www && truncate -s 256M /tmp/.www/big
+  httpd -f -p 127.0.0.1:8080 -h /tmp/.www &
   sleep 0.3
-  time -f %e -o /tmp/.t sh -c 'dd if=/dev/zero bs=64k count=4096 2>/dev/null | nc 127.0.0.1 5201' 2> /tmp/.e
-  echo "net_client=$(cat /tmp/.e | tr '\n' ' ')"
-  # The listener ends at the client's EOF; if the client never connected, end it.
+  time -f %e -o /tmp/.t sh -c 'wget -q -O - http://127.0.0.1:8080/big | wc -c > /tmp/.n'
   kill %1 2> /dev/null
   wait
   echo "net_secs=$(tail -n 1 /tmp/.t)"
   echo "net_bytes=$(cat /tmp/.n)"
   echo "net_mib=256"
+  rm -rf /tmp/.www /tmp/.n
 else echo "net=lo cannot be brought up"; fi
 rm -f /tmp/.t
 "#;
@@ -66,14 +67,15 @@ if insmod /tmp/.empty.ko 2> /tmp/.e; then echo "insmod=loaded"; else echo "insmo
 if dmesg > /tmp/.d 2> /tmp/.e; then echo "dmesg=$(wc -l < /tmp/.d) lines"; else echo "dmesg=refused: $(cat /tmp/.e)"; fi
 for d in $BLOCK_DEVS; do
   if [ ! -b /dev/$d ]; then echo "block_$d=not visible"; continue; fi
-  magic=$(dd if=/dev/$d bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
-  echo "block_read_$d=superblock magic bytes $magic"
+  if dd if=/dev/$d of=/tmp/.sb bs=1 skip=1080 count=2 2> /tmp/.e; then
+    echo "block_read_$d=read its ext superblock magic: $(od -An -tx1 /tmp/.sb | tr -d ' \n')"
+  else echo "block_read_$d=$(tail -n 1 /tmp/.e)"; fi
   if mount -o ro /dev/$d /tmp/.m 2> /tmp/.e; then
     echo "block_mount_$d=mounted read-only: $(ls /tmp/.m | wc -l) entries at its root"
     umount /tmp/.m
   else echo "block_mount_$d=$(cat /tmp/.e)"; fi
 done
-rm -f /tmp/.d /tmp/.e /tmp/.empty.ko
+rm -f /tmp/.d /tmp/.e /tmp/.sb /tmp/.empty.ko
 "#;
 
 /// A fork bomb that runs only under a pids limit of at most 1024 and stops itself after
