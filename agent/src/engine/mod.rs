@@ -44,9 +44,9 @@ pub use cgroups::{CgroupStats, CgroupVersion, OomWatcher};
 pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
 pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
+pub use seccomp::{syscall_surface, SyscallSurface};
 pub use stdio::Stdio;
 pub use validate::validate_spec;
-pub use seccomp::{syscall_surface, SyscallSurface};
 pub use wait::{exit_status, wait_pid, ExitStatus};
 
 pub use nix::sys::signal::Signal;
