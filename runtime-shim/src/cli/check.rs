@@ -136,9 +136,7 @@ pub fn run(g: &GlobalOpts, a: CheckArgs) -> Result<i32> {
         .map(|t| (*t, have_tool(t)))
         .collect();
     let agent = binaries::find("sandbox-agent", "SANDBOX_AGENT").ok();
-    let guest_agent = binaries::find("sandbox-agent", "SANDBOX_GUEST_AGENT")
-        .ok()
-        .filter(|p| crate::image::disk::ensure_static(p).is_ok());
+    let guest_agent = binaries::find_guest_agent().ok();
     let vmm = binaries::find("sandbox-vmm", "SANDBOX_VMM").ok();
     let kernel = vm::kernel_path();
     let kernel_ok = kernel.is_file();

@@ -103,7 +103,7 @@ fn tree_bytes(root: &Path) -> u64 {
 
 /// The guest initramfs: a newc cpio whose /init is a statically linked `sandbox-agent`.
 pub fn agent_initramfs(store: &Path) -> Result<PathBuf> {
-    let agent = binaries::find("sandbox-agent", "SANDBOX_GUEST_AGENT")?;
+    let agent = binaries::find_guest_agent()?;
     initramfs_from(store, &agent)
 }
 

@@ -37,3 +37,42 @@ pub fn find(name: &str, env_var: &str) -> Result<PathBuf> {
         "{name} not found: set {env_var}, install it next to `sandbox`, or put it on PATH"
     )))
 }
+
+/// The guest agent: a statically linked `sandbox-agent` (the guest has no libc). Takes
+/// $SANDBOX_GUEST_AGENT as given; otherwise the first static one next to `sandbox`, at the
+/// static build's cargo path beside it, or on PATH, so a dynamically linked development build
+/// next to `sandbox` does not hide the static one that set-up installed.
+pub fn find_guest_agent() -> Result<PathBuf> {
+    if std::env::var_os("SANDBOX_GUEST_AGENT").is_some() {
+        return find("sandbox-agent", "SANDBOX_GUEST_AGENT");
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("sandbox-agent"));
+            // target/<profile>/sandbox -> target/x86_64-unknown-linux-gnu/<profile>/sandbox-agent
+            if let (Some(profile), Some(target)) = (dir.file_name(), dir.parent()) {
+                candidates.push(
+                    target
+                        .join("x86_64-unknown-linux-gnu")
+                        .join(profile)
+                        .join("sandbox-agent"),
+                );
+            }
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&path).map(|d| d.join("sandbox-agent")));
+    }
+    candidates
+        .into_iter()
+        .find(|p| p.is_file() && crate::image::disk::ensure_static(p).is_ok())
+        .ok_or_else(|| {
+            Error::Other(
+                "no statically linked sandbox-agent found for the guest: build it with \
+                 RUSTFLAGS='-C target-feature=+crt-static' cargo build -p agent --target \
+                 x86_64-unknown-linux-gnu, or set SANDBOX_GUEST_AGENT"
+                    .into(),
+            )
+        })
+}
