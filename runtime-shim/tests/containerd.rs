@@ -400,3 +400,39 @@ fn containerd_vm() {
     single_container_flow(&c, &opts, "v");
     assert_all_gone(&c);
 }
+
+#[test]
+fn containerd_shim_crash_leaves_nothing() {
+    let Some(c) = setup("ctrd-crash") else {
+        return;
+    };
+    let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+    c.ok(&run_args(&opts, &["-d", IMAGE, "victim", "sleep", "600"]));
+    let pid = c.wait_task_status("victim", "RUNNING") as i32;
+    let addr = c.socket.display().to_string();
+    let shims = c.processes_with(&["containerd-shim-sandbox-v2", &addr]);
+    assert_eq!(shims.len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // containerd sees the shim gone and runs `containerd-shim-sandbox-v2 delete`, which
+    // must end the container that the dead shim's agent left behind.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let gone = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|s| s.contains(") Z "))
+            .unwrap_or(true)
+    };
+    while !gone(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "container process {pid} outlived its shim"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = c.ctr(&["task", "delete", "victim"]);
+    c.ok(&["container", "delete", "victim"]);
+    assert_all_gone(&c);
+}

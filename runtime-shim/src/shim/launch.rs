@@ -203,7 +203,16 @@ pub fn delete(flags: &Flags) -> Result<(), LaunchError> {
     } else {
         flags.bundle.clone().into()
     };
+    kill_leftovers(&bundle);
     super::rootfs::unmount(&bundle);
+    // The sandbox's state, unless a shim still serves the pod (another of its containers).
+    let group = grouping::group_of(&flags.id, &grouping::bundle_annotations(&bundle));
+    let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &group);
+    if UnixStream::connect(socket_path(&address)).is_err() {
+        let _ = std::fs::remove_file(socket_path(&address));
+        let root = super::options::ShimOptions::default().root;
+        let _ = std::fs::remove_dir_all(super::pod::state_dir(&root, &flags.namespace, &group));
+    }
     let resp = containerd_shim::api::DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,
         exited_at: Some(containerd_shim::util::timestamp()?).into(),
@@ -218,6 +227,66 @@ pub fn delete(flags: &Flags) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// After a shim died, its agent died with it (parent-death signal) but a native container's
+/// processes may live on. They are found by the container's cgroup (`linux.cgroupsPath` of
+/// the bundle's spec, as the agent created it), killed, and the emptied cgroups removed.
+fn kill_leftovers(bundle: &Path) {
+    let Some(rel) = cgroups_path(bundle) else {
+        return;
+    };
+    let dirs = cgroup_dirs(Path::new(CGROUP_ROOT), &rel);
+    for _ in 0..50 {
+        let mut alive = false;
+        for d in &dirs {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            for pid in procs
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                alive = true;
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if !alive {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The spec's cgroupsPath, when it is a plain path (not a systemd slice:prefix:name).
+fn cgroups_path(bundle: &Path) -> Option<String> {
+    let text = std::fs::read(bundle.join("config.json")).ok()?;
+    let spec: serde_json::Value = serde_json::from_slice(&text).ok()?;
+    let p = spec["linux"]["cgroupsPath"].as_str()?;
+    let p = p.trim_start_matches('/');
+    (!p.is_empty() && !p.contains(':') && !p.split('/').any(|c| c == "..")).then(|| p.to_string())
+}
+
+/// The container's cgroup directory in every hierarchy: the unified one (cgroup v2) or each
+/// v1 controller's.
+fn cgroup_dirs(root: &Path, rel: &str) -> Vec<std::path::PathBuf> {
+    if root.join("cgroup.controllers").exists() {
+        return vec![root.join(rel)];
+    }
+    std::fs::read_dir(root)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path().join(rel))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +297,26 @@ mod tests {
         m.insert(format!("/{TASK_V3}/Create"), 1);
         let r = renamed(m, TASK_V3, TASK_V2);
         assert_eq!(r.get("/containerd.task.v2.Task/Create"), Some(&1));
+    }
+
+    #[test]
+    fn cgroups_path_is_read_and_checked() {
+        let dir = std::env::temp_dir().join(format!("shim-cg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |p: &str| {
+            std::fs::write(
+                dir.join("config.json"),
+                format!(r#"{{"linux":{{"cgroupsPath":"{p}"}}}}"#),
+            )
+            .unwrap()
+        };
+        write("/default/c1");
+        assert_eq!(cgroups_path(&dir).as_deref(), Some("default/c1"));
+        write("system.slice:docker:c1");
+        assert_eq!(cgroups_path(&dir), None);
+        write("/a/../../etc");
+        assert_eq!(cgroups_path(&dir), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
