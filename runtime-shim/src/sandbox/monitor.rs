@@ -246,7 +246,7 @@ fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
     let deadline = Instant::now() + timeout;
     let endpoint = b.endpoint();
     loop {
-        match Client::connect_timeout(endpoint.clone(), Duration::from_millis(100)) {
+        match Client::connect(endpoint.clone()) {
             Ok(c) => return Ok(c),
             Err(e) => {
                 if let Ok(Some(status)) = b.child().try_wait() {
@@ -261,6 +261,13 @@ fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
                         timeout.as_secs()
                     )));
                 }
+                // A native agent listens within milliseconds: poll finely, every start pays
+                // for the granularity. A booting guest takes longer, and each try costs the
+                // VMM a connection.
+                std::thread::sleep(match b {
+                    Backend::Native(_) => Duration::from_millis(1),
+                    Backend::Vm(_) => Duration::from_millis(10),
+                });
             }
         }
     }
