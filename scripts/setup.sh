@@ -16,6 +16,7 @@ fi
 packages=(
   build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils linux-source-6.1
   busybox-static e2fsprogs iproute2 util-linux runc containerd docker.io
+  libjs-chart.js chromium chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do
