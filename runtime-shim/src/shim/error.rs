@@ -10,6 +10,8 @@ pub enum ShimError {
     NoTask(String),
     #[error("exec {exec_id:?} of task {id:?} does not exist")]
     NoExec { id: String, exec_id: String },
+    #[error("{0} has already finished")]
+    Finished(String),
     #[error("task {0:?} already exists")]
     TaskExists(String),
     #[error("exec {exec_id:?} of task {id:?} already exists")]
@@ -54,7 +56,9 @@ pub type Result<T> = std::result::Result<T, ShimError>;
 impl ShimError {
     pub fn code(&self) -> Code {
         match self {
-            ShimError::NoTask(_) | ShimError::NoExec { .. } => Code::NOT_FOUND,
+            ShimError::NoTask(_) | ShimError::NoExec { .. } | ShimError::Finished(_) => {
+                Code::NOT_FOUND
+            }
             ShimError::TaskExists(_) | ShimError::ExecExists { .. } => Code::ALREADY_EXISTS,
             ShimError::WrongState { .. } | ShimError::IsolationConflict { .. } => {
                 Code::FAILED_PRECONDITION

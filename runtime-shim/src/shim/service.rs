@@ -645,10 +645,9 @@ impl Service {
             Self::proc_mut(&mut st, &req.id, &req.exec_id)?.status
         };
         if status == ProcStatus::Stopped {
-            return Err(ShimError::NoTask(format!(
-                "{}: process already finished",
-                req.id
-            )));
+            return Err(ShimError::Finished(
+                Self::pref(&req.id, &req.exec_id).to_string(),
+            ));
         }
         if status == ProcStatus::Created && !req.exec_id.is_empty() {
             return Err(ShimError::WrongState {
