@@ -77,19 +77,17 @@ pub fn render(r: &Report) -> Result<String> {
             ));
         }
     }
-    let mut surface_labels = vec![format!(
-        "native: host syscalls (profile {})",
-        r.native_surface.profile
-    )];
+    let mut surface_labels = vec!["native".to_string()];
     let mut surface_values = vec![r.native_surface.syscalls_allowed];
     for t in &r.vm_surface.threads {
-        surface_labels.push(format!("VMM {} thread", t.thread));
+        surface_labels.push(format!("VMM {}", t.thread));
         surface_values.push(t.syscalls);
     }
     surface_labels.push("VMM, any thread".into());
     surface_values.push(r.vm_surface.syscalls_union);
     let data = serde_json::json!({
-        "surface": {"labels": surface_labels, "values": surface_values},
+        "surface": {"labels": surface_labels, "values": surface_values,
+                    "profile": r.native_surface.profile},
         "visibility": metric_json(&visibility(r)),
         "costs": metric_json(&metrics(r)),
         "vmRan": r.vm.ran,
@@ -141,7 +139,7 @@ charts.push(new Chart(document.getElementById('chart-surface'), {{
   data: {{ labels: DATA.surface.labels,
           datasets: [{{ label: 'host system calls allowed', data: DATA.surface.values,
                        backgroundColor: [NATIVE].concat(DATA.surface.labels.slice(1).map(() => VM)) }}] }},
-  options: {{ indexAxis: 'y', plugins: {{ title: {{ display: true, text: 'Host kernel interface reachable (syscalls)' }},
+  options: {{ indexAxis: 'y', plugins: {{ title: {{ display: true, text: 'Host system calls reachable (native: seccomp profile ' + DATA.surface.profile + ')' }},
               legend: {{ display: false }} }} }}
 }}));
 const vis = DATA.visibility;

@@ -88,6 +88,8 @@ pub fn run(g: &GlobalOpts, a: CompareArgs) -> Result<i32> {
     std::fs::create_dir_all(&work).ctx("create", &work)?;
     let result = compare(g, &a, &cfg.name, &lower, &work);
     let _ = std::fs::remove_dir_all(&work);
+    // Only removed when no other compare is running.
+    let _ = std::fs::remove_dir(g.root.join(".compare"));
     let report = result?;
     if a.json {
         let text =

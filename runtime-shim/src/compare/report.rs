@@ -133,6 +133,29 @@ fn host_log_effect(c: &Column) -> String {
     }
 }
 
+/// busybox insmod prints the kernel's errno as text; name the errno too.
+fn insmod(c: &Column, probe: &str) -> String {
+    let text = cell(c, probe, "insmod");
+    let errno = [
+        (
+            "kernel does not support requested operation",
+            "ENOSYS: no module loader",
+        ),
+        (
+            "invalid module format",
+            "ENOEXEC: the loader ran and rejected the image",
+        ),
+        ("Operation not permitted", "EPERM: no CAP_SYS_MODULE"),
+    ]
+    .iter()
+    .find(|(msg, _)| text.contains(msg))
+    .map(|(_, name)| *name);
+    match errno {
+        Some(e) => format!("{e} ({text})"),
+        None => text,
+    }
+}
+
 fn exit_meaning(c: &Column, probe: &str, key: &str) -> String {
     match val(c, probe, key).as_deref() {
         Some("137") => "killed by SIGKILL (exit 137)".into(),
@@ -258,14 +281,14 @@ pub fn rows(r: &Report) -> Vec<Row> {
     row(
         DRILLS,
         "module load (empty image), default container",
-        cell(n, "sees", "insmod"),
-        cell(v, "sees", "insmod"),
+        insmod(n, "sees"),
+        insmod(v, "sees"),
     );
     row(
         DRILLS,
         "module load (empty image), privileged",
-        cell(n, "privileged", "insmod"),
-        cell(v, "privileged", "insmod"),
+        insmod(n, "privileged"),
+        insmod(v, "privileged"),
     );
     row(
         DRILLS,
@@ -312,9 +335,15 @@ pub fn rows(r: &Report) -> Vec<Row> {
             val(c, "fork_bomb", "bomb"),
         ) {
             (Some(p), _) => format!(
-                "peak {p} processes under pids.max {} ({})",
+                "peak {p} processes under pids.max {}; {}",
                 val(c, "fork_bomb", "pids_max").unwrap_or_default(),
-                val(c, "fork_bomb", "bomb_events").unwrap_or_else(|| "no pids.events".into())
+                match val(c, "fork_bomb", "bomb_events")
+                    .as_deref()
+                    .and_then(|e| e.strip_prefix("max "))
+                {
+                    Some(n) => format!("{n} forks refused by the limit"),
+                    None => "no pids.events to count refused forks".into(),
+                }
             ),
             (None, Some(b)) => b,
             (None, None) => cell(c, "fork_bomb", "bomb_peak"),
