@@ -124,7 +124,7 @@ fn compare(
         command.push_str(&format!(" --image {i}"));
     }
     let native = column(g, Isolation::Native, work, &rootfs);
-    let vm = match crate::sandbox::vm::preflight(g) {
+    let vm = match vm_ready(g) {
         Ok(()) => {
             let mut c = column(g, Isolation::Vm, work, &rootfs);
             if !kvm.hardware_speed {
@@ -155,6 +155,24 @@ fn compare(
         native,
         vm,
     })
+}
+
+/// Whether a microVM can be started here: the runtime's own preflight (which refuses
+/// software-emulated KVM unless --allow-slow-kvm), then the guest pieces `sandbox check` looks
+/// for, so the column says what is missing instead of failing probe by probe.
+fn vm_ready(g: &GlobalOpts) -> Result<()> {
+    crate::sandbox::vm::preflight(g)?;
+    let kernel = crate::sandbox::vm::kernel_path();
+    if !kernel.is_file() {
+        return Err(Error::Vm(format!(
+            "guest kernel {} not found",
+            kernel.display()
+        )));
+    }
+    let agent = crate::sandbox::binaries::find_guest_agent()?;
+    crate::image::disk::ensure_static(&agent)?;
+    crate::sandbox::binaries::find("sandbox-vmm", "SANDBOX_VMM")?;
+    Ok(())
 }
 
 /// Runs every probe in one isolation. A probe that fails is recorded and the others go on.
