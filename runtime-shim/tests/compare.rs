@@ -245,3 +245,13 @@ fn html_report_draws_its_charts_in_headless_chromium() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000);
 }
+
+#[test]
+fn bad_arguments_are_refused_before_any_probe_runs() {
+    let env = Env::new("compare-bad", "native");
+    let err = env.fails(&["compare", "--report", "/nonexistent-dir/r.html"]);
+    assert!(err.contains("/nonexistent-dir"), "{err}");
+    let err = env.fails(&["compare", "--image", "no-such-image"]);
+    assert!(err.contains("no-such-image"), "{err}");
+    env.assert_clean();
+}

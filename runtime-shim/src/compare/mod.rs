@@ -75,6 +75,28 @@ pub struct Report {
 }
 
 pub fn run(g: &GlobalOpts, a: CompareArgs) -> Result<i32> {
+    // What would make the report unwritable is found before minutes of probing, not after.
+    if let Some(path) = &a.report {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        if !dir.is_dir() {
+            return Err(Error::Usage(format!(
+                "--report {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            )));
+        }
+        let js = html::chart_js_path();
+        if !js.is_file() {
+            return Err(Error::Usage(format!(
+                "--report needs Chart.js at {} (Debian package libjs-chart.js, installed by \
+                 scripts/setup.sh; or set SANDBOX_CHART_JS)",
+                js.display()
+            )));
+        }
+    }
     let images = ImageStore::new(&g.image_store);
     let cfg = match &a.image {
         Some(name) => images.get(name)?,
