@@ -1247,7 +1247,7 @@ fn a_failing_hook_fails_create_and_leaves_nothing() {
     v["hooks"] = json!({"prestart": [{"path": "/bin/sh", "args": ["sh", "-c", "exit 3"]}]});
     let err = create_err("engine-badhook", &b, v);
     assert!(
-        err.contains("hooks.prestart[0] (/bin/sh): exited with exit status: 3"),
+        err.contains("hooks.prestart[0] (/bin/sh): exited with code 3"),
         "{err}"
     );
     assert_nothing_left("engine-badhook", &b);

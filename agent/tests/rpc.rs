@@ -465,6 +465,76 @@ fn rpc_container_lifecycle_with_stdio() {
     agent.stop();
 }
 
+/// The agent's reaper reaps every child of the agent, the engine's hook processes included,
+/// usually before the engine looks at them: the engine must still get each hook's exit
+/// status from it (creating used to fail now and then with `wait: No child processes`).
+/// Quick hooks, many times over, make that race all but certain to show.
+#[test]
+fn rpc_runtime_hooks_report_their_exit_status() {
+    if !is_root() {
+        return;
+    }
+    let mut agent = TestAgent::start();
+    let mut client = agent.client();
+    let seen = agent.dir.join("hook-states");
+    fs::create_dir_all(&seen).unwrap();
+    let create = |client: &mut Client, id: &str, hooks: Value| {
+        let (bundle, mut spec) = agent.bundle(id, &["true"]);
+        spec["hooks"] = hooks;
+        client.create_container(CreateContainer {
+            container_id: id.into(),
+            spec,
+            rootfs: RootfsSource::Bundle { path: bundle },
+            stdio: StdioRequest::default(),
+        })
+    };
+    for i in 0..40 {
+        let id = format!("hooks-{i}");
+        let record = format!("cat > {}/{id}", seen.display());
+        let hooks = json!({
+            "prestart": [{"path": "/bin/true", "args": ["true"]}],
+            "createRuntime": [
+                {"path": "/bin/sh", "args": ["sh", "-c", "exit 0"]},
+                {"path": "/bin/sh", "args": ["sh", "-c", record]},
+            ],
+        });
+        let pid = create(&mut client, &id, hooks).unwrap_or_else(|e| panic!("create {id}: {e}"));
+        // The last hook ran, with the container's state.
+        let state: Value = serde_json::from_slice(&fs::read(seen.join(&id)).unwrap()).unwrap();
+        assert_eq!(
+            (state["id"].as_str(), state["pid"].as_i64()),
+            (Some(&*id), Some(pid as i64))
+        );
+        client.remove_container(&id, true).unwrap();
+    }
+    // A hook that fails fails the create, named with its status, and nothing is left.
+    for i in 0..10 {
+        let id = format!("badhook-{i}");
+        let hooks = json!({
+            "prestart": [
+                {"path": "/bin/true", "args": ["true"]},
+                {"path": "/bin/sh", "args": ["sh", "-c", "exit 7"]},
+            ],
+        });
+        let err = create(&mut client, &id, hooks).unwrap_err();
+        let reply = err
+            .remote()
+            .unwrap_or_else(|| panic!("not from the agent: {err}"));
+        assert!(
+            reply
+                .message
+                .contains("hooks.prestart[1] (/bin/sh): exited with code 7"),
+            "{}",
+            reply.message
+        );
+        assert_eq!(
+            remote_code(client.state(&id).unwrap_err()),
+            ErrorCode::NotFound
+        );
+    }
+    agent.stop();
+}
+
 #[test]
 fn rpc_exec_signal_stats_update_and_remove() {
     if !is_root() {

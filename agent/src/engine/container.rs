@@ -3,6 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -13,6 +14,7 @@ use oci_spec::runtime::{
 };
 
 use super::cgroups::{Cgroup, CgroupStats, CgroupVersion, Layout, OomWatcher};
+use super::children::{ChildWaiter, DirectWait};
 use super::error::{EngineError, SpecError};
 use super::exec::ExecProcess;
 use super::hooks;
@@ -39,6 +41,10 @@ pub struct CreateOptions {
     /// Use MS_MOVE + chroot instead of pivot_root (needed where the root is the initramfs;
     /// a failing pivot_root falls back to this by itself).
     pub no_pivot_root: bool,
+    /// Delivers the exit status of the hooks the engine runs itself (prestart,
+    /// createRuntime, poststart, poststop): the caller's reaper where it reaps every child,
+    /// plain `waitpid` ([`DirectWait`]) by default.
+    pub children: Arc<dyn ChildWaiter>,
 }
 
 impl CreateOptions {
@@ -50,6 +56,7 @@ impl CreateOptions {
             stdio: Stdio::Inherit,
             cgroup_parent: None,
             no_pivot_root: false,
+            children: Arc::new(DirectWait),
         }
     }
 }
@@ -98,6 +105,7 @@ pub struct Container {
     torn_down: bool,
     /// poststart / poststop hooks with the spec and bundle for their state.
     hooks: Option<(Hooks, Spec, PathBuf)>,
+    children: Arc<dyn ChildWaiter>,
 }
 
 fn check_id(id: &str) -> Result<(), EngineError> {
@@ -167,11 +175,18 @@ impl Container {
         let runtime_hooks = |pid: Pid| -> Result<(), String> {
             let h = spec.hooks().as_ref();
             let state = hooks::state_json(spec, &opts.id, "creating", pid.as_raw(), &bundle);
-            hooks::run_all("prestart", h.and_then(|h| h.prestart().as_ref()), &state)?;
+            let children = &*opts.children;
+            hooks::run_all(
+                "prestart",
+                h.and_then(|h| h.prestart().as_ref()),
+                &state,
+                children,
+            )?;
             hooks::run_all(
                 "createRuntime",
                 h.and_then(|h| h.create_runtime().as_ref()),
                 &state,
+                children,
             )
         };
         let setup = ChildSetup {
@@ -211,6 +226,7 @@ impl Container {
             device_allows,
             exit: None,
             torn_down: false,
+            children: opts.children,
         })
     }
 
@@ -226,7 +242,9 @@ impl Container {
                 hooks::state_json(spec, &self.id, "running", self.init.pid.as_raw(), bundle);
             // A failing poststart hook is reported, the container keeps running (as the
             // runtime spec asks).
-            if let Err(e) = hooks::run_all("poststart", h.poststart().as_ref(), &state) {
+            if let Err(e) =
+                hooks::run_all("poststart", h.poststart().as_ref(), &state, &*self.children)
+            {
                 log::warn!("container {}: {e}", self.id);
             }
         }
@@ -380,7 +398,9 @@ impl Container {
         if let Some((h, spec, bundle)) = &self.hooks {
             let state =
                 hooks::state_json(spec, &self.id, "stopped", self.init.pid.as_raw(), bundle);
-            if let Err(e) = hooks::run_all("poststop", h.poststop().as_ref(), &state) {
+            if let Err(e) =
+                hooks::run_all("poststop", h.poststop().as_ref(), &state, &*self.children)
+            {
                 log::warn!("container {}: {e}", self.id);
             }
         }

@@ -2,6 +2,9 @@
 //! container's state as JSON on stdin. createRuntime/prestart and poststart/poststop run in
 //! the engine's namespaces; createContainer and startContainer are run by the container's
 //! init, inside the container's namespaces.
+//!
+//! The exit status of each hook comes through a [`ChildWaiter`], because the caller may
+//! reap every child of the engine's process on its own (see `children`).
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
@@ -9,7 +12,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
 use oci_spec::runtime::{Hook, Spec};
+
+use super::children::ChildWaiter;
+use super::wait::ExitStatus;
 
 /// The OCI state document handed to every hook.
 pub(crate) fn state_json(spec: &Spec, id: &str, status: &str, pid: i32, bundle: &Path) -> String {
@@ -25,14 +32,20 @@ pub(crate) fn state_json(spec: &Spec, id: &str, status: &str, pid: i32, bundle: 
 }
 
 /// Runs the hooks of one stage in order; the first failure stops the rest.
-pub(crate) fn run_all(stage: &str, hooks: Option<&Vec<Hook>>, state: &str) -> Result<(), String> {
+pub(crate) fn run_all(
+    stage: &str,
+    hooks: Option<&Vec<Hook>>,
+    state: &str,
+    children: &dyn ChildWaiter,
+) -> Result<(), String> {
     for (i, h) in hooks.into_iter().flatten().enumerate() {
-        run(h, state).map_err(|e| format!("hooks.{stage}[{i}] ({}): {e}", h.path().display()))?;
+        run(h, state, children)
+            .map_err(|e| format!("hooks.{stage}[{i}] ({}): {e}", h.path().display()))?;
     }
     Ok(())
 }
 
-fn run(h: &Hook, state: &str) -> Result<(), String> {
+fn run(h: &Hook, state: &str, children: &dyn ChildWaiter) -> Result<(), String> {
     let args = h.args().clone().unwrap_or_default();
     let mut cmd = Command::new(h.path());
     if let Some((arg0, rest)) = args.split_first() {
@@ -45,7 +58,9 @@ fn run(h: &Hook, state: &str) -> Result<(), String> {
         }
     }
     cmd.stdin(Stdio::piped());
+    let mark = children.before_spawn();
     let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+    let pid = Pid::from_raw(child.id() as i32);
     if let Some(mut stdin) = child.stdin.take() {
         // A hook that does not read its state is allowed to exit early: ignore EPIPE.
         let _ = stdin.write_all(state.as_bytes());
@@ -54,17 +69,23 @@ fn run(h: &Hook, state: &str) -> Result<(), String> {
         .timeout()
         .filter(|&t| t > 0)
         .map(|t| Instant::now() + Duration::from_secs(t as u64));
-    loop {
-        match child.try_wait().map_err(|e| format!("wait: {e}"))? {
-            Some(st) if st.success() => return Ok(()),
-            Some(st) => return Err(format!("exited with {st}")),
-            None => {}
-        }
-        if deadline.is_some_and(|d| Instant::now() > d) {
+    let wait = |deadline| {
+        children
+            .wait_until(pid, mark, deadline)
+            .map_err(|e| format!("wait: {e}"))
+    };
+    let status = match wait(deadline)? {
+        Some(status) => status,
+        None => {
+            // Still running a moment ago; the wait below takes its exit whoever reaps it.
             let _ = child.kill();
-            let _ = child.wait();
+            wait(None)?;
             return Err(format!("timed out after {} s", h.timeout().unwrap_or(0)));
         }
-        std::thread::sleep(Duration::from_millis(2));
+    };
+    match status {
+        ExitStatus::Code(0) => Ok(()),
+        ExitStatus::Code(c) => Err(format!("exited with code {c}")),
+        ExitStatus::Signal(s) => Err(format!("killed by signal {s}")),
     }
 }

@@ -23,6 +23,7 @@
 
 mod capabilities;
 mod cgroups;
+mod children;
 mod container;
 mod devices;
 mod error;
@@ -41,6 +42,7 @@ mod validate;
 mod wait;
 
 pub use cgroups::{CgroupStats, CgroupVersion, OomWatcher};
+pub use children::{ChildWaiter, DirectWait};
 pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
 pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;

@@ -20,6 +20,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxIdMapping, Process, Spec};
 
 use super::cgroups::Cgroup;
+use super::children::DirectWait;
 use super::error::EngineError;
 use super::fds::{close_fds_except, dup_to};
 use super::hooks;
@@ -374,6 +375,7 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
                 "startContainer",
                 h.and_then(|h| h.start_container().as_ref()),
                 &state,
+                &DirectWait,
             )?;
         }
         Err(process::exec(setup.process, setup.seccomp))
@@ -435,7 +437,13 @@ fn setup_init(
         }
         // In the container's namespaces, before the root changes: paths resolve on the host.
         let state = hooks::state_json(spec, init.id, "created", 1, &init.bundle);
-        hooks::run_all("createContainer", h.create_container().as_ref(), &state)?;
+        // The container's init runs these hooks as its own children, which it alone reaps.
+        hooks::run_all(
+            "createContainer",
+            h.create_container().as_ref(),
+            &state,
+            &DirectWait,
+        )?;
     }
     process::set_oom_score_adj(setup.process)?;
     rootfs::change_root(&plan.rootfs, plan.no_pivot)?;

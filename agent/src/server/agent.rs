@@ -77,7 +77,7 @@ impl Entry {
     }
 }
 
-fn to_engine_status(status: ExitStatus) -> engine::ExitStatus {
+pub(super) fn to_engine_status(status: ExitStatus) -> engine::ExitStatus {
     match (status.code, status.signal) {
         (Some(code), _) => engine::ExitStatus::Code(code),
         (None, Some(sig)) => engine::ExitStatus::Signal(sig),
@@ -435,6 +435,8 @@ impl Agent {
         let mark = self.reaper.before_spawn();
         let mut options = CreateOptions::new(id.clone(), bundle, spec);
         options.stdio = plan.take_child();
+        // The reaper takes every exit, the engine's hook processes included.
+        options.children = self.reaper.clone();
         let created = Container::create(options);
         let mut container = match created {
             Ok(c) => c,

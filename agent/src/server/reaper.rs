@@ -5,18 +5,23 @@
 //! before its creator has registered the pid; a sequence number taken before the spawn
 //! makes sure that an old status of a reused pid is never taken for the new process. The
 //! engine's own short-lived helper processes also end up here and are simply forgotten
-//! (the engine tolerates `ECHILD` for them). As PID 1 this is also what reaps orphans.
+//! (the engine tolerates `ECHILD` for them). The hooks the engine runs itself are children
+//! whose status it does need: it waits for them through this reaper, as the engine's
+//! [`ChildWaiter`]. As PID 1 this is also what reaps orphans.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::engine::{self, ChildWaiter, EngineError};
 use crate::protocol::ExitStatus;
+
+use super::agent::to_engine_status;
 
 /// Unwatched exits kept for late registrations; older ones are dropped.
 const UNCLAIMED_LIMIT: usize = 4096;
@@ -39,6 +44,46 @@ pub struct Reaper {
     state: Mutex<State>,
     /// Wakes the reaping thread when it is idle because there were no children.
     spawned: Condvar,
+    /// The engine's children it waits for, by pid, until it has taken their status: a wait
+    /// that ran into its deadline leaves the slot here for the next one.
+    engine_waits: Mutex<HashMap<i32, Arc<ExitSlot>>>,
+}
+
+impl std::fmt::Debug for Reaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaper").finish_non_exhaustive()
+    }
+}
+
+/// Where the reaper puts one exit status for a thread that blocks on it.
+#[derive(Default)]
+struct ExitSlot {
+    status: Mutex<Option<ExitStatus>>,
+    filled: Condvar,
+}
+
+impl ExitSlot {
+    fn fill(&self, status: ExitStatus) {
+        *self.status.lock().unwrap() = Some(status);
+        self.filled.notify_all();
+    }
+
+    /// The status once there is one, or `None` after `deadline`.
+    fn wait(&self, deadline: Option<Instant>) -> Option<ExitStatus> {
+        let mut status = self.status.lock().unwrap();
+        loop {
+            if let Some(s) = *status {
+                return Some(s);
+            }
+            status = match deadline {
+                None => self.filled.wait(status).unwrap(),
+                Some(d) => {
+                    let left = d.checked_duration_since(Instant::now())?;
+                    self.filled.wait_timeout(status, left).unwrap().0
+                }
+            };
+        }
+    }
 }
 
 impl Reaper {
@@ -47,6 +92,7 @@ impl Reaper {
         let reaper = Arc::new(Reaper {
             state: Mutex::new(State::default()),
             spawned: Condvar::new(),
+            engine_waits: Mutex::new(HashMap::new()),
         });
         let r = reaper.clone();
         thread::Builder::new()
@@ -135,5 +181,41 @@ impl Reaper {
                 state.unclaimed.push_back((seq, pid, exit));
             }
         }
+    }
+}
+
+/// The engine's hooks are children of the agent like any other, so this thread reaps them;
+/// their statuses go to the engine through the same pid + mark bookkeeping as everything
+/// else, which is why an exit reaped before the engine asks is never lost.
+impl ChildWaiter for Reaper {
+    fn before_spawn(&self) -> u64 {
+        Reaper::before_spawn(self)
+    }
+
+    fn wait_until(
+        &self,
+        pid: engine::Pid,
+        mark: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Option<engine::ExitStatus>, EngineError> {
+        let raw = pid.as_raw();
+        let slot = {
+            let mut waits = self.engine_waits.lock().unwrap();
+            match waits.get(&raw) {
+                Some(slot) => slot.clone(),
+                None => {
+                    let slot = Arc::new(ExitSlot::default());
+                    waits.insert(raw, slot.clone());
+                    let filler = slot.clone();
+                    self.watch(raw, mark, move |status| filler.fill(status));
+                    slot
+                }
+            }
+        };
+        let status = slot.wait(deadline);
+        if status.is_some() {
+            self.engine_waits.lock().unwrap().remove(&raw);
+        }
+        Ok(status.map(to_engine_status))
     }
 }
