@@ -14,7 +14,10 @@
 //! process: the caller can `waitpid` it like any other child. The intermediate processes are
 //! reaped by the engine itself; an event loop that calls `waitpid(-1, ..)` may reap one of
 //! them first, which is harmless (the engine tolerates `ECHILD`): such a loop should ignore
-//! exits of pids it does not know.
+//! exits of pids it does not know. The hooks the engine runs in its own process are
+//! different, their status matters: the engine waits for them through the [`ChildWaiter`]
+//! in [`CreateOptions::children`], which such a loop must implement to hand over the
+//! statuses it reaped ([`DirectWait`], plain `waitpid`, is the default).
 //!
 //! Whoever reaps the init of a container must tell it with [`Container::set_exited`], so that
 //! `signal` refuses to signal a pid that may have been reused and `destroy` does not wait for
