@@ -18,4 +18,4 @@ step "cargo test"
 # The Linux boot test skips without a guest kernel on a developer's machine; here setup.sh has
 # built one, so a missing kernel is a failure.
 export SANDBOX_REQUIRE_GUEST_KERNEL=1
-cargo test --workspace -- --test-threads=1
+cargo test --workspace --no-fail-fast -- --test-threads=1
