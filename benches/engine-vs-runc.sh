@@ -8,7 +8,7 @@
 set -eu
 N=${1:-50}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-/work/target-engine}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 CARGO_TARGET_DIR=$TARGET cargo build --release -q -p agent --example engine-run --manifest-path "$ROOT/Cargo.toml"
 ENGINE=$TARGET/release/examples/engine-run
 
