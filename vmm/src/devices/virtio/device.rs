@@ -205,11 +205,14 @@ impl AsRawFd for ActivationEvent {
 ///
 /// An fd must be removed from epoll before it is closed: epoll keys registrations by open
 /// file description, and a queue eventfd is a dup of the transport's ioeventfd, so closing
-/// only the dup would leave a registration that can no longer be deleted. Devices therefore
-/// keep retired fds alive until [`EventRegistry::remove_all`] ran on the event loop.
+/// only the dup would leave a registration that can no longer be deleted. `reset` (vCPU
+/// thread) therefore hands the queue eventfds of the old activation to
+/// [`EventRegistry::retire`], which keeps them open until [`EventRegistry::remove_all`] ran
+/// on the event loop.
 #[derive(Debug, Default)]
 pub struct EventRegistry {
     fds: Vec<RawFd>,
+    retired: Vec<EventFd>,
 }
 
 impl EventRegistry {
@@ -246,11 +249,18 @@ impl EventRegistry {
         }
     }
 
+    /// Keeps eventfds of a previous activation open until the next `remove_all`.
+    pub fn retire(&mut self, evts: impl IntoIterator<Item = EventFd>) {
+        self.retired.extend(evts);
+    }
+
+    /// Removes every registered fd, then closes the retired eventfds.
     pub fn remove_all(&mut self, ops: &mut EventOps) {
         for fd in self.fds.drain(..) {
             // The fd may already be gone from epoll if the backend hung up; nothing to do.
             let _ = ops.remove(Events::empty_raw(fd));
         }
+        self.retired.clear();
     }
 
     pub fn is_empty(&self) -> bool {

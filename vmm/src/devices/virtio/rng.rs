@@ -62,7 +62,6 @@ pub struct Rng {
     activation: ActivationEvent,
     active: Option<Active>,
     registry: EventRegistry,
-    retired_evts: Vec<EventFd>,
     chain: ParsedChain,
     buf: Vec<u8>,
     bytes_served: u64,
@@ -75,7 +74,6 @@ impl Rng {
             activation: ActivationEvent::new()?,
             active: None,
             registry: EventRegistry::default(),
-            retired_evts: Vec::new(),
             chain: ParsedChain::default(),
             buf: vec![0; MAX_BYTES_PER_REQUEST as usize],
             bytes_served: 0,
@@ -204,7 +202,7 @@ impl VirtioDevice for Rng {
 
     fn reset(&mut self) -> bool {
         if let Some(active) = self.active.take() {
-            self.retired_evts.push(active.queue_evt);
+            self.registry.retire([active.queue_evt]);
             if let Err(e) = self.activation.notify() {
                 error!("virtio-rng: cannot signal reset to the event loop: {e}");
             }
@@ -225,7 +223,6 @@ impl MutEventSubscriber for Rng {
             TOKEN_ACTIVATION => {
                 self.activation.consume();
                 self.registry.remove_all(ops);
-                self.retired_evts.clear();
                 if let Some(active) = &self.active {
                     if let Err(e) =
                         self.registry

@@ -95,9 +95,6 @@ pub struct Block {
     activation: ActivationEvent,
     active: Option<Active>,
     registry: EventRegistry,
-    /// Queue eventfds of a previous activation, kept open until the event loop removed them
-    /// from epoll (see [`EventRegistry`]).
-    retired_evts: Vec<EventFd>,
     /// Scratch space reused by every request.
     chain: ParsedChain,
     data: Vec<Segment>,
@@ -131,7 +128,6 @@ impl Block {
             activation: ActivationEvent::new().map_err(BlockError::EventFd)?,
             active: None,
             registry: EventRegistry::default(),
-            retired_evts: Vec::new(),
             chain: ParsedChain::default(),
             data: Vec::new(),
             stats: BlockStats::default(),
@@ -382,7 +378,6 @@ impl Block {
     /// Brings the event-loop registrations in line with the activation state.
     fn sync_registrations(&mut self, ops: &mut EventOps) {
         self.registry.remove_all(ops);
-        self.retired_evts.clear();
         let Some(active) = &self.active else {
             return;
         };
@@ -468,7 +463,7 @@ impl VirtioDevice for Block {
 
     fn reset(&mut self) -> bool {
         if let Some(active) = self.active.take() {
-            self.retired_evts.push(active.queue_evt);
+            self.registry.retire([active.queue_evt]);
             if let Err(e) = self.activation.notify() {
                 error!("virtio-blk: cannot signal reset to the event loop: {e}");
             }

@@ -46,9 +46,6 @@ pub struct Net<B: NetBackend = Tap> {
     activation: ActivationEvent,
     active: Option<Active>,
     registry: EventRegistry,
-    /// Queue eventfds of a previous activation, kept open until the event loop has removed
-    /// them from epoll (see [`EventRegistry`]).
-    retired_evts: Vec<EventFd>,
 }
 
 impl Net<Tap> {
@@ -68,7 +65,6 @@ impl<B: NetBackend> Net<B> {
             activation: ActivationEvent::new().map_err(NetError::EventFd)?,
             active: None,
             registry: EventRegistry::default(),
-            retired_evts: Vec::new(),
         })
     }
 
@@ -118,7 +114,6 @@ impl<B: NetBackend> Net<B> {
 
     fn register(&mut self, ops: &mut EventOps) {
         self.registry.remove_all(ops);
-        self.retired_evts.clear();
         let Some(active) = self.active.as_ref() else {
             return;
         };
@@ -227,7 +222,7 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
 
     fn reset(&mut self) -> bool {
         if let Some(active) = self.active.take() {
-            self.retired_evts.extend(active.queue_evts);
+            self.registry.retire(active.queue_evts);
         }
         self.engine.reset();
         if let Err(e) = self.activation.notify() {

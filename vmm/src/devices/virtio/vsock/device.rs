@@ -70,7 +70,6 @@ pub struct Vsock {
     activation: ActivationEvent,
     active: Option<Active>,
     registry: EventRegistry,
-    retired_evts: Vec<EventFd>,
     /// Set by `reset` (vCPU thread), done by `finish_reset` (event loop).
     drop_pending: bool,
     payload: Vec<u8>,
@@ -90,7 +89,6 @@ impl Vsock {
             activation: ActivationEvent::new().map_err(VsockError::EventFd)?,
             active: None,
             registry: EventRegistry::default(),
-            retired_evts: Vec::new(),
             drop_pending: false,
             payload: vec![0; MAX_PAYLOAD],
             descs: Vec::with_capacity(QUEUE_SIZE as usize),
@@ -240,7 +238,6 @@ impl Vsock {
     fn register(&mut self, ops: &mut EventOps) {
         self.finish_reset();
         self.registry.remove_all(ops);
-        self.retired_evts.clear();
         let Some(active) = self.active.as_ref() else {
             return;
         };
@@ -331,7 +328,7 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) -> bool {
         if let Some(active) = self.active.take() {
-            self.retired_evts.extend(active.queue_evts);
+            self.registry.retire(active.queue_evts);
         }
         // Every connection dies with the driver's state; host clients see their socket
         // close. This runs on a vCPU thread, whose seccomp filter allows no socket or epoll
