@@ -296,6 +296,80 @@ pub fn check_activation(
     Ok(())
 }
 
+/// What a device with a single queue (virtio-blk, virtio-rng) holds between `activate` and
+/// `reset`.
+pub struct ActiveQueue {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub queue: Queue,
+    pub queue_evt: EventFd,
+}
+
+impl ActiveQueue {
+    /// Takes the one queue from what the transport passed to `activate`, after
+    /// [`check_activation`] against `max_sizes`.
+    pub fn new(
+        max_sizes: &[u16],
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        mut queue_evts: Vec<EventFd>,
+    ) -> Result<Self, ActivateError> {
+        check_activation(max_sizes, &mem, &queues, &queue_evts)?;
+        let queue = queues.into_iter().next().ok_or(ActivateError::QueueCount {
+            expected: 1,
+            got: 0,
+        })?;
+        let queue_evt = queue_evts.pop().ok_or(ActivateError::EventCount {
+            expected: 1,
+            got: 0,
+        })?;
+        Ok(Self {
+            mem,
+            interrupt,
+            queue,
+            queue_evt,
+        })
+    }
+}
+
+/// What a device with several queues (virtio-net, virtio-vsock) holds between `activate` and
+/// `reset`; `queue_evts[i]` belongs to `queues[i]`.
+pub struct ActiveQueues {
+    pub mem: GuestMemoryMmap,
+    pub interrupt: Arc<dyn VirtioInterrupt>,
+    pub queues: Vec<Queue>,
+    pub queue_evts: Vec<EventFd>,
+}
+
+impl ActiveQueues {
+    /// Keeps what the transport passed to `activate`, after [`check_activation`] against
+    /// `max_sizes`.
+    pub fn new(
+        max_sizes: &[u16],
+        mem: GuestMemoryMmap,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        queues: Vec<Queue>,
+        queue_evts: Vec<EventFd>,
+    ) -> Result<Self, ActivateError> {
+        check_activation(max_sizes, &mem, &queues, &queue_evts)?;
+        Ok(Self {
+            mem,
+            interrupt,
+            queues,
+            queue_evts,
+        })
+    }
+
+    /// Raises the used-buffer interrupt. A failure is only logged (with the `device` prefix):
+    /// the used ring is already updated, and the driver finds it on its next interrupt.
+    pub fn signal_used(&self, device: &str) {
+        if let Err(e) = self.interrupt.trigger(InterruptKind::Queue) {
+            log::error!("{device}: cannot raise the queue interrupt: {e}");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

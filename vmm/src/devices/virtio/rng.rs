@@ -14,7 +14,7 @@ use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{parse_chain, write_to_segments, ChainLimits, ParsedChain};
-use super::device::check_activation;
+use super::device::ActiveQueue;
 use super::{
     ActivateError, ActivationEvent, DeviceError, EventRegistry, InterruptKind, VirtioDevice,
     VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -50,17 +50,10 @@ pub fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     Ok(())
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queue: Queue,
-    queue_evt: EventFd,
-}
-
 pub struct Rng {
     queue_max_sizes: [u16; 1],
     activation: ActivationEvent,
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
     registry: EventRegistry,
     chain: ParsedChain,
     buf: Vec<u8>,
@@ -172,27 +165,19 @@ impl VirtioDevice for Rng {
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
-        mut queue_evts: Vec<EventFd>,
+        queue_evts: Vec<EventFd>,
         _acked_features: u64,
     ) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        check_activation(&self.queue_max_sizes, &mem, &queues, &queue_evts)?;
-        let queue = queues.into_iter().next().ok_or(ActivateError::QueueCount {
-            expected: 1,
-            got: 0,
-        })?;
-        let queue_evt = queue_evts.pop().ok_or(ActivateError::EventCount {
-            expected: 1,
-            got: 0,
-        })?;
-        self.active = Some(Active {
+        self.active = Some(ActiveQueue::new(
+            &self.queue_max_sizes,
             mem,
             interrupt,
-            queue,
-            queue_evt,
-        });
+            queues,
+            queue_evts,
+        )?);
         self.activation.notify().map_err(ActivateError::Signal)
     }
 

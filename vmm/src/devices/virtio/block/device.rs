@@ -24,7 +24,7 @@ use crate::devices::virtio::chain::{
     parse_chain, read_from_segments, sub_segments, write_to_segments, ChainError, ChainLimits,
     ParsedChain, Segment,
 };
-use crate::devices::virtio::device::check_activation;
+use crate::devices::virtio::device::ActiveQueue;
 use crate::devices::virtio::{
     ActivateError, ActivationEvent, DeviceError, EventRegistry, InterruptKind, VirtioDevice,
     VirtioInterrupt, VIRTIO_F_VERSION_1,
@@ -79,13 +79,6 @@ pub struct BlockStats {
     pub errors: u64,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queue: Queue,
-    queue_evt: EventFd,
-}
-
 pub struct Block {
     disk: DiskImage,
     id: [u8; BLOCK_ID_LEN],
@@ -93,7 +86,7 @@ pub struct Block {
     config_space: [u8; CONFIG_LEN],
     queue_max_sizes: [u16; 1],
     activation: ActivationEvent,
-    active: Option<Active>,
+    active: Option<ActiveQueue>,
     registry: EventRegistry,
     /// Scratch space reused by every request.
     chain: ParsedChain,
@@ -432,28 +425,18 @@ impl VirtioDevice for Block {
         mem: GuestMemoryMmap,
         interrupt: Arc<dyn VirtioInterrupt>,
         queues: Vec<Queue>,
-        mut queue_evts: Vec<EventFd>,
+        queue_evts: Vec<EventFd>,
         acked_features: u64,
     ) -> Result<(), ActivateError> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        check_activation(&self.queue_max_sizes, &mem, &queues, &queue_evts)?;
-        let mut queue = queues.into_iter().next().ok_or(ActivateError::QueueCount {
-            expected: 1,
-            got: 0,
-        })?;
-        queue.set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        let queue_evt = queue_evts.pop().ok_or(ActivateError::EventCount {
-            expected: 1,
-            got: 0,
-        })?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queue,
-            queue_evt,
-        });
+        let mut active =
+            ActiveQueue::new(&self.queue_max_sizes, mem, interrupt, queues, queue_evts)?;
+        active
+            .queue
+            .set_event_idx(acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
+        self.active = Some(active);
         self.activation.notify().map_err(ActivateError::Signal)
     }
 

@@ -15,9 +15,9 @@ use super::backend::NetBackend;
 use super::config::{MacAddr, NetConfig};
 use super::datapath::{NetEngine, NetStats, NUM_QUEUES, QUEUE_SIZE, RX_QUEUE, TX_QUEUE};
 use super::tap::{Tap, TapError};
-use crate::devices::virtio::device::check_activation;
+use crate::devices::virtio::device::ActiveQueues;
 use crate::devices::virtio::{
-    ActivateError, ActivationEvent, EventRegistry, InterruptKind, VirtioDevice, VirtioInterrupt,
+    ActivateError, ActivationEvent, EventRegistry, VirtioDevice, VirtioInterrupt,
 };
 
 const TOKEN_ACTIVATION: u32 = 0;
@@ -33,18 +33,11 @@ pub enum NetError {
     EventFd(#[source] std::io::Error),
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-}
-
 pub struct Net<B: NetBackend = Tap> {
     engine: NetEngine<B>,
     queue_max_sizes: [u16; NUM_QUEUES],
     activation: ActivationEvent,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
     registry: EventRegistry,
 }
 
@@ -80,12 +73,6 @@ impl<B: NetBackend> Net<B> {
         &mut self.engine.backend
     }
 
-    fn signal_used(active: &Active) {
-        if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
-            error!("net: cannot raise the queue interrupt: {e}");
-        }
-    }
-
     /// Receive path: runs on an RX notification (buffers added) and on TAP readability.
     pub fn handle_rx(&mut self) {
         let Some(active) = self.active.as_mut() else {
@@ -95,7 +82,7 @@ impl<B: NetBackend> Net<B> {
             .engine
             .process_rx(&active.mem, &mut active.queues[RX_QUEUE])
         {
-            Self::signal_used(active);
+            active.signal_used("net");
         }
     }
 
@@ -108,7 +95,7 @@ impl<B: NetBackend> Net<B> {
             .engine
             .process_tx(&active.mem, &mut active.queues[TX_QUEUE])
         {
-            Self::signal_used(active);
+            active.signal_used("net");
         }
     }
 
@@ -203,16 +190,11 @@ impl<B: NetBackend> VirtioDevice for Net<B> {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        check_activation(&self.queue_max_sizes, &mem, &queues, &queue_evts)?;
+        let active = ActiveQueues::new(&self.queue_max_sizes, mem, interrupt, queues, queue_evts)?;
         self.engine
             .activate(acked_features)
             .map_err(|e| ActivateError::Backend(format!("setting TAP offloads: {e}")))?;
-        self.active = Some(Active {
-            mem,
-            interrupt,
-            queues,
-            queue_evts,
-        });
+        self.active = Some(active);
         self.activation.notify().map_err(ActivateError::Signal)
     }
 

@@ -12,9 +12,9 @@ use vmm_sys_util::eventfd::EventFd;
 use super::config::VsockConfig;
 use super::muxer::{Muxer, MuxerError, MuxerStats};
 use super::packet::{read_packet, Descriptor, RxBuffer, EVENT_TRANSPORT_RESET, MAX_PAYLOAD};
-use crate::devices::virtio::device::check_activation;
+use crate::devices::virtio::device::ActiveQueues;
 use crate::devices::virtio::{
-    ActivateError, ActivationEvent, EventRegistry, InterruptKind, VirtioDevice, VirtioInterrupt,
+    ActivateError, ActivationEvent, EventRegistry, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
 
@@ -56,19 +56,12 @@ pub struct VsockStats {
     pub muxer: MuxerStats,
 }
 
-struct Active {
-    mem: GuestMemoryMmap,
-    interrupt: Arc<dyn VirtioInterrupt>,
-    queues: Vec<Queue>,
-    queue_evts: Vec<EventFd>,
-}
-
 pub struct Vsock {
     muxer: Muxer,
     config_space: [u8; 8],
     queue_max_sizes: [u16; NUM_QUEUES],
     activation: ActivationEvent,
-    active: Option<Active>,
+    active: Option<ActiveQueues>,
     registry: EventRegistry,
     /// Set by `reset` (vCPU thread), done by `finish_reset` (event loop).
     drop_pending: bool,
@@ -113,12 +106,6 @@ impl Vsock {
         self.muxer.as_raw_fd()
     }
 
-    fn signal(active: &Active) {
-        if let Err(e) = active.interrupt.trigger(InterruptKind::Queue) {
-            error!("vsock: cannot raise the queue interrupt: {e}");
-        }
-    }
-
     /// Guest -> host: every TX chain is one packet; each is returned at once (the data was
     /// copied out), valid or not.
     pub fn process_tx(&mut self) {
@@ -144,7 +131,7 @@ impl Vsock {
             used = true;
         }
         if used {
-            Self::signal(active);
+            active.signal_used("vsock");
         }
         // Replies (RESPONSE, RST, credit) and unblocked data may now go out.
         self.process_rx();
@@ -191,7 +178,7 @@ impl Vsock {
             used = true;
         }
         if used {
-            Self::signal(active);
+            active.signal_used("vsock");
         }
     }
 
@@ -218,7 +205,7 @@ impl Vsock {
         };
         let len = if delivered { 4 } else { 0 };
         let _ = queue.add_used(&active.mem, head, len);
-        Self::signal(active);
+        active.signal_used("vsock");
         delivered
     }
 
@@ -311,13 +298,13 @@ impl VirtioDevice for Vsock {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        check_activation(&self.queue_max_sizes, &mem, &queues, &queue_evts)?;
-        self.active = Some(Active {
+        self.active = Some(ActiveQueues::new(
+            &self.queue_max_sizes,
             mem,
             interrupt,
             queues,
             queue_evts,
-        });
+        )?);
         self.muxer.set_accepting(true);
         self.activation.notify().map_err(ActivateError::Signal)
     }
