@@ -161,6 +161,14 @@ impl MmioTransport {
         }
     }
 
+    /// Applies a driver write to the selected queue, if it may still change (see
+    /// [`Self::configurable_queue`]).
+    fn configure_queue(&mut self, change: impl FnOnce(&mut QueueConfig)) {
+        if let Some(q) = self.configurable_queue() {
+            change(q);
+        }
+    }
+
     fn read_register(&self, offset: u32) -> u32 {
         match offset {
             VIRTIO_MMIO_MAGIC_VALUE => MMIO_MAGIC,
@@ -196,42 +204,26 @@ impl MmioTransport {
             VIRTIO_MMIO_DRIVER_FEATURES_SEL => self.driver_features_sel = value,
             VIRTIO_MMIO_DRIVER_FEATURES => self.write_driver_features(value),
             VIRTIO_MMIO_QUEUE_SEL => self.queue_sel = value,
-            VIRTIO_MMIO_QUEUE_NUM => {
-                if let Some(q) = self.configurable_queue() {
-                    // Validated when the driver sets QueueReady.
-                    q.size = value;
-                }
-            }
+            // Validated when the driver sets QueueReady.
+            VIRTIO_MMIO_QUEUE_NUM => self.configure_queue(|q| q.size = value),
             VIRTIO_MMIO_QUEUE_READY => self.write_queue_ready(value),
             VIRTIO_MMIO_QUEUE_DESC_LOW => {
-                if let Some(q) = self.configurable_queue() {
-                    set_low(&mut q.desc_table, value)
-                }
+                self.configure_queue(|q| set_low(&mut q.desc_table, value))
             }
             VIRTIO_MMIO_QUEUE_DESC_HIGH => {
-                if let Some(q) = self.configurable_queue() {
-                    set_high(&mut q.desc_table, value)
-                }
+                self.configure_queue(|q| set_high(&mut q.desc_table, value))
             }
             VIRTIO_MMIO_QUEUE_AVAIL_LOW => {
-                if let Some(q) = self.configurable_queue() {
-                    set_low(&mut q.avail_ring, value)
-                }
+                self.configure_queue(|q| set_low(&mut q.avail_ring, value))
             }
             VIRTIO_MMIO_QUEUE_AVAIL_HIGH => {
-                if let Some(q) = self.configurable_queue() {
-                    set_high(&mut q.avail_ring, value)
-                }
+                self.configure_queue(|q| set_high(&mut q.avail_ring, value))
             }
             VIRTIO_MMIO_QUEUE_USED_LOW => {
-                if let Some(q) = self.configurable_queue() {
-                    set_low(&mut q.used_ring, value)
-                }
+                self.configure_queue(|q| set_low(&mut q.used_ring, value))
             }
             VIRTIO_MMIO_QUEUE_USED_HIGH => {
-                if let Some(q) = self.configurable_queue() {
-                    set_high(&mut q.used_ring, value)
-                }
+                self.configure_queue(|q| set_high(&mut q.used_ring, value))
             }
             VIRTIO_MMIO_QUEUE_NOTIFY => self.notify(value),
             VIRTIO_MMIO_INTERRUPT_ACK => self.interrupt.ack(value),
@@ -257,8 +249,8 @@ impl MmioTransport {
             return;
         }
         match self.driver_features_sel {
-            0 => self.acked_features = (self.acked_features & !0xffff_ffff) | value as u64,
-            1 => self.acked_features = (self.acked_features & 0xffff_ffff) | ((value as u64) << 32),
+            0 => set_low(&mut self.acked_features, value),
+            1 => set_high(&mut self.acked_features, value),
             // Feature pages beyond 64 bits offer nothing; a driver acking any bit there asks
             // for something we never offered, which FEATURES_OK will refuse.
             _ => self.acked_beyond_64 |= value != 0,
