@@ -13,7 +13,7 @@ use std::time::Instant;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm::devices::virtio::block::{Block, BlockConfig};
 use vmm::devices::virtio::test_utils::{test_memory, Buf, DriverQueue, MockInterrupt};
-use vmm::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
+use vmm::devices::virtio::VIRTIO_F_VERSION_1;
 use vmm_sys_util::eventfd::EventFd;
 
 const QUEUE_SIZE: u16 = 256;
@@ -137,11 +137,10 @@ fn main() {
     let hdr_base = dq.end().0;
     let status_base = hdr_base + 16 * BATCH;
     let irq = Arc::new(MockInterrupt::default());
-    blk.activate(
-        mem.clone(),
+    dq.activate_device(
+        &mut blk,
         irq.clone(),
-        vec![dq.device_queue()],
-        vec![EventFd::new(0).unwrap()],
+        EventFd::new(0).unwrap(),
         VIRTIO_F_VERSION_1,
     )
     .unwrap();

@@ -150,7 +150,7 @@ mod tests {
     use super::*;
     use crate::devices::virtio::rng::Rng;
     use crate::devices::virtio::test_utils::{test_memory, Buf, DriverQueue, MockInterrupt};
-    use crate::devices::virtio::{VirtioDevice, VIRTIO_F_VERSION_1};
+    use crate::devices::virtio::VIRTIO_F_VERSION_1;
     use std::time::{Duration, Instant};
     use vm_memory::GuestAddress;
 
@@ -176,16 +176,13 @@ mod tests {
         let mut dq = DriverQueue::new(&mem, GuestAddress(0x1000), 64);
         let irq = Arc::new(MockInterrupt::default());
         let notify = EventFd::new(EFD_NONBLOCK).unwrap();
-        rng.lock()
-            .unwrap()
-            .activate(
-                mem.clone(),
-                irq.clone(),
-                vec![dq.device_queue()],
-                vec![notify.try_clone().unwrap()],
-                VIRTIO_F_VERSION_1,
-            )
-            .unwrap();
+        dq.activate_device(
+            &mut *rng.lock().unwrap(),
+            irq.clone(),
+            notify.try_clone().unwrap(),
+            VIRTIO_F_VERSION_1,
+        )
+        .unwrap();
         dq.add_chain(&[Buf::write(0x8000, 32)]);
         notify.write(1).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);

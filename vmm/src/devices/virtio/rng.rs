@@ -242,11 +242,10 @@ mod tests {
         let dq = DriverQueue::new(&mem, GuestAddress(0x1000), QUEUE_SIZE);
         let mut rng = Rng::new().unwrap();
         let irq = Arc::new(MockInterrupt::default());
-        rng.activate(
-            mem.clone(),
+        dq.activate_device(
+            &mut rng,
             irq.clone(),
-            vec![dq.device_queue()],
-            vec![EventFd::new(0).unwrap()],
+            EventFd::new(0).unwrap(),
             VIRTIO_F_VERSION_1,
         )
         .unwrap();

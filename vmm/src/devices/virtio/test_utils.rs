@@ -5,12 +5,15 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::device::{InterruptKind, VirtioInterrupt};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::device::{ActivateError, InterruptKind, VirtioDevice, VirtioInterrupt};
 
 /// Guest memory starting at address 0.
 pub fn test_memory(size: usize) -> GuestMemoryMmap {
@@ -250,6 +253,24 @@ impl DriverQueue {
         q.try_set_used_ring_address(self.used_ring).unwrap();
         q.set_ready(true);
         q
+    }
+
+    /// Activates a device whose only queue is this one, as the transport does on DRIVER_OK;
+    /// `notify` stands in for the queue's ioeventfd.
+    pub fn activate_device(
+        &self,
+        dev: &mut dyn VirtioDevice,
+        interrupt: Arc<dyn VirtioInterrupt>,
+        notify: EventFd,
+        acked_features: u64,
+    ) -> Result<(), ActivateError> {
+        dev.activate(
+            self.mem.clone(),
+            interrupt,
+            vec![self.device_queue()],
+            vec![notify],
+            acked_features,
+        )
     }
 }
 

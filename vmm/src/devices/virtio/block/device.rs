@@ -536,15 +536,9 @@ mod tests {
         let mem = test_memory(MEM_SIZE);
         let dq = DriverQueue::new(&mem, GuestAddress(0x1000), 16);
         let irq = Arc::new(MockInterrupt::default());
-        let evt = EventFd::new(0).unwrap();
-        blk.activate(
-            mem.clone(),
-            irq.clone(),
-            vec![dq.device_queue()],
-            vec![evt],
-            blk.avail_features(),
-        )
-        .unwrap();
+        let features = blk.avail_features();
+        dq.activate_device(&mut blk, irq.clone(), EventFd::new(0).unwrap(), features)
+            .unwrap();
         Fixture {
             mem,
             dq,
@@ -989,16 +983,13 @@ mod tests {
         let mut dq = DriverQueue::new(&mem, GuestAddress(0x1000), 16);
         let irq = Arc::new(MockInterrupt::default());
         let notify = EventFd::new(0).unwrap();
-        blk.lock()
-            .unwrap()
-            .activate(
-                mem.clone(),
-                irq.clone(),
-                vec![dq.device_queue()],
-                vec![notify.try_clone().unwrap()],
-                VIRTIO_F_VERSION_1,
-            )
-            .unwrap();
+        dq.activate_device(
+            &mut *blk.lock().unwrap(),
+            irq.clone(),
+            notify.try_clone().unwrap(),
+            VIRTIO_F_VERSION_1,
+        )
+        .unwrap();
         // Activation event: the queue eventfd gets registered.
         assert_eq!(em.run_with_timeout(1000).unwrap(), 1);
 
