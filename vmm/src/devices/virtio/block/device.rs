@@ -928,15 +928,13 @@ mod tests {
         // Re-activate with only VERSION_1 acked.
         assert!(f.blk.reset());
         f.dq = DriverQueue::new(&f.mem, GuestAddress(0x1000), 16);
-        f.blk
-            .activate(
-                f.mem.clone(),
-                f.irq.clone(),
-                vec![f.dq.device_queue()],
-                vec![EventFd::new(0).unwrap()],
-                VIRTIO_F_VERSION_1,
-            )
-            .unwrap();
+        f.dq.activate_device(
+            &mut f.blk,
+            f.irq.clone(),
+            EventFd::new(0).unwrap(),
+            VIRTIO_F_VERSION_1,
+        )
+        .unwrap();
         f.dq.set_used_event(100);
         for i in 1..=3 {
             header(&f, VIRTIO_BLK_T_FLUSH, 0);
