@@ -103,10 +103,15 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
     assert!(out.contains("sleep 600"), "exec ps: {out}");
 
     // An exec with a terminal: the agent's pty, sized by ResizePty from ctr's console.
+    // ctr (1.6) puts no consoleSize in the exec's spec: it sends ResizePty only once Start
+    // has returned, by when the process already runs (as under runc), so the shell waits up
+    // to 5 s for the size to arrive instead of reading the pty's initial 0x0. (busybox stty
+    // may exit 0 after failing, hence the check of what it prints.)
     if harness::which("script").is_some() {
         let cmd = format!(
             "stty rows 33 cols 77; ctr --address {} --namespace {} task exec -t --exec-id t1 \
-             {id} sh -c 'tty; stty size; exit 4'",
+             {id} sh -c 'tty; i=0; while [ $i -lt 100 ]; do case $(stty size 2>/dev/null) in \
+             [1-9]*) break;; esac; sleep 0.05; i=$((i+1)); done; stty size; exit 4'",
             c.socket.display(),
             harness::NAMESPACE
         );
