@@ -266,6 +266,24 @@ impl EventRegistry {
     pub fn is_empty(&self) -> bool {
         self.fds.is_empty()
     }
+
+    /// On a single-queue device's activation event: drops the registrations (and retired
+    /// eventfds) of the previous activation, then registers the queue eventfd of `active` for
+    /// `token`. Returns whether a queue is now registered, in which case the device should
+    /// serve the requests made available before the registration.
+    pub fn sync_queue(
+        &mut self,
+        ops: &mut EventOps,
+        active: Option<&ActiveQueue>,
+        token: u32,
+    ) -> Result<bool, DeviceError> {
+        self.remove_all(ops);
+        let Some(active) = active else {
+            return Ok(false);
+        };
+        self.add(ops, &active.queue_evt, token, EventSet::IN)?;
+        Ok(true)
+    }
 }
 
 /// Checks the queues a transport passes to `activate` against what the device declared.

@@ -6,7 +6,7 @@
 use std::io;
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{Queue, QueueT};
@@ -207,16 +207,13 @@ impl MutEventSubscriber for Rng {
         match events.data() {
             TOKEN_ACTIVATION => {
                 self.activation.consume();
-                self.registry.remove_all(ops);
-                if let Some(active) = &self.active {
-                    if let Err(e) =
-                        self.registry
-                            .add(ops, &active.queue_evt, TOKEN_QUEUE, EventSet::IN)
-                    {
-                        error!("virtio-rng: {e}");
-                        return;
-                    }
-                    self.run_queue();
+                match self
+                    .registry
+                    .sync_queue(ops, self.active.as_ref(), TOKEN_QUEUE)
+                {
+                    Ok(true) => self.run_queue(),
+                    Ok(false) => {}
+                    Err(e) => error!("virtio-rng: {e}"),
                 }
             }
             TOKEN_QUEUE => {

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use log::{error, warn};
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
@@ -370,19 +370,15 @@ impl Block {
 
     /// Brings the event-loop registrations in line with the activation state.
     fn sync_registrations(&mut self, ops: &mut EventOps) {
-        self.registry.remove_all(ops);
-        let Some(active) = &self.active else {
-            return;
-        };
-        if let Err(e) = self
+        match self
             .registry
-            .add(ops, &active.queue_evt, TOKEN_QUEUE, EventSet::IN)
+            .sync_queue(ops, self.active.as_ref(), TOKEN_QUEUE)
         {
-            error!("virtio-blk: {e}");
-            return;
+            // Requests made available before the notification was registered.
+            Ok(true) => self.run_queue(),
+            Ok(false) => {}
+            Err(e) => error!("virtio-blk: {e}"),
         }
-        // Requests made available before the notification was registered.
-        self.run_queue();
     }
 
     fn run_queue(&mut self) {
