@@ -289,7 +289,9 @@ fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
             }
             Stdio::Inherit | Stdio::Pty => close_fds_except(&keep),
         }
-        for f in setup.cgroup.procs_files() {
+        // This child is single-threaded (fresh from fork), as joining through a v1 `tasks`
+        // file needs.
+        for f in setup.cgroup.join_files() {
             std::fs::write(&f, "0").map_err(|e| format!("join cgroup {}: {e}", f.display()))?;
         }
         setup.ns.join_all()?;
