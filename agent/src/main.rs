@@ -27,6 +27,10 @@ struct Args {
     /// Serve on this unix socket (native isolation). Required unless running as PID 1.
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
+    /// The socket at --socket is already bound and listening on this inherited descriptor
+    /// (the parent bound it so clients need not wait for the agent to start).
+    #[arg(long, value_name = "FD", requires = "socket")]
+    listen_fd: Option<i32>,
     /// Serve on AF_VSOCK at this port (guest). Implied as PID 1.
     #[arg(long, value_name = "PORT", conflicts_with = "socket")]
     vsock: Option<u32>,
@@ -51,7 +55,10 @@ fn main() -> ExitCode {
 
 fn run_native(args: Args) -> ExitCode {
     let listen = match (args.socket, args.vsock) {
-        (Some(path), None) => ListenAddr::Unix(path),
+        (Some(path), None) => match args.listen_fd {
+            Some(fd) => ListenAddr::InheritedUnix { path, fd },
+            None => ListenAddr::Unix(path),
+        },
         (None, Some(port)) => ListenAddr::Vsock { port },
         _ => {
             eprintln!("sandbox-agent: give --socket PATH (or --vsock PORT inside a guest)");

@@ -115,6 +115,26 @@ impl Client {
         })
     }
 
+    /// Like [`Client::connect`], but gives up on the handshake after `timeout`: for a socket
+    /// whose listener may not be serving yet (connections queue on a socket bound before the
+    /// agent started), so a stuck agent is an error rather than a hang.
+    pub fn connect_within(endpoint: Endpoint, timeout: Duration) -> Result<Self, ProtocolError> {
+        let mut stream = endpoint.connect_raw()?;
+        stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        handshake(
+            &mut stream,
+            &Hello::Control {
+                version: PROTOCOL_VERSION,
+            },
+        )?;
+        stream.set_read_timeout(None)?;
+        Ok(Client {
+            endpoint,
+            stream,
+            next_id: 1,
+        })
+    }
+
     /// Like [`Client::connect`], retrying while the agent is not listening yet (a booting
     /// guest, a freshly spawned native agent) until `timeout` has passed.
     pub fn connect_timeout(endpoint: Endpoint, timeout: Duration) -> Result<Self, ProtocolError> {

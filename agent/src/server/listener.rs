@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 pub enum ListenAddr {
     /// A unix socket at this path; a stale socket file there is replaced.
     Unix(PathBuf),
+    /// A unix socket at this path that the parent already bound and listens on, handed down
+    /// as this descriptor. Clients can connect (their connections queue) before the agent
+    /// has started, so nobody polls for the socket to appear.
+    InheritedUnix { path: PathBuf, fd: RawFd },
     /// AF_VSOCK on any CID at this port. Only for a guest: the host side of vsock belongs to
     /// the VMM.
     Vsock { port: u32 },
@@ -22,6 +26,9 @@ impl std::fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+            ListenAddr::InheritedUnix { path, fd } => {
+                write!(f, "unix:{} (inherited fd {fd})", path.display())
+            }
             ListenAddr::Vsock { port } => write!(f, "vsock:{port}"),
         }
     }
@@ -38,8 +45,45 @@ impl Listener {
     pub fn bind(addr: &ListenAddr) -> io::Result<Self> {
         match addr {
             ListenAddr::Unix(path) => Self::bind_unix(path),
+            ListenAddr::InheritedUnix { path, fd } => Self::inherit_unix(path, *fd),
             ListenAddr::Vsock { port } => Self::bind_vsock(*port),
         }
+    }
+
+    /// Takes over a listening unix socket from the parent. Anything else on that descriptor
+    /// (a closed fd, a file, a socket nobody listens on) is refused rather than served.
+    fn inherit_unix(path: &Path, fd: RawFd) -> io::Result<Self> {
+        let mut listening: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `listening`.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                &mut listening as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if listening == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("fd {fd} is a socket that does not listen"),
+            ));
+        }
+        // SAFETY: the descriptor was handed to this process to own; checked to be a
+        // listening socket above.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Our children must not inherit it.
+        // SAFETY: F_SETFD on the descriptor we now own.
+        unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(Listener {
+            fd: owned,
+            unix_path: Some(path.to_owned()),
+        })
     }
 
     fn bind_unix(path: &Path) -> io::Result<Self> {
@@ -160,6 +204,47 @@ mod tests {
         assert!(listener.accept().is_err());
         drop(listener);
         assert!(!path.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_inherited_listening_socket_is_served_and_anything_else_refused() {
+        let dir = std::env::temp_dir().join(format!("agent-listener-inh-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.sock");
+        let bound = UnixListener::bind(&path).unwrap();
+        // A client that connects before the agent takes the socket over is queued, not refused.
+        let mut client = UnixStream::connect(&path).unwrap();
+        let fd = OwnedFd::from(bound);
+        let raw = fd.as_raw_fd();
+        std::mem::forget(fd); // the listener takes ownership
+        let addr = ListenAddr::InheritedUnix {
+            path: path.clone(),
+            fd: raw,
+        };
+        let listener = Listener::bind(&addr).unwrap();
+        let mut server = listener.accept().unwrap();
+        client.write_all(b"ok").unwrap();
+        let mut buf = [0u8; 2];
+        server.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ok");
+        drop(listener);
+        assert!(!path.exists());
+
+        // A connected (not listening) socket and a regular file are refused.
+        let (a, _b) = UnixStream::pair().unwrap();
+        let err = Listener::bind(&ListenAddr::InheritedUnix {
+            path: dir.join("b.sock"),
+            fd: a.as_raw_fd(),
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        let file = fs::File::create(dir.join("f")).unwrap();
+        assert!(Listener::bind(&ListenAddr::InheritedUnix {
+            path: dir.join("c.sock"),
+            fd: file.as_raw_fd(),
+        })
+        .is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 

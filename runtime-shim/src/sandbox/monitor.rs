@@ -76,9 +76,10 @@ impl Backend {
 
     /// Asks the agent to clean up, then makes sure the process is gone. A native agent has
     /// nothing left to do once the sandbox is destroyed; a VM gets a moment to power off.
-    fn shut_down(mut self) {
+    /// `client`, a control connection already open to this back end, saves opening another.
+    fn shut_down(mut self, client: Option<Client>) {
         let is_vm = matches!(self, Backend::Vm(_));
-        if let Ok(mut c) = Client::connect(self.endpoint()) {
+        if let Some(mut c) = client.or_else(|| Client::connect(self.endpoint()).ok()) {
             let _ = c.stream().set_read_timeout(Some(Duration::from_secs(2)));
             let _ = c.destroy_sandbox(is_vm);
         }
@@ -134,7 +135,7 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
             log::error!("create {id}: {e}");
             report(ready, &Err(e));
             if let Some(b) = backend {
-                b.shut_down();
+                b.shut_down(None);
             }
             return Ok(1);
         }
@@ -147,6 +148,7 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
 
     let waited = client.wait(ProcessRef::init(&id));
     plumbing.finish(Duration::from_secs(2));
+    let connection_alive = waited.is_ok();
     let status = match waited {
         Ok(s) => s,
         Err(e) => {
@@ -159,7 +161,8 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
         }
     };
     record_exit(&store, &id, status);
-    backend.shut_down();
+    // The connection that waited is idle now: it carries the clean-up too.
+    backend.shut_down(connection_alive.then_some(client));
     Ok(exit_like(status))
 }
 
@@ -246,7 +249,16 @@ fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
     let deadline = Instant::now() + timeout;
     let endpoint = b.endpoint();
     loop {
-        match Client::connect(endpoint.clone()) {
+        // A native agent's socket listens before the agent runs: the handshake waits for the
+        // agent, bounded by what is left of the timeout.
+        let attempt = match b {
+            Backend::Native(_) => Client::connect_within(
+                endpoint.clone(),
+                deadline.saturating_duration_since(Instant::now()),
+            ),
+            Backend::Vm(_) => Client::connect(endpoint.clone()),
+        };
+        match attempt {
             Ok(c) => return Ok(c),
             Err(e) => {
                 if let Ok(Some(status)) = b.child().try_wait() {
@@ -261,8 +273,8 @@ fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
                         timeout.as_secs()
                     )));
                 }
-                // A native agent listens within milliseconds: poll finely, every start pays
-                // for the granularity. A booting guest takes longer, and each try costs the
+                // A native agent gets here only if it died before answering (the loop then
+                // notices its exit); a booting guest takes a while, and each try costs the
                 // VMM a connection.
                 std::thread::sleep(match b {
                     Backend::Native(_) => Duration::from_millis(1),

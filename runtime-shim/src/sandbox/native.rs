@@ -2,6 +2,8 @@
 //! containers with the host kernel's namespaces and cgroups.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +15,9 @@ use crate::sandbox::binaries;
 
 pub const AGENT_SOCKET: &str = "agent.sock";
 
+/// The descriptor on which the agent finds its already listening socket.
+const LISTEN_FD: i32 = 3;
+
 pub struct NativeAgent {
     pub child: Child,
     pub endpoint: Endpoint,
@@ -20,15 +25,26 @@ pub struct NativeAgent {
 
 /// Starts `sandbox-agent --socket <dir>/agent.sock`. It dies with the monitor (parent-death
 /// signal), so a killed monitor never leaves an agent behind.
+///
+/// The socket is bound and listening before the agent starts and handed to it: a client's
+/// connection queues until the agent accepts it, so nobody polls for the agent to come up.
 pub fn start_agent(state_dir: &Path) -> Result<NativeAgent> {
     let bin = binaries::find("sandbox-agent", "SANDBOX_AGENT")?;
     let socket = state_dir.join(AGENT_SOCKET);
+    let listener = UnixListener::bind(&socket).ctx("bind", &socket)?;
+    // Whoever can connect can run processes as root: owner only.
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .ctx("chmod", &socket)?;
+    let listen: OwnedFd = listener.into();
+    let listen_fd = listen.as_raw_fd();
     let log_path = state_dir.join("agent.log");
     let log = File::create(&log_path).ctx("create", &log_path)?;
     let log2 = log.try_clone().ctx("dup", &log_path)?;
     let mut cmd = Command::new(&bin);
     cmd.arg("--socket")
         .arg(&socket)
+        .arg("--listen-fd")
+        .arg(LISTEN_FD.to_string())
         .arg("--root")
         .arg(state_dir.join("agent"))
         .stdin(Stdio::null())
@@ -36,19 +52,29 @@ pub fn start_agent(state_dir: &Path) -> Result<NativeAgent> {
         .stderr(log2);
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             // Signals we block for our own use must not stay blocked in the child.
             let empty: libc::sigset_t = std::mem::zeroed();
             libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // dup2 clears close-on-exec on the copy; onto itself it does nothing, so clear
+            // the flag by hand then.
+            if listen_fd == LISTEN_FD {
+                if libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(listen_fd, LISTEN_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error::Agent(format!("cannot start {}: {e}", bin.display())))?;
+    let child = cmd.spawn();
+    // Only the agent may hold the listener: if it dies, clients see the socket go dead.
+    drop(listen);
+    let child = child.map_err(|e| Error::Agent(format!("cannot start {}: {e}", bin.display())))?;
     Ok(NativeAgent {
         child,
         endpoint: Endpoint::Unix(socket),
