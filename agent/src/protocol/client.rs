@@ -69,6 +69,11 @@ fn connect_vsock_proxy(path: &Path, port: u32) -> Result<UnixStream, ProtocolErr
 /// Sends `hello` and reads the agent's reply; a refusal or another version is an error.
 pub fn handshake(stream: &mut UnixStream, hello: &Hello) -> Result<u32, ProtocolError> {
     write_message(stream, hello)?;
+    read_welcome(stream, hello)
+}
+
+/// The second half of [`handshake`]: the agent's reply to `hello`, already sent.
+fn read_welcome(stream: &mut UnixStream, hello: &Hello) -> Result<u32, ProtocolError> {
     match read_message::<HelloReply>(stream)? {
         HelloReply::Welcome { version, .. } if version == hello.version() => Ok(version),
         HelloReply::Welcome { version, .. } => Err(ProtocolError::VersionMismatch {
@@ -308,12 +313,37 @@ impl Client {
         process: &ProcessRef,
         stream: StreamKind,
     ) -> Result<UnixStream, ProtocolError> {
-        self.endpoint.open(&Hello::Stream {
-            version: PROTOCOL_VERSION,
-            container_id: process.container_id.clone(),
-            exec_id: process.exec_id.clone(),
-            stream,
-        })
+        self.endpoint.open(&stream_hello(process, stream))
+    }
+
+    /// Opens several stdio streams of a process at once: every connection and its hello go
+    /// out before the first reply is read, so the agent answers them in parallel instead of
+    /// one round trip after another. The streams come back in the order of `kinds`.
+    pub fn attach_all(
+        &self,
+        process: &ProcessRef,
+        kinds: &[StreamKind],
+    ) -> Result<Vec<UnixStream>, ProtocolError> {
+        let mut opened = Vec::with_capacity(kinds.len());
+        for &kind in kinds {
+            let hello = stream_hello(process, kind);
+            let mut stream = self.endpoint.connect_raw()?;
+            write_message(&mut stream, &hello)?;
+            opened.push((stream, hello));
+        }
+        opened
+            .into_iter()
+            .map(|(mut stream, hello)| read_welcome(&mut stream, &hello).map(|_| stream))
+            .collect()
+    }
+}
+
+fn stream_hello(process: &ProcessRef, stream: StreamKind) -> Hello {
+    Hello::Stream {
+        version: PROTOCOL_VERSION,
+        container_id: process.container_id.clone(),
+        exec_id: process.exec_id.clone(),
+        stream,
     }
 }
 

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::os::fd::OwnedFd;
-use std::thread::JoinHandle;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 use agent::protocol::{Client, ProcessRef, StdioRequest, StreamKind};
@@ -33,45 +33,62 @@ impl HostStdio {
 /// The running copies; outputs are joined before the process's exit is reported so no output
 /// is lost.
 pub struct Plumbing {
-    outputs: Vec<JoinHandle<()>>,
+    /// How many output copies are running; each says on `done` when it has drained.
+    outputs: usize,
+    done: Receiver<()>,
+}
+
+/// Copies one output to its end, then says so on `done` (a wake-up, not a poll, so the exit
+/// is reported as soon as the last byte is written).
+fn spawn_output(conn: std::os::unix::net::UnixStream, to: OwnedFd, done: Sender<()>) {
+    std::thread::spawn(move || {
+        copy_out(conn, File::from(to));
+        let _ = done.send(());
+    });
 }
 
 pub fn attach(client: &Client, process: &ProcessRef, tty: bool, io: HostStdio) -> Result<Plumbing> {
-    let mut outputs = Vec::new();
-    if let Some(out) = io.stdout {
-        let conn = client
-            .attach(process, StreamKind::Stdout)
-            .map_err(agent_err("attach stdout"))?;
-        outputs.push(std::thread::spawn(move || copy_out(conn, File::from(out))));
+    let stderr = if tty { None } else { io.stderr };
+    let mut kinds = Vec::new();
+    if io.stdout.is_some() {
+        kinds.push(StreamKind::Stdout);
     }
-    if !tty {
-        if let Some(err) = io.stderr {
-            let conn = client
-                .attach(process, StreamKind::Stderr)
-                .map_err(agent_err("attach stderr"))?;
-            outputs.push(std::thread::spawn(move || copy_out(conn, File::from(err))));
-        }
+    if stderr.is_some() {
+        kinds.push(StreamKind::Stderr);
+    }
+    if io.stdin.is_some() {
+        kinds.push(StreamKind::Stdin);
+    }
+    // All at once: each stream is a connection of its own, and their handshakes overlap.
+    let mut conns = client
+        .attach_all(process, &kinds)
+        .map_err(agent_err("attach stdio"))?
+        .into_iter();
+    let (done_tx, done) = channel();
+    let mut outputs = 0;
+    for out in [io.stdout, stderr].into_iter().flatten() {
+        let conn = conns.next().expect("one stream per kind asked for");
+        spawn_output(conn, out, done_tx.clone());
+        outputs += 1;
     }
     if let Some(input) = io.stdin {
-        let conn = client
-            .attach(process, StreamKind::Stdin)
-            .map_err(agent_err("attach stdin"))?;
+        let conn = conns.next().expect("one stream per kind asked for");
         // Never joined: a terminal or an open pipe may never reach end of file.
         std::thread::spawn(move || copy_in(File::from(input), conn));
     }
-    Ok(Plumbing { outputs })
+    Ok(Plumbing { outputs, done })
 }
 
 impl Plumbing {
     /// Waits (bounded) for the output copies to drain after the process has exited.
     pub fn finish(self, limit: Duration) {
         let deadline = Instant::now() + limit;
-        for h in self.outputs {
-            while !h.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            if h.is_finished() {
-                let _ = h.join();
+        for _ in 0..self.outputs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.done.recv_timeout(left).is_err() {
+                // Still copying at the deadline (an output held open by a process the
+                // container left behind): the copy goes on without us.
+                return;
             }
         }
     }
