@@ -276,7 +276,9 @@ fn connect_while_alive(
 ) -> Result<Client> {
     let deadline = Instant::now() + timeout;
     loop {
-        match Client::connect_timeout(endpoint.clone(), Duration::from_millis(100)) {
+        // The agent's socket is bound before the agent runs, so a connection queues at once:
+        // bound the handshake too, or an agent that never accepts would hang the shim.
+        match Client::connect_within(endpoint.clone(), Duration::from_millis(500)) {
             Ok(c) => return Ok(c),
             Err(e) => {
                 if let Some(why) = ended.lock().ok().and_then(|g| g.clone()) {
@@ -290,6 +292,7 @@ fn connect_while_alive(
                         timeout.as_secs()
                     )));
                 }
+                std::thread::sleep(Duration::from_millis(5));
             }
         }
     }
