@@ -49,6 +49,7 @@ pub use children::{ChildWaiter, DirectWait};
 pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
 pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
+pub use mounts::{parse_options as parse_mount_options, MountOptions};
 pub use seccomp::{syscall_surface, SyscallSurface};
 pub use stdio::Stdio;
 pub use validate::validate_spec;

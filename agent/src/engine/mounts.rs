@@ -13,7 +13,7 @@ use super::cgroups::{Cgroup, Layout};
 
 /// A mount entry's options split into what mount(2) takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountOptions {
+pub struct MountOptions {
     pub flags: MsFlags,
     /// Flags explicitly cleared (`rw`, `suid`, ...), which matter for bind remounts.
     pub cleared: MsFlags,
@@ -26,7 +26,7 @@ pub(crate) struct MountOptions {
 }
 
 /// Parses mount options; unknown words become filesystem data (`mode=755`, `size=64m`).
-pub(crate) fn parse_options(opts: &[String]) -> MountOptions {
+pub fn parse_options(opts: &[String]) -> MountOptions {
     let mut o = MountOptions {
         flags: MsFlags::empty(),
         cleared: MsFlags::empty(),
@@ -77,8 +77,8 @@ pub(crate) fn parse_options(opts: &[String]) -> MountOptions {
                 o.propagation.push(propagation(p).expect("listed above"));
                 continue;
             }
-            // runc extensions that need nothing from us here.
-            "tmpcopyup" | "nosymfollow" => continue,
+            // runc extensions that need nothing from us here, and mount(8)'s placeholder.
+            "tmpcopyup" | "nosymfollow" | "defaults" => continue,
             other => {
                 o.data.push(other.to_string());
                 continue;

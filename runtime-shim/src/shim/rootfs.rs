@@ -47,36 +47,18 @@ pub fn mount_all(bundle: &Path, mounts: &[Mount]) -> Result<bool> {
     Ok(true)
 }
 
-/// mount(8)-style options split into flags and filesystem data.
+/// mount(8)-style options split into flags and filesystem data, as the engine reads a spec's
+/// mounts; propagation words play no part in mounting the rootfs.
 fn parse_options(options: &[String]) -> (MsFlags, Vec<String>) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in options {
-        let (set, clear) = match o.as_str() {
-            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
-            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
-            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
-            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
-            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
-            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
-            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
-            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
-            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
-            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
-            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
-            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
-            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
-            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
-            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
-            "async" | "defaults" => (MsFlags::empty(), MsFlags::empty()),
-            _ => {
-                data.push(o.clone());
-                continue;
-            }
-        };
-        flags = (flags | set) & !clear;
+    let o = agent::engine::parse_mount_options(options);
+    let mut flags = o.flags;
+    if o.bind {
+        flags |= MsFlags::MS_BIND;
     }
-    (flags, data)
+    if o.recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    (flags, o.data)
 }
 
 /// Mounts one of containerd's mounts. Done here rather than with containerd-shim's helper,
