@@ -94,36 +94,39 @@ impl Plumbing {
     }
 }
 
-fn copy_out(mut from: std::os::unix::net::UnixStream, mut to: File) {
+/// How a [`pump`] ended.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PumpEnd {
+    /// The reader reached its end (or failed): everything it gave was written.
+    ReaderDone,
+    /// The writer refused more.
+    WriterGone,
+}
+
+/// Copies `from` to `to` until either side ends.
+pub(crate) fn pump(mut from: impl Read, mut to: impl Write) -> PumpEnd {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match from.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return PumpEnd::ReaderDone,
             Ok(n) => {
                 if to.write_all(&buf[..n]).is_err() {
-                    break;
+                    return PumpEnd::WriterGone;
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
+            Err(_) => return PumpEnd::ReaderDone,
         }
     }
 }
 
-fn copy_in(mut from: File, mut to: std::os::unix::net::UnixStream) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
+fn copy_out(from: std::os::unix::net::UnixStream, to: File) {
+    pump(from, to);
+}
+
+fn copy_in(from: File, to: std::os::unix::net::UnixStream) {
+    if pump(from, &to) == PumpEnd::ReaderDone {
+        // End of input closes the process's stdin.
+        let _ = to.shutdown(Shutdown::Write);
     }
-    // End of input closes the process's stdin.
-    let _ = to.shutdown(Shutdown::Write);
 }

@@ -111,9 +111,9 @@ impl Pumps {
     }
 }
 
-fn copy_out(mut from: UnixStream, path: &str) {
+fn copy_out(from: UnixStream, path: &str) {
     // The client holds the read side already; opening blocks only if it went away.
-    let mut to = match OpenOptions::new()
+    let to = match OpenOptions::new()
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
@@ -124,19 +124,7 @@ fn copy_out(mut from: UnixStream, path: &str) {
             return;
         }
     };
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => break,
-        }
-    }
+    crate::sandbox::stdio::pump(from, to);
 }
 
 fn copy_in(mut fifo: File, stop: OwnedFd, mut to: UnixStream) {
