@@ -146,6 +146,20 @@ impl ContainerRecord {
         }
     }
 
+    /// Refuses `action` unless the container is created or running now.
+    pub fn require_live(&self, action: &'static str) -> Result<()> {
+        let status = self.live_status();
+        if matches!(status, Status::Created | Status::Running) {
+            return Ok(());
+        }
+        Err(Error::WrongState {
+            id: self.id.clone(),
+            status: status.to_string(),
+            action,
+            needed: "created or running",
+        })
+    }
+
     /// The OCI runtime-spec state document, with runc's extra fields.
     pub fn oci_state(&self) -> serde_json::Value {
         let status = self.live_status();

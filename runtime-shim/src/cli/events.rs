@@ -24,15 +24,7 @@ pub struct EventsArgs {
 pub fn run(g: &GlobalOpts, a: EventsArgs) -> Result<()> {
     let store = StateStore::new(&g.root);
     let rec = store.load(&a.id)?;
-    let status = rec.live_status();
-    if !matches!(status, Status::Created | Status::Running) {
-        return Err(Error::WrongState {
-            id: a.id.clone(),
-            status: status.to_string(),
-            action: "report events of",
-            needed: "created or running",
-        });
-    }
+    rec.require_live("report events of")?;
     let interval = parse_interval(&a.interval)?;
     let mut client = link::connect(&rec)?;
     let mut oom_seen = 0u64;

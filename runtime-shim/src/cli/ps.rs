@@ -8,7 +8,7 @@ use clap::Args;
 use crate::cli::{GlobalOpts, ListFormat};
 use crate::error::{Error, Result};
 use crate::sandbox::link;
-use crate::state::{Isolation, StateStore, Status};
+use crate::state::{Isolation, StateStore};
 
 #[derive(Args, Debug)]
 pub struct PsArgs {
@@ -22,15 +22,7 @@ pub struct PsArgs {
 
 pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<()> {
     let rec = StateStore::new(&g.root).load(&a.id)?;
-    let status = rec.live_status();
-    if !matches!(status, Status::Created | Status::Running) {
-        return Err(Error::WrongState {
-            id: a.id.clone(),
-            status: status.to_string(),
-            action: "list processes of",
-            needed: "created or running",
-        });
-    }
+    rec.require_live("list processes of")?;
     let pids = link::connect(&rec)?
         .processes(&a.id)
         .map_err(link::agent_err("list processes"))?;

@@ -9,7 +9,7 @@ use clap::Args;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, Result};
 use crate::sandbox::link;
-use crate::state::{StateStore, Status};
+use crate::state::StateStore;
 
 #[derive(Args, Debug)]
 pub struct UpdateArgs {
@@ -21,15 +21,7 @@ pub struct UpdateArgs {
 
 pub fn run(g: &GlobalOpts, a: UpdateArgs) -> Result<()> {
     let rec = StateStore::new(&g.root).load(&a.id)?;
-    let status = rec.live_status();
-    if !matches!(status, Status::Created | Status::Running) {
-        return Err(Error::WrongState {
-            id: a.id.clone(),
-            status: status.to_string(),
-            action: "update",
-            needed: "created or running",
-        });
-    }
+    rec.require_live("update")?;
     let mut text = Vec::new();
     if a.resources.as_os_str() == "-" {
         std::io::stdin()

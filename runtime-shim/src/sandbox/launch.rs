@@ -201,15 +201,7 @@ pub fn start_container(g: &GlobalOpts, id: &str) -> Result<()> {
 pub fn kill_container(g: &GlobalOpts, id: &str, signal: i32, all: bool) -> Result<()> {
     let store = StateStore::new(&g.root);
     let rec = store.load(id)?;
-    let status = rec.live_status();
-    if !matches!(status, Status::Created | Status::Running) {
-        return Err(Error::WrongState {
-            id: id.to_string(),
-            status: status.to_string(),
-            action: "kill",
-            needed: "created or running",
-        });
-    }
+    rec.require_live("kill")?;
     let mut client = link::connect(&rec)?;
     client
         .signal(ProcessRef::init(id), signal, all)
