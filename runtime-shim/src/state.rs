@@ -130,6 +130,15 @@ pub struct TapRecord {
     pub veth: Option<String>,
 }
 
+/// An id for a container or exec the caller did not name: `<prefix>-<pid>-<nanoseconds>`.
+pub fn generated_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
 impl ContainerRecord {
     /// The status as it really is now: a created/running container whose monitor is gone has
     /// stopped, whatever the file says (the monitor may have been killed before it could record

@@ -66,7 +66,7 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32> {
     }
     let process = build_process(&rec.bundle, &a)?;
     let tty = process["terminal"].as_bool().unwrap_or(false);
-    let exec_id = format!("exec-{}-{}", std::process::id(), nanos());
+    let exec_id = crate::state::generated_id("exec");
     let dir = store.dir(&a.id);
     let process_file = dir.join(format!("{exec_id}.json"));
     crate::state::write_atomic(&process_file, process.to_string().as_bytes())?;
@@ -107,13 +107,6 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32> {
     let code = foreground::wait(child, endpoint, pref, tty, sigs.expect("foreground"));
     drop(raw);
     Ok(code)
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() % 1_000_000_000)
-        .unwrap_or(0)
 }
 
 /// The process to exec: `--process` as given, or the container's process with the command,

@@ -90,7 +90,7 @@ impl RunArgs {
 pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     let id =
         a.id.clone()
-            .unwrap_or_else(|| format!("run-{}-{}", std::process::id(), nanos()));
+            .unwrap_or_else(|| crate::state::generated_id("run"));
     crate::state::validate_id(&id)?;
     let store = StateStore::new(&g.root);
     if store.exists(&id) {
@@ -179,13 +179,6 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         launch::teardown(&store, &id);
     }
     Ok(code)
-}
-
-fn nanos() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() % 1_000_000_000)
-        .unwrap_or(0)
 }
 
 /// Writes a bundle under `<root>/.bundles/<id>`: the spec from the given bundle, or a fresh
