@@ -66,6 +66,8 @@ pub struct Report {
     pub image: String,
     pub host_kernel_release: String,
     pub host_kernel_build: String,
+    /// `sandbox check`'s KVM kind (kvm_intel, kvm_amd, kvm_pvm, none, unknown).
+    pub kvm_kind: String,
     pub kvm_detail: String,
     pub kvm_hardware_speed: bool,
     pub native_surface: surface::NativeSurface,
@@ -149,6 +151,7 @@ fn compare(
     let vm = match vm_ready(g) {
         Ok(()) => {
             let mut c = column(g, Isolation::Vm, work, &rootfs);
+            // Only a KVM that cannot be identified gets this far without hardware assistance.
             if !kvm.hardware_speed {
                 c.costs_representative = false;
                 c.note = Some(format!(
@@ -170,6 +173,7 @@ fn compare(
         image: image.to_string(),
         host_kernel_release: uts.release().to_string_lossy().into_owned(),
         host_kernel_build: uts.version().to_string_lossy().into_owned(),
+        kvm_kind: kvm.kind.to_string(),
         kvm_detail: kvm.detail,
         kvm_hardware_speed: kvm.hardware_speed,
         native_surface: surface::native(&base),
@@ -179,9 +183,10 @@ fn compare(
     })
 }
 
-/// Whether a microVM can be started here: the runtime's own preflight (which refuses
-/// software-emulated KVM unless --allow-slow-kvm), then the guest pieces `sandbox check` looks
-/// for, so the column says what is missing instead of failing probe by probe.
+/// Whether a microVM can be started here: the runtime's own preflight (which refuses kvm-pvm
+/// and a missing KVM, and an unidentified KVM unless --allow-slow-kvm), then the guest pieces
+/// `sandbox check` looks for, so the column says what is missing instead of failing probe by
+/// probe.
 fn vm_ready(g: &GlobalOpts) -> Result<()> {
     crate::sandbox::vm::preflight(g)?;
     let kernel = crate::sandbox::vm::kernel_path();

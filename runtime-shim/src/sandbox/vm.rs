@@ -38,24 +38,13 @@ pub struct VmInstance {
     pub sandbox_config: SandboxConfig,
 }
 
-/// Refuses vm isolation where guest kernels would not run at hardware speed, unless the user
-/// asked for it explicitly. Never falls back to native isolation.
+/// Refuses vm isolation where this host's KVM cannot run our guests (kvm-pvm, no KVM), or
+/// may run them only in software unless the user allowed that. Decided from the host's KVM
+/// module, never from a timing, so the same host gets the same answer every time. Never falls
+/// back to native isolation.
 pub fn preflight(g: &GlobalOpts) -> Result<()> {
     let kvm = crate::cli::check::kvm_report();
-    if !kvm.usable {
-        return Err(Error::Vm(format!(
-            "KVM is not usable on this host: {}; use --isolation native to run without a VM",
-            kvm.detail
-        )));
-    }
-    if !kvm.hardware_speed && !g.allow_slow_kvm {
-        return Err(Error::Vm(format!(
-            "guest kernels do not run at hardware speed here ({}); a microVM would take minutes \
-             to boot. Pass --allow-slow-kvm to run it anyway, or choose --isolation native",
-            kvm.detail
-        )));
-    }
-    Ok(())
+    crate::cli::check::vm_isolation_policy(&kvm.kind, g.allow_slow_kvm).map_err(Error::Vm)
 }
 
 pub fn kernel_path() -> PathBuf {

@@ -113,7 +113,7 @@ impl Pod {
         let dir = state_dir(&opts.root, namespace, group);
         let g = global_opts(opts, isolation)?;
         if isolation == Isolation::Vm {
-            // Refuse before anything is made where a VM would not run at hardware speed.
+            // Refuse before anything is made where this host's KVM cannot run the VM.
             vm::preflight(&g)?;
         }
         let _ = std::fs::remove_dir_all(&dir);
