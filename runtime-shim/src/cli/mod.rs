@@ -57,8 +57,14 @@ pub struct GlobalOpts {
     /// host kernel.
     #[arg(long, global = true, value_enum, env = "SANDBOX_ISOLATION")]
     pub isolation: Option<Isolation>,
-    /// Run microVMs even where guest kernels do not run at hardware speed (very slow).
-    #[arg(long = "allow-slow-kvm", global = true)]
+    /// Run microVMs on a KVM that cannot be identified as hardware-assisted, where guest
+    /// kernels may be emulated (very slow). Never enough on kvm-pvm or without KVM.
+    #[arg(
+        long = "allow-slow-kvm",
+        global = true,
+        env = "SANDBOX_ALLOW_SLOW_KVM",
+        value_parser = parse_switch
+    )]
     pub allow_slow_kvm: bool,
     /// Where imported images and cached rootfs disk images live.
     #[arg(
@@ -77,6 +83,15 @@ pub struct GlobalOpts {
     /// Accepted for runc compatibility; checkpointing is not supported.
     #[arg(long, global = true, hide = true)]
     pub criu: Option<PathBuf>,
+}
+
+/// A yes/no environment variable's value, as callers that cannot pass flags set it.
+fn parse_switch(value: &str) -> std::result::Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{value:?} is not one of true, false, 1, 0")),
+    }
 }
 
 impl GlobalOpts {
@@ -164,5 +179,81 @@ pub fn dispatch(cli: Cli) -> crate::error::Result<i32> {
             "pause and resume are not supported by this runtime".into(),
         )),
         Command::Monitor(a) => crate::sandbox::monitor::run(&g, a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn allow_slow_kvm_values() {
+        for (value, want) in [("true", true), ("1", true), ("TRUE", true)] {
+            assert_eq!(parse_switch(value), Ok(want), "{value}");
+        }
+        for (value, want) in [("false", false), ("0", false), ("False", false)] {
+            assert_eq!(parse_switch(value), Ok(want), "{value}");
+        }
+        for value in ["", "yes", "2", "maybe"] {
+            assert!(parse_switch(value).is_err(), "{value}");
+        }
+    }
+
+    #[test]
+    fn allow_slow_kvm_reads_its_environment_variable() {
+        let cmd = Cli::command();
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "allow_slow_kvm")
+            .unwrap();
+        assert_eq!(
+            arg.get_env(),
+            Some(std::ffi::OsStr::new("SANDBOX_ALLOW_SLOW_KVM"))
+        );
+        let g = Cli::try_parse_from(["sandbox", "--allow-slow-kvm", "check"])
+            .unwrap()
+            .global;
+        assert!(g.allow_slow_kvm);
+    }
+
+    /// clap reads the variable from this process's environment, which tests running beside
+    /// this one share: the parse happens in a child copy of this test binary instead.
+    #[test]
+    fn allow_slow_kvm_from_the_environment() {
+        const CHILD: &str = "SANDBOX_TEST_ALLOW_SLOW_KVM_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            let parsed = Cli::try_parse_from(["sandbox", "check"]).map(|c| c.global.allow_slow_kvm);
+            match parsed {
+                Ok(allowed) => println!("allow_slow_kvm={allowed}"),
+                Err(_) => println!("allow_slow_kvm=rejected"),
+            }
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let name = "cli::tests::allow_slow_kvm_from_the_environment";
+        for (value, want) in [
+            (Some("1"), "true"),
+            (Some("true"), "true"),
+            (Some("0"), "false"),
+            (Some("false"), "false"),
+            (Some("maybe"), "rejected"),
+            (None, "false"),
+        ] {
+            let mut child = std::process::Command::new(&exe);
+            child
+                .args(["--exact", name, "--nocapture", "--test-threads=1"])
+                .env(CHILD, "1")
+                .env_remove("SANDBOX_ALLOW_SLOW_KVM");
+            if let Some(v) = value {
+                child.env("SANDBOX_ALLOW_SLOW_KVM", v);
+            }
+            let out = child.output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                stdout.contains(&format!("allow_slow_kvm={want}\n")),
+                "SANDBOX_ALLOW_SLOW_KVM={value:?}: {stdout}"
+            );
+        }
     }
 }

@@ -9,10 +9,13 @@
 //! ```toml
 //! isolation = "native"               # or "vm" (the default)
 //! allow_isolation_annotation = true  # may a pod pick its isolation with io.sandbox.isolation?
-//! allow_slow_kvm = false             # run vm isolation where KVM is not hardware-speed
+//! allow_slow_kvm = false             # run vm isolation on a KVM that cannot be identified
 //! root = "/run/sandbox-shim"         # per-sandbox state (agent socket, logs)
 //! image_store = "/var/lib/sandbox/images"
 //! ```
+//!
+//! `allow_slow_kvm` never lets vm isolation start on kvm-pvm or without KVM, where no guest
+//! can run. `SANDBOX_ALLOW_SLOW_KVM=1` in the shim's environment allows the same.
 //!
 //! The annotation `io.sandbox.isolation` on a sandbox's first container overrides the
 //! configured isolation unless `allow_isolation_annotation = false`.
