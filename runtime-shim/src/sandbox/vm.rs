@@ -97,11 +97,12 @@ pub fn launch(
     }
 
     let (vcpus, mem_mib) = vm_size(&bundle.spec);
-    // The CPU model the VMM's own check recommends for this host (e.g. `minimal` where
-    // guest kernel mode is emulated and newer instructions would fail to emulate).
+    // The CPU model for this host's kind of KVM (`minimal` where guest kernel code may be
+    // emulated and newer instructions would fail to emulate), the same on every launch.
     let cpu_template = crate::cli::check::kvm_report()
-        .vmm_check
-        .and_then(|v| v["recommended_cpu_template"].as_str().map(str::to_string));
+        .kind
+        .cpu_template()
+        .map(str::to_string);
     let socket = dir.join(VSOCK_SOCKET);
     let console = dir.join("console.log");
     let log_path = dir.join("vmm.log");
