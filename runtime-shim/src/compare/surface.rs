@@ -98,7 +98,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_threads_allow_far_less_than_the_native_table() {
+    fn microvm_threads_allow_far_less_than_the_native_table() {
         let v = vm();
         let n = native(&serde_json::json!({"linux": {}}));
         assert_eq!(n.profile, "none");
