@@ -1,27 +1,23 @@
 //! End-to-end tests of `containerd-shim-sandbox-v2` under a real containerd (Debian's), driven
 //! with `ctr`: output, exit codes, exec, kill, pids, metrics, a two-container pod in one
-//! sandbox, isolation options, and that nothing is left behind. Native isolation here; vm
-//! isolation where `sandbox check` finds hardware-speed KVM.
+//! sandbox, isolation options, and that nothing is left behind. Native isolation, and vm
+//! isolation (`containerd_single_container::vm`) where `sandbox check` finds it ready.
 //!
-//! Run: `cargo test -p runtime-shim --test containerd -- --nocapture` (as root).
-
-mod common;
-#[path = "containerd/harness.rs"]
-mod harness;
-#[path = "containerd/image.rs"]
-mod image;
+//! Run: `cargo test -p sandbox-tests --test containerd -- --nocapture` (as root).
 
 use std::path::PathBuf;
 
-use harness::{ancestor_named, Containerd, IMAGE, RUNTIME};
+use sandbox_tests::containerd::{self as harness, ancestor_named, Containerd, IMAGE, RUNTIME};
+use sandbox_tests::{kvm_hardware_speed, skip, vm_or_skip};
 
-fn setup(name: &str) -> Option<Containerd> {
+/// A private containerd with the test image, or `None` (having said why) where containerd
+/// cannot run here.
+fn setup(test: &str, name: &str) -> Option<Containerd> {
     if let Some(why) = harness::unavailable() {
-        eprintln!("skipping: {why}");
+        skip(&format!("{test}: {why}"));
         return None;
     }
-    let agent = common::agent_binary().expect("sandbox-agent builds");
-    let c = Containerd::start(name, &agent);
+    let c = Containerd::start(name);
     c.import_image();
     Some(c)
 }
@@ -128,7 +124,7 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
             "terminal size not applied: {text:?}"
         );
     } else {
-        eprintln!("skipping the terminal exec: util-linux `script` is not installed");
+        skip("the terminal exec under containerd: util-linux `script` is not installed");
     }
 
     let ps = c.ok(&["task", "ps", &id]);
@@ -197,38 +193,57 @@ fn assert_all_gone(c: &Containerd) {
     }
 }
 
-#[test]
-fn containerd_native() {
-    let Some(c) = setup("ctrd-native") else {
-        return;
-    };
-    let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
-    let mut events = c.events();
-    single_container_flow(&c, &opts, "n");
-    assert_all_gone(&c);
-    let _ = events.kill();
-    let _ = events.wait();
-    let seen = std::fs::read_to_string(c.dir.join("events.log")).unwrap();
-    // The shim's task events, as containerd's event service received them.
-    for topic in [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exec-added",
-        "/tasks/exec-started",
-        "/tasks/exit",
-        "/tasks/delete",
-    ] {
-        assert!(
-            seen.lines()
-                .any(|l| l.contains(topic) && l.contains("n-long")),
-            "no {topic} event for n-long in:\n{seen}"
-        );
+/// The single-container flow in each isolation.
+mod containerd_single_container {
+    use super::*;
+
+    #[test]
+    fn native() {
+        let Some(c) = setup("containerd_single_container::native", "ctrd-native") else {
+            return;
+        };
+        let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+        let mut events = c.events();
+        single_container_flow(&c, &opts, "n");
+        assert_all_gone(&c);
+        let _ = events.kill();
+        let _ = events.wait();
+        let seen = std::fs::read_to_string(c.dir.join("events.log")).unwrap();
+        // The shim's task events, as containerd's event service received them.
+        for topic in [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/delete",
+        ] {
+            assert!(
+                seen.lines()
+                    .any(|l| l.contains(topic) && l.contains("n-long")),
+                "no {topic} event for n-long in:\n{seen}"
+            );
+        }
+    }
+
+    #[test]
+    fn vm() {
+        const TEST: &str = "containerd_single_container::vm";
+        if !vm_or_skip(TEST) {
+            return;
+        }
+        let Some(c) = setup(TEST, "ctrd-vm") else {
+            return;
+        };
+        let opts = options_file(&c, "vm.toml", "isolation = \"vm\"\n");
+        single_container_flow(&c, &opts, "v");
+        assert_all_gone(&c);
     }
 }
 
 #[test]
 fn containerd_pod_shares_one_sandbox() {
-    let Some(c) = setup("ctrd-pod") else {
+    let Some(c) = setup("containerd_pod_shares_one_sandbox", "ctrd-pod") else {
         return;
     };
     let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
@@ -315,7 +330,7 @@ fn containerd_pod_shares_one_sandbox() {
 
 #[test]
 fn containerd_isolation_choices() {
-    let Some(c) = setup("ctrd-iso") else {
+    let Some(c) = setup("containerd_isolation_choices", "ctrd-iso") else {
         return;
     };
     // The annotation picks native isolation without any runtime options.
@@ -363,8 +378,7 @@ fn containerd_isolation_choices() {
 
     // The default is vm isolation; where KVM is not hardware-speed it refuses (no silent
     // fall-back to native).
-    let kvm = runtime_shim::cli::check::kvm_report();
-    if !kvm.hardware_speed {
+    if !kvm_hardware_speed() {
         let o = c.ctr(&[
             "run",
             "--rm",
@@ -388,27 +402,8 @@ fn containerd_isolation_choices() {
 }
 
 #[test]
-fn containerd_vm() {
-    let kvm = runtime_shim::cli::check::kvm_report();
-    if !kvm.hardware_speed {
-        eprintln!(
-            "skipping vm isolation under containerd: guest kernels do not run at hardware \
-             speed here ({})",
-            kvm.detail
-        );
-        return;
-    }
-    let Some(c) = setup("ctrd-vm") else {
-        return;
-    };
-    let opts = options_file(&c, "vm.toml", "isolation = \"vm\"\n");
-    single_container_flow(&c, &opts, "v");
-    assert_all_gone(&c);
-}
-
-#[test]
 fn containerd_shim_crash_leaves_nothing() {
-    let Some(c) = setup("ctrd-crash") else {
+    let Some(c) = setup("containerd_shim_crash_leaves_nothing", "ctrd-crash") else {
         return;
     };
     let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");

@@ -2,8 +2,6 @@
 //! clients import: an OCI image layout (`ctr images import`) and a `docker save` archive
 //! (`docker load`).
 
-#![allow(dead_code)]
-
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
@@ -13,7 +11,7 @@ const APPLETS: &[&str] = &[
     "sh", "echo", "cat", "sleep", "true", "false", "ls", "ps", "id", "hostname", "wc", "head",
 ];
 
-fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data)
         .iter()
         .map(|b| format!("{b:02x}"))

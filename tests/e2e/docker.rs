@@ -3,17 +3,14 @@
 //! here loaded with `docker load`, and `docker run --runtime sandbox`. Docker drives the
 //! `sandbox` OCI CLI through its containerd's runc shim.
 //!
-//! Run: `cargo test -p runtime-shim --test docker -- --nocapture` (as root).
-
-mod common;
-#[path = "containerd/harness.rs"]
-mod harness;
-#[path = "containerd/image.rs"]
-mod image;
+//! Run: `cargo test -p sandbox-tests --test docker -- --nocapture` (as root).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use sandbox_tests::containerd as harness;
+use sandbox_tests::{bin, image, skip};
 
 const DOCKER: &str = "/usr/bin/docker";
 const TAG: &str = "busybox:sandbox-test";
@@ -28,7 +25,9 @@ struct Dockerd {
 }
 
 impl Dockerd {
-    fn start(agent: &Path) -> Dockerd {
+    /// Starts the daemon with the `sandbox` under test registered, it and its children using
+    /// the binaries under test.
+    fn start() -> Dockerd {
         let dir = PathBuf::from(format!("/tmp/sbx-docker-{}", std::process::id()));
         let exec_root = PathBuf::from(format!("/tmp/sd{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -39,7 +38,7 @@ impl Dockerd {
             &config,
             serde_json::to_vec_pretty(&serde_json::json!({
                 "runtimes": {"sandbox": {
-                    "path": env!("CARGO_BIN_EXE_sandbox"),
+                    "path": bin("sandbox"),
                     "runtimeArgs": ["--isolation", "native"]
                 }}
             }))
@@ -48,7 +47,7 @@ impl Dockerd {
         .unwrap();
         let socket = dir.join("docker.sock");
         let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
-        let daemon = Command::new("dockerd")
+        let daemon = sandbox_tests::bins::use_binaries(&mut Command::new("dockerd"))
             .arg("--config-file")
             .arg(&config)
             .arg("--data-root")
@@ -61,7 +60,6 @@ impl Dockerd {
             .arg(format!("unix://{}", socket.display()))
             .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
             .args(["--ip-forward=false", "--ip-masq=false"])
-            .env("SANDBOX_AGENT", agent)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -178,16 +176,18 @@ impl Drop for Dockerd {
 
 #[test]
 fn docker_run_with_sandbox_runtime() {
+    const TEST: &str = "docker_run_with_sandbox_runtime";
     if let Some(why) = harness::unavailable() {
-        eprintln!("skipping: {why}");
+        skip(&format!("{TEST}: {why}"));
         return;
     }
     if harness::which("dockerd").is_none() || !Path::new(DOCKER).is_file() {
-        eprintln!("skipping: Debian's docker.io (dockerd, /usr/bin/docker) is not installed");
+        skip(&format!(
+            "{TEST}: Debian's docker.io (dockerd, /usr/bin/docker) is not installed"
+        ));
         return;
     }
-    let agent = common::agent_binary().expect("sandbox-agent builds");
-    let d = Dockerd::start(&agent);
+    let d = Dockerd::start();
     let info = d.ok(&["info", "--format", "{{json .Runtimes}}"]);
     assert!(info.contains("sandbox"), "runtime not registered: {info}");
 

@@ -1,11 +1,7 @@
-//! Shared harness of the end-to-end tests: a private runtime root and image store per test,
-//! the `sandbox` binary under test, and the agent it starts.
-
-#![allow(dead_code)]
+//! A private runtime root and image store per test, and `sandbox` commands run against them.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub struct Env {
@@ -13,53 +9,6 @@ pub struct Env {
     pub root: PathBuf,
     pub images: PathBuf,
     pub isolation: &'static str,
-}
-
-static AGENT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-
-/// The `sandbox-agent` binary: $SANDBOX_AGENT, else built into the same target directory as
-/// the `sandbox` binary under test.
-pub fn agent_binary() -> Result<PathBuf, String> {
-    AGENT
-        .get_or_init(|| {
-            if let Some(p) = std::env::var_os("SANDBOX_AGENT") {
-                return Ok(PathBuf::from(p));
-            }
-            let sandbox = PathBuf::from(env!("CARGO_BIN_EXE_sandbox"));
-            let profile_dir = sandbox.parent().unwrap().to_path_buf();
-            let target_dir = profile_dir.parent().unwrap().to_path_buf();
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-            let mut cmd = Command::new(cargo);
-            cmd.args([
-                "build",
-                "--quiet",
-                "-p",
-                "agent",
-                "--bin",
-                "sandbox-agent",
-                "--manifest-path",
-            ])
-            .arg(&manifest)
-            .env("CARGO_TARGET_DIR", &target_dir);
-            if profile_dir.file_name().and_then(|n| n.to_str()) == Some("release") {
-                cmd.arg("--release");
-            }
-            let out = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
-            if !out.status.success() {
-                return Err(format!(
-                    "building sandbox-agent failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-            let p = profile_dir.join("sandbox-agent");
-            if p.is_file() {
-                Ok(p)
-            } else {
-                Err(format!("{} missing after the build", p.display()))
-            }
-        })
-        .clone()
 }
 
 impl Env {
@@ -81,12 +30,12 @@ impl Env {
         env
     }
 
+    /// `sandbox` under test on this Env's root, image store and isolation.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sandbox"));
+        let mut c = crate::sandbox();
         c.env("SANDBOX_ROOT", &self.root)
             .env("SANDBOX_IMAGE_STORE", &self.images)
-            .env("SANDBOX_ISOLATION", self.isolation)
-            .env("SANDBOX_AGENT", agent_binary().expect("sandbox-agent"));
+            .env("SANDBOX_ISOLATION", self.isolation);
         c
     }
 
@@ -265,25 +214,4 @@ pub fn processes_mentioning(needle: &str) -> Vec<i32> {
         }
     }
     out
-}
-
-/// Whether vm isolation can run here, per `sandbox check --json`; the reason when not.
-pub fn vm_unavailable() -> Option<String> {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
-        .args(["check", "--json"])
-        .output()
-        .ok()?;
-    let v: serde_json::Value = match serde_json::from_slice(&out.stdout) {
-        Ok(v) => v,
-        Err(e) => return Some(format!("sandbox check --json gave no JSON: {e}")),
-    };
-    if v["vm_ready"].as_bool() == Some(true) {
-        return None;
-    }
-    let kvm = &v["kvm"];
-    Some(format!(
-        "vm isolation not ready: kvm usable={}, hardware speed={} ({}), vmm={}, kernel present={}, static guest agent={}",
-        kvm["usable"], kvm["hardware_speed"], kvm["detail"].as_str().unwrap_or(""),
-        v["sandbox_vmm"], v["guest_kernel_present"], v["guest_agent"]
-    ))
 }

@@ -2,8 +2,6 @@
 //! temporary directory, with the shim under test first on its PATH. Everything it made is
 //! removed when the harness is dropped: tasks, shims, mounts, the daemon and the directory.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -29,7 +27,7 @@ pub fn unavailable() -> Option<String> {
             return Some(format!("{tool} is not installed"));
         }
     }
-    if !Path::new(super::image::BUSYBOX).is_file() {
+    if !Path::new(crate::image::BUSYBOX).is_file() {
         return Some("busybox-static is not installed".into());
     }
     None
@@ -42,13 +40,15 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 }
 
 impl Containerd {
-    pub fn start(name: &str, agent: &Path) -> Containerd {
+    /// Starts the daemon; the shim, and the sandboxes it launches, use the binaries under
+    /// test.
+    pub fn start(name: &str) -> Containerd {
         let dir = PathBuf::from(format!("/tmp/sbx-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::os::unix::fs::symlink(
-            env!("CARGO_BIN_EXE_containerd-shim-sandbox-v2"),
+            crate::bin("containerd-shim-sandbox-v2"),
             bin.join("containerd-shim-sandbox-v2"),
         )
         .unwrap();
@@ -88,11 +88,10 @@ disabled_plugins = [
             std::env::var("PATH").unwrap_or_default()
         );
         let shim_root = dir.join("shim");
-        let daemon = Command::new("containerd")
+        let daemon = crate::bins::use_binaries(&mut Command::new("containerd"))
             .arg("--config")
             .arg(&config)
             .env("PATH", path)
-            .env("SANDBOX_AGENT", agent)
             .env("SANDBOX_SHIM_ROOT", &shim_root)
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -173,7 +172,7 @@ disabled_plugins = [
 
     pub fn import_image(&self) {
         let archive = self.dir.join("busybox-oci.tar");
-        super::image::write_oci_archive(&archive, IMAGE);
+        crate::image::write_oci_archive(&archive, IMAGE);
         self.ok(&["images", "import", archive.to_str().unwrap()]);
         let list = self.ok(&["images", "ls", "-q"]);
         assert!(list.contains(IMAGE), "image not imported: {list}");

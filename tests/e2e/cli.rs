@@ -1,22 +1,16 @@
-//! End-to-end tests of the `sandbox` command line, each run in native isolation and again in
-//! vm isolation. The vm runs happen only where `sandbox check` finds hardware-speed KVM and
-//! the guest pieces; elsewhere they print why they skip.
-
-mod common;
+//! End-to-end tests of the `sandbox` command line, each run in native isolation
+//! (`NAME::native`) and again in vm isolation (`NAME::vm`). The vm runs happen only where
+//! `sandbox check` finds hardware-speed KVM and the guest pieces; elsewhere they print why
+//! they skip, or fail with `SANDBOX_REQUIRE_VM=1`.
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{processes_mentioning, vm_unavailable, Env};
+use sandbox_tests::image::sha256_hex;
+use sandbox_tests::{kvm_hardware_speed, processes_mentioning, sandbox, skip, vm_or_skip, Env};
 
-/// Reports a skipped test where it stays visible: straight to stderr, past the harness's
-/// capture of print macros.
-fn skip(msg: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIP {msg}");
-}
-
-/// Declares `native_NAME` and `vm_NAME` for a test body taking an `Env`.
+/// Declares `NAME::native` and `NAME::vm` for a test body taking an `Env`.
 macro_rules! both {
     ($name:ident, $body:expr) => {
         mod $name {
@@ -30,8 +24,7 @@ macro_rules! both {
 
             #[test]
             fn vm() {
-                if let Some(why) = vm_unavailable() {
-                    skip(&format!("vm::{}: {why}", stringify!($name)));
+                if !vm_or_skip(concat!(stringify!($name), "::vm")) {
                     return;
                 }
                 let env = Env::new(stringify!($name), "vm");
@@ -637,14 +630,6 @@ fn header() -> tar::Header {
     h
 }
 
-fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// A two-layer `docker save` archive: busybox plus files, then a layer that deletes one file
 /// (whiteout) and replaces a directory's contents (opaque marker).
 fn build_docker_archive(path: &std::path::Path) {
@@ -769,12 +754,7 @@ fn spec_writes_a_loadable_config_once() {
 #[test]
 fn vm_isolation_refuses_slow_kvm_instead_of_falling_back() {
     let env = Env::new("slowkvm", "vm");
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
-        .args(["check", "--json"])
-        .output()
-        .unwrap();
-    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    if check["kvm"]["hardware_speed"].as_bool() == Some(true) {
+    if kvm_hardware_speed() {
         skip("vm_isolation_refuses_slow_kvm: KVM runs guest kernels at hardware speed here");
         return;
     }
@@ -795,10 +775,7 @@ fn vm_isolation_refuses_slow_kvm_instead_of_falling_back() {
 
 #[test]
 fn features_document_is_json() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
-        .arg("features")
-        .output()
-        .unwrap();
+    let out = sandbox().arg("features").output().unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ociVersionMin"], "1.0.0");
@@ -810,10 +787,7 @@ fn features_document_is_json() {
 
 #[test]
 fn check_reports_the_host() {
-    let out = Command::new(env!("CARGO_BIN_EXE_sandbox"))
-        .args(["check"])
-        .output()
-        .unwrap();
+    let out = sandbox().args(["check"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     for what in [
