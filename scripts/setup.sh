@@ -17,6 +17,7 @@ packages=(
   build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils linux-source-6.1
   busybox-static e2fsprogs iproute2 util-linux runc containerd docker.io
   libjs-chart.js chromium chromium-driver
+  qemu-system-x86 kmod
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -49,5 +50,10 @@ install -m 0755 target/x86_64-unknown-linux-gnu/release/sandbox-agent /usr/local
 
 step "building the default image (busybox)"
 sandbox image build-default
+
+# The VM tests run inside this machine wherever the host's own KVM cannot run ordinary guest
+# kernels (tests/nested/vm-tests.sh decides); it is Debian's kernel and an initramfs of ours.
+step "preparing the nested test machine (cached)"
+tests/nested/prepare.sh
 
 step "done"

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Runs a command inside the nested test machine (L1): a Linux under QEMU's TCG with
+# `-cpu max`, whose emulated AMD SVM gives it a real /dev/kvm, so that the VM tests run on
+# hosts whose own KVM cannot run ordinary guest kernels. L1 sees the host's root read-only
+# (virtio-9p under a tmpfs overlay): the same binaries, test executables, guest kernel and
+# image store, at the same paths.
+#
+#   tests/nested/run.sh [--timeout SECONDS] -- COMMAND [ARG...]
+#
+# COMMAND runs as root in L1, in the current directory, with the caller's PATH and every
+# SANDBOX_*, RUST_* and CI variable. Its output is printed as it comes; the exit status is
+# COMMAND's, or 125 when L1 itself failed (did not boot, kvm_amd did not load, timed out).
+#
+# Environment: SANDBOX_NESTED_DIR (what prepare.sh made, /var/cache/sandbox/nested),
+# SANDBOX_NESTED_MEM_MIB (8192), SANDBOX_NESTED_CPUS (2), SANDBOX_NESTED_BOOT_TIMEOUT (300 s).
+set -euo pipefail
+
+dir=${SANDBOX_NESTED_DIR:-/var/cache/sandbox/nested}
+mem=${SANDBOX_NESTED_MEM_MIB:-8192}
+cpus=${SANDBOX_NESTED_CPUS:-2}
+boot_timeout=${SANDBOX_NESTED_BOOT_TIMEOUT:-300}
+timeout=3600
+
+die() { echo "nested/run.sh: $*" >&2; exit 125; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --timeout) timeout=$2; shift 2 ;;
+        --) shift; break ;;
+        *) break ;;
+    esac
+done
+[ $# -gt 0 ] || die "usage: run.sh [--timeout SECONDS] -- COMMAND [ARG...]"
+for f in vmlinuz initramfs.cpio.gz; do
+    [ -f "$dir/$f" ] || die "$dir/$f missing: run tests/nested/prepare.sh (scripts/setup.sh does)"
+done
+command -v qemu-system-x86_64 >/dev/null ||
+    die "qemu-system-x86_64 missing: apt-get install qemu-system-x86 (scripts/setup.sh does)"
+
+results=$(mktemp -d /tmp/sandbox-nested.XXXXXX)
+qemu_pid=
+cleanup() {
+    [ -n "$qemu_pid" ] && kill -9 "$qemu_pid" 2>/dev/null
+    rm -rf "$results"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+{
+    echo "# written by tests/nested/run.sh"
+    export -p | grep -E '^declare -x (SANDBOX_[A-Z0-9_]*|RUST_[A-Z0-9_]*|CI|PATH|TERM)='
+    printf 'cd %q || exit 125\n' "$PWD"
+    printf 'exec'
+    printf ' %q' "$@"
+    printf '\n'
+} >"$results/job.sh"
+: >"$results/output"
+
+start=$(date +%s)
+qemu-system-x86_64 \
+    -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
+    -display none -monitor none -serial "file:$results/console" -no-reboot \
+    -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio.gz" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off sandbox_results=$results" \
+    -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
+    -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
+    </dev/null &
+qemu_pid=$!
+
+console_tail() {
+    echo "--- L1 console (last 40 lines):" >&2
+    tail -n 40 "$results/console" >&2 2>/dev/null || true
+}
+
+while [ ! -f "$results/booted" ]; do
+    if ! kill -0 "$qemu_pid" 2>/dev/null; then
+        console_tail
+        die "L1 stopped before it booted${results:+: $(cat "$results/l1-error" 2>/dev/null)}"
+    fi
+    if [ $(($(date +%s) - start)) -ge "$boot_timeout" ]; then
+        console_tail
+        die "L1 did not boot within ${boot_timeout}s"
+    fi
+    sleep 1
+done
+echo "nested/run.sh: L1 booted in $(($(date +%s) - start))s ($cpus vCPUs, ${mem} MiB)" >&2
+
+tail -n +1 -f --pid="$qemu_pid" "$results/output" &
+tail_pid=$!
+deadline=$((start + timeout))
+while kill -0 "$qemu_pid" 2>/dev/null; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        kill -9 "$qemu_pid" 2>/dev/null
+        wait "$tail_pid" 2>/dev/null || true
+        die "the command did not finish within ${timeout}s in L1"
+    fi
+    sleep 1
+done
+wait "$qemu_pid" 2>/dev/null || true
+qemu_pid=
+wait "$tail_pid" 2>/dev/null || true
+
+if [ -f "$results/l1-error" ]; then
+    console_tail
+    die "$(cat "$results/l1-error")"
+fi
+[ -f "$results/status" ] || { console_tail; die "L1 ended without the command's exit status"; }
+status=$(cat "$results/status")
+echo "nested/run.sh: exit status $status after $(($(date +%s) - start))s in L1" >&2
+exit "$status"

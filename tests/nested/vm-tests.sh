@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs every VM-isolation test of the workspace (each test whose path ends in `::vm`):
+# directly where this host's KVM is hardware-assisted (kvm_intel or kvm_amd), otherwise inside
+# the nested test machine (tests/nested/run.sh). A VM test never skips here:
+# SANDBOX_REQUIRE_VM=1 makes a test that finds vm isolation unusable fail.
+#
+#   tests/nested/vm-tests.sh [PATTERN]     (an extended regex over test names, '::vm$')
+#
+# The tests drive release builds of the binaries (SANDBOX_TEST_BIN_DIR): in the nested
+# machine everything is emulated, and a debug VMM and guest agent would multiply that.
+# SANDBOX_VM_TESTS=direct|nested overrides the choice.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$repo"
+pattern=${1:-::vm\$}
+
+cargo build --release --workspace
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release -p agent --target x86_64-unknown-linux-gnu
+export SANDBOX_TEST_BIN_DIR=$repo/target/release
+
+# The end-to-end suites' executables (cargo builds nothing new when test.sh built them).
+mapfile -t all < <(cargo test -p sandbox-tests --no-run --message-format=json 2>/dev/null |
+    grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/' | sort -u)
+exes=()
+for exe in "${all[@]}"; do
+    if "$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep -q -E -- "$pattern"; then
+        exes+=("$exe")
+    fi
+done
+[ ${#exes[@]} -gt 0 ] || { echo "vm-tests.sh: no test matches '$pattern'" >&2; exit 1; }
+
+mode=${SANDBOX_VM_TESTS:-}
+if [ -z "$mode" ]; then
+    if [ -e /sys/module/kvm_pvm ] || ! [ -e /dev/kvm ]; then
+        mode=nested
+    elif [ -e /sys/module/kvm_intel ] || [ -e /sys/module/kvm_amd ]; then
+        mode=direct
+    else
+        mode=nested
+    fi
+fi
+
+export SANDBOX_REQUIRE_VM=1 RUST_BACKTRACE=1
+echo "vm-tests.sh: $(printf '%s\n' "${exes[@]}" | xargs -n1 basename | tr '\n' ' ')($mode)"
+case "$mode" in
+    direct) exec "$repo/tests/nested/each-test.sh" "$pattern" "${exes[@]}" ;;
+    nested)
+        # Everything in L1 is emulated: the tests' own wait bounds stretch to match.
+        export SANDBOX_TEST_SLOWDOWN=${SANDBOX_TEST_SLOWDOWN:-20}
+        exec "$repo/tests/nested/run.sh" --timeout "${SANDBOX_NESTED_TIMEOUT:-3600}" -- \
+        "$repo/tests/nested/each-test.sh" "$pattern" "${exes[@]}" ;;
+    *) echo "vm-tests.sh: SANDBOX_VM_TESTS must be direct or nested, not '$mode'" >&2; exit 2 ;;
+esac
