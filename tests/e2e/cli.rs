@@ -8,7 +8,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use sandbox_tests::image::sha256_hex;
-use sandbox_tests::{kvm_hardware_speed, processes_mentioning, sandbox, skip, vm_or_skip, Env};
+use sandbox_tests::{
+    bin, kvm_kind, patience, processes_mentioning, sandbox, skip, vm_or_skip, Env, TestNet,
+};
 
 /// Declares `NAME::native` and `NAME::vm` for a test body taking an `Env`.
 macro_rules! both {
@@ -21,6 +23,24 @@ macro_rules! both {
                 let env = Env::new(stringify!($name), "native");
                 ($body)(&env);
             }
+
+            #[test]
+            fn vm() {
+                if !vm_or_skip(concat!(stringify!($name), "::vm")) {
+                    return;
+                }
+                let env = Env::new(stringify!($name), "vm");
+                ($body)(&env);
+            }
+        }
+    };
+}
+
+/// Declares only `NAME::vm`, for what only a microVM has: its own vCPUs, its own VMM.
+macro_rules! vm_only {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
 
             #[test]
             fn vm() {
@@ -173,7 +193,7 @@ both!(lifecycle_create_start_state_kill_delete, |env: &Env| {
     assert_eq!(env.ok(&["list", "-q"]), "c1\n");
 
     // The container's stdout is the stdout `create` was given.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(5));
     while std::fs::read_to_string(env.dir.join("out")).unwrap() != "started\n" {
         assert!(Instant::now() < deadline, "container output never arrived");
         std::thread::sleep(Duration::from_millis(20));
@@ -183,7 +203,7 @@ both!(lifecycle_create_start_state_kill_delete, |env: &Env| {
     env.wait_status("c1", "stopped");
     assert_eq!(env.state("c1")["pid"], 0);
     // The pid `create` reported is gone once the container is.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(5));
     while std::path::Path::new(&format!("/proc/{pid}/cmdline")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .unwrap_or_default()
@@ -325,7 +345,7 @@ both!(
         env.wait_status("x1", "stopped");
         env.ok(&["delete", "--force", "x1"]);
         // Give the killed back end's children a moment to be reaped by init.
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(5));
         while !processes_mentioning(env.root.to_str().unwrap()).is_empty()
             && Instant::now() < deadline
         {
@@ -371,7 +391,7 @@ both!(backend_crash_is_noticed_and_reported, |env: &Env| {
         .spawn()
         .unwrap();
     // Wait for the container to run, then kill its back end (agent or VMM) outright.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(10));
     let backend = loop {
         let list: serde_json::Value =
             serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
@@ -395,7 +415,7 @@ both!(backend_crash_is_noticed_and_reported, |env: &Env| {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(255), "{err}");
     assert!(err.contains("lost the connection"), "{err}");
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(5));
     while !processes_mentioning(env.root.to_str().unwrap()).is_empty() && Instant::now() < deadline
     {
         std::thread::sleep(Duration::from_millis(20));
@@ -751,25 +771,65 @@ fn spec_writes_a_loadable_config_once() {
         .contains("already exists"));
 }
 
+/// Where the host's KVM cannot run the guest, vm isolation refuses before anything boots and
+/// suggests only what can work there; it never falls back to native isolation.
 #[test]
-fn vm_isolation_refuses_slow_kvm_instead_of_falling_back() {
+fn vm_isolation_refuses_where_the_kvm_cannot_run_it() {
     let env = Env::new("slowkvm", "vm");
-    if kvm_hardware_speed() {
-        skip("vm_isolation_refuses_slow_kvm: KVM runs guest kernels at hardware speed here");
+    let kind = kvm_kind();
+    if kind == "kvm_intel" || kind == "kvm_amd" {
+        skip("vm_isolation_refuses_where_the_kvm_cannot_run_it: KVM is hardware-assisted here");
         return;
     }
-    let out = env.sandbox(&["run", "--", "echo", "hello"]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        out.stdout.is_empty(),
-        "ran anyway: {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        err.contains("--allow-slow-kvm") || err.contains("KVM is not usable"),
-        "{err}"
-    );
+    let refused = |allow_slow: Option<&str>| {
+        let mut cmd = env.cmd();
+        cmd.env_remove("SANDBOX_ALLOW_SLOW_KVM");
+        if let Some(v) = allow_slow {
+            cmd.env("SANDBOX_ALLOW_SLOW_KVM", v);
+        }
+        let out = cmd
+            .args(["run", "--", "echo", "hello"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            out.stdout.is_empty(),
+            "ran anyway: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(None);
+    match kind.as_str() {
+        "kvm_pvm" => {
+            for want in ["kvm-pvm", "user-mode syscall faults", "--isolation native"] {
+                assert!(err.contains(want), "{want:?} missing from: {err}");
+            }
+            assert!(
+                !err.contains("--allow-slow-kvm"),
+                "suggests what cannot work: {err}"
+            );
+            // Allowing slow KVM cannot make PVM run an ordinary guest: still refused, unbooted.
+            let err = refused(Some("1"));
+            assert!(err.contains("kvm-pvm"), "{err}");
+        }
+        "none" => {
+            assert!(err.contains("KVM is not usable"), "{err}");
+            assert!(err.contains("--isolation native"), "{err}");
+            assert!(!err.contains("--allow-slow-kvm"), "{err}");
+        }
+        "unknown" => {
+            for want in [
+                "cannot be identified",
+                "--allow-slow-kvm",
+                "SANDBOX_ALLOW_SLOW_KVM",
+            ] {
+                assert!(err.contains(want), "{want:?} missing from: {err}");
+            }
+        }
+        other => panic!("sandbox check --json reports an unexpected kvm.kind {other:?}"),
+    }
     env.assert_clean();
 }
 
@@ -801,3 +861,217 @@ fn check_reports_the_host() {
         assert!(text.contains(what), "check output lacks {what}: {text}");
     }
 }
+
+both!(exec_leaves_the_container_running, |env: &Env| {
+    env.ok_bg(&["run", "-d", "c1", "--", "sleep", "1000"]);
+    env.wait_status("c1", "running");
+    assert_eq!(env.ok(&["exec", "c1", "echo", "ok"]), "ok\n");
+    assert_eq!(
+        env.status("c1"),
+        "running",
+        "the exec's end stopped the container"
+    );
+    let table = env.ok(&["ps", "c1"]);
+    assert!(
+        table.contains("sleep 1000"),
+        "ps does not list the container's init: {table}"
+    );
+    assert_eq!(env.ok(&["exec", "c1", "echo", "again"]), "again\n");
+    assert_eq!(env.status("c1"), "running");
+    env.ok(&["kill", "c1", "KILL"]);
+    env.wait_status("c1", "stopped");
+    env.ok(&["delete", "c1"]);
+    env.assert_clean();
+});
+
+both!(run_with_a_terminal, |env: &Env| {
+    // script(1) gives `sandbox run -t` a terminal on its stdio, as a user's shell would.
+    let mut cmd = std::process::Command::new("script");
+    for (k, v) in env.cmd().get_envs() {
+        if let Some(v) = v {
+            cmd.env(k, v);
+        }
+    }
+    let line = format!(
+        "{} run -t -- sh -c 'tty; echo cols=$(stty size)'",
+        bin("sandbox").display()
+    );
+    let out = cmd
+        .args(["-qefc", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("/dev/pts/"),
+        "the process got no terminal: {text:?}"
+    );
+    assert!(text.contains("cols="), "{text:?}");
+    assert!(!text.contains("not a tty"), "{text:?}");
+    env.assert_clean();
+});
+
+both!(memory_limit_kills_what_exceeds_it, |env: &Env| {
+    // The shell holds 256 MiB in a variable: four times the limit.
+    let out = env.sandbox(&[
+        "run",
+        "--memory",
+        "64m",
+        "--",
+        "sh",
+        "-c",
+        "echo start; x=$(head -c 268435456 /dev/zero | tr '\\0' x); echo survived ${#x}",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("start\n"), "{stdout:?}");
+    assert!(
+        !stdout.contains("survived"),
+        "the limit did not hold: {stdout:?}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(137),
+        "not OOM-killed: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.assert_clean();
+});
+
+vm_only!(cpus_two_gives_the_guest_two_online_cpus, |env: &Env| {
+    let out = env.ok(&[
+        "run",
+        "--cpus",
+        "2",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/devices/system/cpu/online; grep -c ^processor /proc/cpuinfo; nproc",
+    ]);
+    assert_eq!(out, "0-1\n2\n2\n");
+    let one = env.ok(&["run", "--", "nproc"]);
+    assert_eq!(one, "1\n", "the default guest has one vCPU");
+    env.assert_clean();
+});
+
+both!(
+    network_namespace_serves_and_reaches_the_host_side,
+    |env: &Env| {
+        let net = TestNet::new("web");
+        let site = env.dir.join("host-site");
+        std::fs::create_dir_all(&site).unwrap();
+        std::fs::write(site.join("file"), "from-host\n").unwrap();
+        let mut host_server = net
+            .on_host_side("busybox")
+            .args(["httpd", "-f", "-p"])
+            .arg(format!("{}:8081", net.host_addr))
+            .arg("-h")
+            .arg(&site)
+            .spawn()
+            .unwrap();
+        let ns = net.container_ns_path();
+        env.ok_bg(&[
+            "run",
+            "-d",
+            "--network",
+            ns.to_str().unwrap(),
+            "web",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /www && echo from-guest > /www/index.html && exec httpd -f -p 8080 -h /www",
+        ]);
+        env.wait_status("web", "running");
+        // The server in the container answers the host side.
+        let url = format!("http://{}:8080/", net.container_addr);
+        let deadline = Instant::now() + patience(Duration::from_secs(20));
+        let page = loop {
+            let out = net
+                .on_host_side("busybox")
+                .args(["wget", "-q", "-T", "5", "-O-", &url])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} never answered: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(page, "from-guest\n");
+        // The container reaches a server on the host side.
+        let fetched = env.ok(&[
+            "exec",
+            "web",
+            "wget",
+            "-q",
+            "-T",
+            "10",
+            "-O-",
+            &format!("http://{}:8081/file", net.host_addr),
+        ]);
+        assert_eq!(fetched, "from-host\n");
+        assert_eq!(env.status("web"), "running");
+        env.ok(&["delete", "--force", "web"]);
+        let _ = host_server.kill();
+        let _ = host_server.wait();
+        let links = net.container_links();
+        assert!(
+            links.iter().all(|l| l == "lo" || l.starts_with("vc")),
+            "links left in the container's namespace: {links:?}"
+        );
+        env.assert_clean();
+    }
+);
+
+vm_only!(vmm_killed_while_booting_leaves_nothing, |env: &Env| {
+    let run = env
+        .cmd()
+        .args(["run", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let root = env.root.to_str().unwrap().to_string();
+    let deadline = Instant::now() + patience(Duration::from_secs(30));
+    let vmm = loop {
+        let found: Vec<i32> = processes_mentioning(&root)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .map(|c| c.trim() == "sandbox-vmm")
+                    .unwrap_or(false)
+            })
+            .collect();
+        if let Some(p) = found.first() {
+            break *p;
+        }
+        assert!(Instant::now() < deadline, "no sandbox-vmm appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(!out.status.success(), "run succeeded without its VM");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sandbox-vmm"),
+        "the error does not name the VMM: {err}"
+    );
+    for id in env.ok(&["list", "-q"]).lines() {
+        env.ok(&["delete", "--force", id]);
+    }
+    env.assert_clean();
+});

@@ -170,7 +170,8 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
 /// Waits until no shim of this containerd is left and the sandbox state is gone.
 fn assert_all_gone(c: &Containerd) {
     let addr = c.socket.display().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline =
+        std::time::Instant::now() + sandbox_tests::patience(std::time::Duration::from_secs(10));
     loop {
         let shims = c.processes_with(&["containerd-shim-sandbox-v2", &addr]);
         let agents = c.processes_with(&["sandbox-agent", &c.shim_root.display().to_string()]);
@@ -419,7 +420,8 @@ fn containerd_shim_crash_leaves_nothing() {
     .unwrap();
     // containerd sees the shim gone and runs `containerd-shim-sandbox-v2 delete`, which
     // must end the container that the dead shim's agent left behind.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline =
+        std::time::Instant::now() + sandbox_tests::patience(std::time::Duration::from_secs(20));
     let gone = |p: i32| {
         std::fs::read_to_string(format!("/proc/{p}/stat"))
             .map(|s| s.contains(") Z "))

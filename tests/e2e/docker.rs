@@ -71,7 +71,7 @@ impl Dockerd {
             exec_root,
             daemon,
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(60));
         while !(socket.exists() && d.docker(&["version"]).status.success()) {
             assert!(
                 Instant::now() < deadline,
@@ -133,7 +133,7 @@ impl Drop for Dockerd {
             nix::unistd::Pid::from_raw(self.daemon.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(20));
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.daemon.try_wait() {
                 break;

@@ -104,7 +104,7 @@ disabled_plugins = [
             shim_root,
             daemon,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(30));
         loop {
             if c.socket.exists() && c.ctr(&["version"]).status.success() {
                 break;
@@ -205,7 +205,7 @@ disabled_plugins = [
     }
 
     pub fn wait_task_status(&self, id: &str, want: &str) -> u32 {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(20));
         loop {
             if let Some((pid, s)) = self.task_status(id) {
                 if s == want {
@@ -323,7 +323,7 @@ impl Drop for Containerd {
             nix::unistd::Pid::from_raw(self.daemon.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(10));
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.daemon.try_wait() {
                 break;

@@ -102,7 +102,7 @@ impl Env {
     }
 
     pub fn wait_status(&self, id: &str, want: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::patience(Duration::from_secs(10));
         loop {
             let st = self.status(id);
             if st == want {

@@ -57,6 +57,16 @@ pub fn vm_or_skip(test: &str) -> bool {
     false
 }
 
+/// The KVM behind /dev/kvm as `sandbox check` names it: kvm_intel, kvm_amd, kvm_pvm, none or
+/// unknown.
+pub fn kvm_kind() -> String {
+    let v = check().unwrap_or_else(|e| panic!("{e}"));
+    v["kvm"]["kind"]
+        .as_str()
+        .unwrap_or_else(|| panic!("sandbox check --json has no kvm.kind: {}", v["kvm"]))
+        .to_string()
+}
+
 /// Whether KVM runs guest kernels at hardware speed here (where it does not, vm isolation
 /// must refuse rather than fall back).
 pub fn kvm_hardware_speed() -> bool {

@@ -34,14 +34,28 @@ pub mod containerd;
 pub mod env;
 pub mod host;
 pub mod image;
+pub mod net;
 
 pub use bins::{bin, guest_agent, sandbox};
 pub use env::{processes_mentioning, Env};
-pub use host::{kvm_hardware_speed, vm_or_skip, vm_unavailable};
+pub use host::{kvm_hardware_speed, kvm_kind, vm_or_skip, vm_unavailable};
+pub use net::TestNet;
 
 /// Reports a skipped test (or part of one) where it stays visible: straight to stderr, past
 /// the test harness's capture of the print macros.
 pub fn skip(msg: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIP {msg}");
+}
+
+/// A test's wait bound scaled for the host: `$SANDBOX_TEST_SLOWDOWN` (a whole number, 1 when
+/// unset) multiplies it. The nested test machine sets it, since everything there runs under
+/// emulation many times slower than on hardware.
+pub fn patience(bound: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var("SANDBOX_TEST_SLOWDOWN")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    bound * factor
 }
