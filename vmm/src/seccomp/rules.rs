@@ -36,6 +36,12 @@ const COMMON: &[i64] = &[
     libc::SYS_exit_group,
 ];
 
+/// Refused with EACCES rather than fatal, on every thread: opening a file. glibc's malloc
+/// reads /proc/sys/vm/overcommit_memory the first time it shrinks a thread's heap (freeing
+/// a burst of vsock buffers on the device loop does it) and copes with a refusal, so killing
+/// the VMM there would end a healthy sandbox. Nothing is opened either way.
+pub const REFUSED: &[i64] = &[libc::SYS_open, libc::SYS_openat];
+
 /// A vCPU thread: KVM_RUN and the exit handlers. Devices' MMIO handlers run here too, and
 /// device activation with them (a NIC sets its TAP offloads at DRIVER_OK).
 const VCPU: &[i64] = &[libc::SYS_ioctl];
@@ -150,13 +156,21 @@ fn one_of(index: u8, values: &[u64]) -> Result<Vec<SeccompRule>, seccompiler::Ba
         .collect()
 }
 
+/// The refusal filter's rules: each REFUSED syscall, unconditionally.
+pub(super) fn refusal_rules() -> BTreeMap<i64, Vec<SeccompRule>> {
+    REFUSED.iter().map(|&nr| (nr, Vec::new())).collect()
+}
+
 pub(super) fn rules(
     kind: ThreadKind,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut map: BTreeMap<i64, Vec<SeccompRule>> = allowed_syscalls(kind)
         .into_iter()
+        .chain(REFUSED.iter().copied())
         .map(|nr| (nr, Vec::new()))
         .collect();
+    // REFUSED passes this list only to meet the refusal filter, whose EACCES then wins
+    // (seccomp returns the strictest action of all filters installed).
     match kind {
         ThreadKind::Vcpu => {
             map.insert(libc::SYS_ioctl, one_of(1, VCPU_IOCTLS)?);

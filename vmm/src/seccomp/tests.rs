@@ -3,15 +3,17 @@
 
 use super::*;
 
-/// Forks; the child installs `program`, runs `body` and exits 0 if it returns.
+/// Forks; the child installs `filter`, runs `body` and exits 0 if it returns.
 /// Returns the child's wait status.
-fn in_filtered_child(program: &BpfProgram, body: fn()) -> libc::c_int {
+fn in_filtered_child(filter: &ThreadFilter, body: fn()) -> libc::c_int {
     // SAFETY: the child only makes raw syscalls (apply_filter builds its sock_fprog on the
     // stack) and leaves with _exit, so nothing in it depends on other threads' state.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed");
     if pid == 0 {
-        let code = match seccompiler::apply_filter(program) {
+        let applied = seccompiler::apply_filter(&filter.refusals)
+            .and_then(|()| seccompiler::apply_filter(&filter.allow_list));
+        let code = match applied {
             Ok(()) => {
                 body();
                 0
@@ -50,16 +52,22 @@ fn forbidden_execve() {
     };
 }
 
-fn forbidden_openat() {
-    // SAFETY: raw openat of a constant path.
-    unsafe {
-        libc::syscall(
+/// Exits 0 from the child only if openat failed with EACCES and opened nothing.
+fn refused_openat() {
+    // SAFETY: raw openat of a constant path; the errno read right after it.
+    let (fd, errno) = unsafe {
+        let fd = libc::syscall(
             libc::SYS_openat,
             libc::AT_FDCWD,
             c"/etc/passwd".as_ptr(),
             libc::O_RDONLY,
-        )
+        );
+        (fd, *libc::__errno_location())
     };
+    if fd != -1 || errno != libc::EACCES {
+        // SAFETY: ending the forked child with a code the parent tells apart.
+        unsafe { libc::_exit(3) };
+    }
 }
 
 fn forbidden_inet_socket() {
@@ -100,7 +108,8 @@ fn allowed_unix_socket() {
 fn every_filter_compiles() {
     let filters = Filters::build().unwrap();
     for kind in ThreadKind::ALL {
-        assert!(!filters.get(kind).is_empty(), "{kind:?}");
+        assert!(!filters.get(kind).allow_list.is_empty(), "{kind:?}");
+        assert!(!filters.get(kind).refusals.is_empty(), "{kind:?}");
     }
 }
 
@@ -111,7 +120,6 @@ fn syscall_outside_the_list_kills_with_sigsys() {
         let program = filters.get(kind);
         for (what, body) in [
             ("execve", forbidden_execve as fn()),
-            ("openat", forbidden_openat),
             ("AF_INET socket", forbidden_inet_socket),
         ] {
             let status = in_filtered_child(program, body);
@@ -120,6 +128,18 @@ fn syscall_outside_the_list_kills_with_sigsys() {
                 "{kind:?} filter let {what} through (status {status:#x})"
             );
         }
+    }
+}
+
+#[test]
+fn opening_a_file_fails_with_eacces_and_the_thread_lives() {
+    let filters = Filters::build().unwrap();
+    for kind in ThreadKind::ALL {
+        let status = in_filtered_child(filters.get(kind), refused_openat);
+        assert!(
+            exited_cleanly(status),
+            "{kind:?}: openat was not refused with EACCES (status {status:#x})"
+        );
     }
 }
 
@@ -180,7 +200,7 @@ fn thread_child() {
     let t = std::thread::spawn(move || {
         install(ThreadKind::Vcpu, &program).unwrap();
         println!("filter installed");
-        forbidden_openat();
+        forbidden_inet_socket();
     });
     let _ = t.join();
     println!("survived");
@@ -189,7 +209,7 @@ fn thread_child() {
 #[test]
 fn forbidden_syscall_on_a_filtered_thread_kills_the_process() {
     // A separate process (this test binary again), so that nothing but the thread under test
-    // runs there: one thread installs the vCPU filter and opens a file.
+    // runs there: one thread installs the vCPU filter and opens an AF_INET socket.
     use std::os::unix::process::ExitStatusExt;
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([

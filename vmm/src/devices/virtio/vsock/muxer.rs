@@ -302,6 +302,13 @@ impl Muxer {
             local_port: hdr.dst_port,
             peer_port: hdr.src_port,
         };
+        log::trace!(
+            "vsock: guest op {} {}->{} len {}",
+            hdr.op,
+            hdr.src_port,
+            hdr.dst_port,
+            hdr.len
+        );
         if let Some(conn) = self.conns.get_mut(&key) {
             match conn.on_guest_packet(hdr, payload) {
                 Disposition::Remove => self.remove_conn(key),
@@ -389,6 +396,13 @@ impl Muxer {
             if packet.0.op == OP_RST {
                 self.stats.resets_sent += 1;
             }
+            log::trace!(
+                "vsock: host op {} {}->{} len {}",
+                packet.0.op,
+                packet.0.src_port,
+                packet.0.dst_port,
+                packet.1
+            );
             if conn.is_dead() {
                 self.remove_conn(key);
             } else if conn.has_rx() {
