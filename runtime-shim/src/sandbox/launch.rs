@@ -2,7 +2,7 @@
 //! reports the container created), start, kill and delete, with the spec's state rules.
 
 use std::ffi::OsString;
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -156,10 +156,15 @@ pub fn spawn_monitor(g: &GlobalOpts, args: &[OsString], stdin_null: bool) -> Res
         .spawn()
         .map_err(|e| Error::Other(format!("cannot start the monitor process: {e}")))?;
     drop(wr);
-    // One line: "ok" or the reason. Read only that, not to end of file: whatever the monitor
-    // starts later must not be able to hold us here.
+    // "ok" on one line, or the reason. Read only that line, not to end of file: whatever the
+    // monitor starts later must not be able to hold us here. A reason may take more lines
+    // (a VM's last words): the monitor exits after writing it, so reading on is bounded.
     let mut verdict = String::new();
-    let _ = std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut verdict);
+    let mut ready = std::io::BufReader::new(std::fs::File::from(rd));
+    let _ = ready.read_line(&mut verdict);
+    if verdict.trim_end() != "ok" {
+        let _ = ready.read_to_string(&mut verdict);
+    }
     let pid = child.id() as i32;
     match verdict.trim_end() {
         "ok" => Ok((pid, child)),

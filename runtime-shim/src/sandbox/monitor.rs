@@ -74,6 +74,15 @@ impl Backend {
         }
     }
 
+    /// Why the back end may have ended: a VMM's log and guest console tails; a native agent's
+    /// errors reach the caller's stderr directly.
+    fn last_words(&self) -> String {
+        match self {
+            Backend::Native(_) => String::new(),
+            Backend::Vm(v) => v.last_words(),
+        }
+    }
+
     /// Asks the agent to clean up, then makes sure the process is gone. A native agent has
     /// nothing left to do once the sandbox is destroyed; a VM gets a moment to power off.
     /// `client`, a control connection already open to this back end, saves opening another.
@@ -263,14 +272,16 @@ fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
             Err(e) => {
                 if let Ok(Some(status)) = b.child().try_wait() {
                     return Err(Error::Agent(format!(
-                        "{} exited ({status}) before its agent answered",
-                        b.what()
+                        "{} exited ({status}) before its agent answered{}",
+                        b.what(),
+                        b.last_words()
                     )));
                 }
                 if Instant::now() >= deadline {
                     return Err(Error::Agent(format!(
-                        "no answer from the agent within {}s: {e}",
-                        timeout.as_secs()
+                        "no answer from the agent within {}s: {e}{}",
+                        timeout.as_secs(),
+                        b.last_words()
                     )));
                 }
                 // A native agent gets here only if it died before answering (the loop then

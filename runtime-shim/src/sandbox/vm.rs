@@ -36,6 +36,32 @@ pub struct VmInstance {
     pub endpoint: Endpoint,
     pub rootfs: RootfsSource,
     pub sandbox_config: SandboxConfig,
+    /// The VMM's own stderr and the guest's serial console, kept in the state directory.
+    pub vmm_log: PathBuf,
+    pub console_log: PathBuf,
+}
+
+impl VmInstance {
+    /// What the VMM and the guest said last, for an error about a VM that ended early: the
+    /// VMM's reason for its exit status, or the guest kernel's last words.
+    pub fn last_words(&self) -> String {
+        let mut out = String::new();
+        for (what, path, lines) in [
+            ("sandbox-vmm", &self.vmm_log, 8),
+            ("guest console", &self.console_log, 8),
+        ] {
+            let text = fs::read_to_string(path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            if !tail.is_empty() {
+                out.push_str(&format!("\n--- {what} ({}):", path.display()));
+                for l in tail.into_iter().rev() {
+                    out.push_str("\n  ");
+                    out.push_str(l);
+                }
+            }
+        }
+        out
+    }
 }
 
 /// Refuses vm isolation where this host's KVM cannot run our guests (kvm-pvm, no KVM), or
@@ -168,6 +194,8 @@ pub fn launch(
             path: ROOTFS_MOUNT.into(),
         },
         sandbox_config,
+        vmm_log: log_path,
+        console_log: console,
     })
 }
 
