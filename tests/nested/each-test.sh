@@ -1,26 +1,51 @@
 #!/usr/bin/env bash
-# Runs the tests whose names match the extended regex PATTERN, of each test executable, one at a time, timing each, and
-# ends with the plain "N passed, N failed" line. Used inside the nested machine and directly
-# on hosts with hardware-assisted KVM.
+# Runs the tests whose names match the extended regex PATTERN, of each test executable, one
+# at a time, timing each, and ends with the plain "N passed, N failed" line. Used inside the
+# nested machine and directly on hosts with hardware-assisted KVM.
 #
 #   tests/nested/each-test.sh PATTERN EXE...
 #
-# SANDBOX_TEST_TIMEOUT bounds each test (1200 s).
+# SANDBOX_TEST_TIMEOUT bounds each test (600 s); a test that runs past it is killed after
+# the processes and the logs of the sandboxes it left are printed, so the hang can be read.
 set -uo pipefail
 
 pattern=$1
 shift
-per_test=${SANDBOX_TEST_TIMEOUT:-1200}
+per_test=${SANDBOX_TEST_TIMEOUT:-600}
 passed=0
 failed=0
 failures=()
+
+report_hang() {
+    echo "=== $1 ran past ${per_test}s; processes:"
+    ps -eo pid,ppid,stat,etimes,args --forest | grep -v -E '\[.*\]$' | tail -n 60
+    for log in /tmp/sandbox-e2e-*/root/*/vmm.log /tmp/sandbox-e2e-*/root/*/console.log \
+        /tmp/sandbox-e2e-*/root/*/*.log; do
+        [ -f "$log" ] || continue
+        echo "--- $log (last 15 lines)"
+        tail -n 15 "$log"
+    done
+}
+
 for exe in "$@"; do
     tests=$("$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep -E -- "$pattern")
     for t in $tests; do
         echo "=== $t ($(basename "$exe"))"
         start=$(date +%s)
-        timeout -k 10 "$per_test" "$exe" --exact "$t" --nocapture --test-threads=1
-        rc=$?
+        setsid "$exe" --exact "$t" --nocapture --test-threads=1 &
+        pid=$!
+        while kill -0 "$pid" 2>/dev/null && [ $(($(date +%s) - start)) -lt "$per_test" ]; do
+            sleep 1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            report_hang "$t"
+            kill -9 -- "-$pid" 2>/dev/null
+            wait "$pid" 2>/dev/null
+            rc=124
+        else
+            wait "$pid"
+            rc=$?
+        fi
         secs=$(($(date +%s) - start))
         if [ $rc -eq 0 ]; then
             passed=$((passed + 1))
@@ -28,7 +53,6 @@ for exe in "$@"; do
         else
             failed=$((failed + 1))
             failures+=("$t")
-            [ $rc -eq 124 ] && echo "=== $t: timed out after ${per_test}s"
             echo "=== $t: FAILED, exit $rc (${secs}s)"
         fi
     done

@@ -58,11 +58,67 @@ impl TestNet {
         PathBuf::from("/var/run/netns").join(&self.container_ns)
     }
 
-    /// A command run inside the host-side namespace.
-    pub fn on_host_side(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.host_ns, program]);
-        c
+    /// Runs `f` on a thread of its own inside the host-side namespace.
+    pub fn on_host_side<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let ns = std::fs::File::open(PathBuf::from("/var/run/netns").join(&self.host_ns))
+            .expect("open the host-side namespace");
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("enter the host-side namespace");
+            f()
+        })
+    }
+
+    /// An HTTP server on the host side that answers one GET with `body`, then stops.
+    pub fn serve_once(&self, port: u16, body: &'static str) -> std::thread::JoinHandle<()> {
+        let addr = format!("{}:{port}", self.host_addr);
+        let (bound, listening) = std::sync::mpsc::channel();
+        let server = self.on_host_side(move || {
+            let listener = std::net::TcpListener::bind(&addr).expect("bind on the host side");
+            bound.send(()).unwrap();
+            let (mut conn, _) = listener.accept().expect("accept on the host side");
+            read_request(&mut conn);
+            let reply = format!(
+                "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            std::io::Write::write_all(&mut conn, reply.as_bytes()).unwrap();
+        });
+        listening
+            .recv()
+            .expect("the host-side server did not start");
+        server
+    }
+
+    /// GETs `http://addr:port/` from the host side: the body, or why not.
+    pub fn get_from_host_side(&self, addr: &str, port: u16) -> Result<String, String> {
+        let target = format!("{addr}:{port}");
+        self.on_host_side(move || -> Result<String, String> {
+            use std::io::{Read, Write};
+            let sock: std::net::SocketAddr = target.parse().map_err(|e| format!("{e}"))?;
+            let timeout = std::time::Duration::from_secs(10);
+            let mut conn = std::net::TcpStream::connect_timeout(&sock, timeout)
+                .map_err(|e| format!("connect {target}: {e}"))?;
+            conn.set_read_timeout(Some(timeout))
+                .map_err(|e| e.to_string())?;
+            conn.write_all(b"GET / HTTP/1.0\r\n\r\n")
+                .map_err(|e| format!("send to {target}: {e}"))?;
+            let mut reply = String::new();
+            conn.read_to_string(&mut reply)
+                .map_err(|e| format!("read from {target}: {e}"))?;
+            let (head, body) = reply
+                .split_once("\r\n\r\n")
+                .ok_or_else(|| format!("{target} sent no HTTP reply: {reply:?}"))?;
+            if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+                return Err(format!("{target} answered {head:?}"));
+            }
+            Ok(body.to_string())
+        })
+        .join()
+        .expect("the host-side client panicked")
     }
 
     /// The names of the links in the container's namespace.
@@ -73,6 +129,20 @@ impl TestNet {
             .filter_map(|l| l.split(':').nth(1))
             .map(|n| n.trim().split('@').next().unwrap_or("").to_string())
             .collect()
+    }
+}
+
+/// Reads an HTTP request's head (up to the blank line), bounded in size and time.
+fn read_request(conn: &mut std::net::TcpStream) {
+    use std::io::Read;
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while head.len() < 8192 && !head.ends_with(b"\r\n\r\n") {
+        match conn.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
     }
 }
 

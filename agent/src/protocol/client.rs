@@ -264,6 +264,12 @@ impl Client {
         })?, Response::Processes(p) => p)
     }
 
+    pub fn process_table(&mut self, container_id: &str) -> Result<Vec<ProcessInfo>, ProtocolError> {
+        expect!("process_table", self.call(Request::ProcessTable {
+            container_id: container_id.to_owned(),
+        })?, Response::ProcessTable(p) => p)
+    }
+
     pub fn stats(&mut self, container_id: &str) -> Result<ContainerStats, ProtocolError> {
         expect!("stats", self.call(Request::Stats {
             container_id: container_id.to_owned(),

@@ -135,6 +135,9 @@ pub enum Request {
     State { container_id: String },
     /// The pids (in the agent's pid namespace) of every process in the container.
     Processes { container_id: String },
+    /// The container's processes with their command lines, for a host that cannot read the
+    /// agent's /proc (a guest's).
+    ProcessTable { container_id: String },
     /// cgroup figures of the container.
     Stats { container_id: String },
     /// Applies new resource limits: an OCI `linux.resources` object.
@@ -196,6 +199,7 @@ impl Request {
             Request::CloseStdin(_) => "close_stdin",
             Request::State { .. } => "state",
             Request::Processes { .. } => "processes",
+            Request::ProcessTable { .. } => "process_table",
             Request::Stats { .. } => "stats",
             Request::UpdateResources { .. } => "update_resources",
             Request::OomEvents { .. } => "oom_events",
@@ -216,8 +220,17 @@ pub enum Response {
     Exited(ExitStatus),
     State(ContainerState),
     Processes(Vec<i32>),
+    ProcessTable(Vec<ProcessInfo>),
     Stats(ContainerStats),
     OomEvents(Vec<OomEvent>),
+}
+
+/// One process of a container as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    /// Its command line; empty for a process that has none (a zombie).
+    pub args: Vec<String>,
 }
 
 /// An error reply: a machine-readable code and a message naming the problem.
@@ -618,6 +631,9 @@ mod tests {
                 container_id: "c".into(),
             },
             Request::Processes {
+                container_id: "c".into(),
+            },
+            Request::ProcessTable {
                 container_id: "c".into(),
             },
             Request::Stats {

@@ -201,6 +201,7 @@ impl Agent {
             }
             Request::State { container_id } => self.state(&container_id),
             Request::Processes { container_id } => self.processes(&container_id),
+            Request::ProcessTable { container_id } => self.process_table(&container_id),
             Request::Stats { container_id } => self.stats(&container_id),
             Request::UpdateResources {
                 container_id,
@@ -600,6 +601,10 @@ impl Agent {
     }
 
     fn processes(&self, id: &str) -> Result<Response, ErrorReply> {
+        self.container_pids(id).map(Response::Processes)
+    }
+
+    fn container_pids(&self, id: &str) -> Result<Vec<i32>, ErrorReply> {
         let entry = self.entry(id)?;
         let guard = entry.engine();
         let container = guard.as_ref().ok_or_else(|| not_found(id))?;
@@ -619,7 +624,26 @@ impl Agent {
             ErrorReply::new(ErrorCode::Engine, format!("read {}: {e}", procs.display()))
         })?;
         let pids = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        Ok(Response::Processes(pids))
+        Ok(pids)
+    }
+
+    fn process_table(&self, id: &str) -> Result<Response, ErrorReply> {
+        let table = self
+            .container_pids(id)?
+            .into_iter()
+            .map(|pid| ProcessInfo {
+                pid,
+                args: fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|raw| {
+                        raw.split(|&b| b == 0)
+                            .filter(|a| !a.is_empty())
+                            .map(|a| String::from_utf8_lossy(a).into_owned())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::ProcessTable(table))
     }
 
     fn stats(&self, id: &str) -> Result<Response, ErrorReply> {

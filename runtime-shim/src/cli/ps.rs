@@ -1,5 +1,6 @@
 //! `sandbox ps [--format table|json] ID [PS_ARGS...]`: the container's processes. Natively the
-//! pids are host pids and `ps` describes them; in a VM they are guest pids.
+//! pids are host pids and `ps` describes them; in a VM they are guest pids, and the agent
+//! gives their command lines, since the host cannot read the guest's /proc.
 
 use std::process::Command;
 
@@ -23,12 +24,23 @@ pub struct PsArgs {
 pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<()> {
     let rec = StateStore::new(&g.root).load(&a.id)?;
     rec.require_live("list processes of")?;
-    let pids = link::connect(&rec)?
+    let mut client = link::connect(&rec)?;
+    if rec.isolation == Isolation::Vm && a.format == ListFormat::Table {
+        let table = client
+            .process_table(&a.id)
+            .map_err(link::agent_err("list processes"))?;
+        println!("{:>7} CMD (pids in the sandbox VM)", "PID");
+        for p in table {
+            println!("{:>7} {}", p.pid, p.args.join(" "));
+        }
+        return Ok(());
+    }
+    let pids = client
         .processes(&a.id)
         .map_err(link::agent_err("list processes"))?;
     match a.format {
         ListFormat::Json => println!("{}", serde_json::json!(pids)),
-        ListFormat::Table if rec.isolation == Isolation::Native => {
+        ListFormat::Table => {
             let args = if a.ps_args.is_empty() {
                 vec!["-ef".to_string()]
             } else {
@@ -54,12 +66,6 @@ pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<()> {
                 if pid.is_some_and(|p| pids.contains(&p)) {
                     println!("{line}");
                 }
-            }
-        }
-        ListFormat::Table => {
-            println!("PID (in the sandbox VM)");
-            for p in pids {
-                println!("{p}");
             }
         }
     }

@@ -78,7 +78,7 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         container_process: None,
         agent_socket: match isolation {
             Isolation::Native => dir.join(native::AGENT_SOCKET),
-            Isolation::Vm => dir.join(vm::VSOCK_SOCKET),
+            Isolation::Vm => vm::vsock_socket(&dir),
         },
         exit_code: None,
         cleanup: o.cleanup.clone(),

@@ -150,7 +150,7 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
         }
     };
     let mut client = client;
-    let backend = backend.expect("set-up succeeded with a back end");
+    let mut backend = backend.expect("set-up succeeded with a back end");
     if let Some(pty) = pty {
         spawn_resize_forwarder(client.endpoint().clone(), ProcessRef::init(&id), pty);
     }
@@ -163,7 +163,7 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
         Err(e) => {
             // The agent or VMM went away under the container: say so, and report it as a
             // failure rather than pretending the container exited.
-            let why = describe_backend_loss(&e, backend.what());
+            let why = describe_backend_loss(&e, &mut backend);
             log::error!("container {id}: {why}");
             let _ = std::fs::write(store.dir(&id).join("error"), format!("{why}\n"));
             ExitStatus::exited(255)
@@ -365,8 +365,28 @@ fn spawn_resize_forwarder(endpoint: Endpoint, process: ProcessRef, pty: HostPty)
     });
 }
 
-fn describe_backend_loss(e: &ProtocolError, what: &str) -> String {
-    format!("lost the connection to {what} while waiting for the container: {e}")
+/// Why the connection to the back end ended: its own exit (a VMM killed by its seccomp filter
+/// ends with SIGSYS), with what it and the guest said last, when it has exited by now.
+fn describe_backend_loss(e: &ProtocolError, backend: &mut Backend) -> String {
+    let what = backend.what();
+    let mut why = format!("lost the connection to {what} while waiting for the container: {e}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let ended = loop {
+        match backend.child().try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => break None,
+        }
+    };
+    if let Some(status) = ended {
+        use std::os::unix::process::ExitStatusExt;
+        why.push_str(&format!("; {what} ended: {status}"));
+        if status.signal() == Some(libc::SIGSYS) {
+            why.push_str(" (a system call its seccomp filter forbids)");
+        }
+        why.push_str(&backend.last_words());
+    }
+    why
 }
 
 fn record_exit(store: &StateStore, id: &str, status: ExitStatus) {

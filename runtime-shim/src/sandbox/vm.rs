@@ -19,6 +19,8 @@ use crate::sandbox::{binaries, network};
 use crate::state::{Cleanup, TapRecord};
 
 pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// Where vsock sockets go whose state directory is too deep for a unix socket address.
+const SHORT_SOCKET_DIR: &str = "/run/sandbox-vsock";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
 const GUEST_CID: u32 = 3;
 const DEFAULT_VCPUS: u64 = 1;
@@ -62,6 +64,20 @@ impl VmInstance {
         }
         out
     }
+}
+
+/// The VMM's vsock socket for the sandbox whose state is in `dir`: inside it when the path
+/// leaves room in a unix socket address for the VMM's `_<port>` suffix, else in
+/// SHORT_SOCKET_DIR under a name derived from `dir` (state roots can be deep).
+pub fn vsock_socket(dir: &Path) -> PathBuf {
+    let inside = dir.join(VSOCK_SOCKET);
+    if inside.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN {
+        return inside;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(SHORT_SOCKET_DIR).join(format!("{name}.sock"))
 }
 
 /// Refuses vm isolation where this host's KVM cannot run our guests (kvm-pvm, no KVM), or
@@ -129,7 +145,13 @@ pub fn launch(
         .kind
         .cpu_template()
         .map(str::to_string);
-    let socket = dir.join(VSOCK_SOCKET);
+    let socket = vsock_socket(dir);
+    if !socket.starts_with(dir) {
+        let parent = Path::new(SHORT_SOCKET_DIR);
+        fs::create_dir_all(parent).ctx("create", parent)?;
+        // The VMM removes its socket when it exits; a killed one leaves it for delete.
+        cleanup.files.push(socket.clone());
+    }
     let console = dir.join("console.log");
     let log_path = dir.join("vmm.log");
     let log = File::create(&log_path).ctx("create", &log_path)?;
@@ -288,6 +310,22 @@ pub fn release(cleanup: &Cleanup) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vsock_socket_leaves_room_for_the_port_suffix() {
+        let short = Path::new("/run/sandbox/c1");
+        assert_eq!(vsock_socket(short), short.join(VSOCK_SOCKET));
+        let deep = PathBuf::from(format!("/tmp/{}/root/c1", "d".repeat(90)));
+        let socket = vsock_socket(&deep);
+        assert!(socket.starts_with(SHORT_SOCKET_DIR), "{}", socket.display());
+        assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
+        assert_eq!(
+            socket,
+            vsock_socket(&deep),
+            "the same directory, the same socket"
+        );
+        assert_ne!(socket, vsock_socket(&deep.with_file_name("c2")));
+    }
 
     #[test]
     fn size_follows_limits_with_defaults() {
