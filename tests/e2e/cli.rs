@@ -1013,9 +1013,19 @@ both!(
 );
 
 vm_only!(vmm_killed_while_booting_leaves_nothing, |env: &Env| {
+    // With a network, so that the TAP the launch put beside the veth must go too.
+    let net = TestNet::new("boot");
+    let ns = net.container_ns_path();
     let run = env
         .cmd()
-        .args(["run", "--", "sleep", "60"])
+        .args([
+            "run",
+            "--network",
+            ns.to_str().unwrap(),
+            "--",
+            "sleep",
+            "60",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1053,5 +1063,10 @@ vm_only!(vmm_killed_while_booting_leaves_nothing, |env: &Env| {
     for id in env.ok(&["list", "-q"]).lines() {
         env.ok(&["delete", "--force", id]);
     }
+    let links = net.container_links();
+    assert!(
+        links.iter().all(|l| l == "lo" || l.starts_with("vc")),
+        "links left in the container's namespace: {links:?}"
+    );
     env.assert_clean();
 });

@@ -174,7 +174,9 @@ fn assert_all_gone(c: &Containerd) {
         std::time::Instant::now() + sandbox_tests::patience(std::time::Duration::from_secs(10));
     loop {
         let shims = c.processes_with(&["containerd-shim-sandbox-v2", &addr]);
-        let agents = c.processes_with(&["sandbox-agent", &c.shim_root.display().to_string()]);
+        let root = c.shim_root.display().to_string();
+        let agents = c.processes_with(&["sandbox-agent", &root]);
+        let vmms = c.processes_with(&["sandbox-vmm", &root]);
         let state_left: Vec<_> = std::fs::read_dir(&c.shim_root)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -183,12 +185,18 @@ fn assert_all_gone(c: &Containerd) {
             .into_iter()
             .filter(|m| m.ends_with("/rootfs"))
             .collect();
-        if shims.is_empty() && agents.is_empty() && state_left.is_empty() && mounts.is_empty() {
+        if shims.is_empty()
+            && agents.is_empty()
+            && vmms.is_empty()
+            && state_left.is_empty()
+            && mounts.is_empty()
+        {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "left behind: shims {shims:?}, agents {agents:?}, state {state_left:?}, mounts {mounts:?}"
+            "left behind: shims {shims:?}, agents {agents:?}, VMMs {vmms:?}, state {state_left:?}, \
+             mounts {mounts:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -198,19 +206,15 @@ fn assert_all_gone(c: &Containerd) {
 mod containerd_single_container {
     use super::*;
 
-    #[test]
-    fn native() {
-        let Some(c) = setup("containerd_single_container::native", "ctrd-native") else {
-            return;
-        };
-        let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+    /// The flow, then the shim's task events as containerd's event service received them.
+    fn flow_with_events(c: &Containerd, opts: &str, tag: &str) {
         let mut events = c.events();
-        single_container_flow(&c, &opts, "n");
-        assert_all_gone(&c);
+        single_container_flow(c, opts, tag);
+        assert_all_gone(c);
         let _ = events.kill();
         let _ = events.wait();
         let seen = std::fs::read_to_string(c.dir.join("events.log")).unwrap();
-        // The shim's task events, as containerd's event service received them.
+        let long = format!("{tag}-long");
         for topic in [
             "/tasks/create",
             "/tasks/start",
@@ -220,11 +224,19 @@ mod containerd_single_container {
             "/tasks/delete",
         ] {
             assert!(
-                seen.lines()
-                    .any(|l| l.contains(topic) && l.contains("n-long")),
-                "no {topic} event for n-long in:\n{seen}"
+                seen.lines().any(|l| l.contains(topic) && l.contains(&long)),
+                "no {topic} event for {long} in:\n{seen}"
             );
         }
+    }
+
+    #[test]
+    fn native() {
+        let Some(c) = setup("containerd_single_container::native", "ctrd-native") else {
+            return;
+        };
+        let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+        flow_with_events(&c, &opts, "n");
     }
 
     #[test]
@@ -237,8 +249,7 @@ mod containerd_single_container {
             return;
         };
         let opts = options_file(&c, "vm.toml", "isolation = \"vm\"\n");
-        single_container_flow(&c, &opts, "v");
-        assert_all_gone(&c);
+        flow_with_events(&c, &opts, "v");
     }
 }
 
@@ -402,12 +413,13 @@ fn containerd_isolation_choices() {
     assert_all_gone(&c);
 }
 
-#[test]
-fn containerd_shim_crash_leaves_nothing() {
-    let Some(c) = setup("containerd_shim_crash_leaves_nothing", "ctrd-crash") else {
+/// The shim killed while its container runs: containerd's clean-up ends the container (and
+/// its VM) and nothing is left.
+fn shim_crash_leaves_nothing(test: &str, isolation: &str) {
+    let Some(c) = setup(test, &format!("ctrd-crash-{isolation}")) else {
         return;
     };
-    let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+    let opts = options_file(&c, "opts.toml", &format!("isolation = \"{isolation}\"\n"));
     c.ok(&run_args(&opts, &["-d", IMAGE, "victim", "sleep", "600"]));
     let pid = c.wait_task_status("victim", "RUNNING") as i32;
     let addr = c.socket.display().to_string();
@@ -419,7 +431,8 @@ fn containerd_shim_crash_leaves_nothing() {
     )
     .unwrap();
     // containerd sees the shim gone and runs `containerd-shim-sandbox-v2 delete`, which
-    // must end the container that the dead shim's agent left behind.
+    // must end the container (the process the task reports: the container's init natively,
+    // the VMM in vm isolation) that the dead shim's back end left behind.
     let deadline =
         std::time::Instant::now() + sandbox_tests::patience(std::time::Duration::from_secs(20));
     let gone = |p: i32| {
@@ -437,4 +450,21 @@ fn containerd_shim_crash_leaves_nothing() {
     let _ = c.ctr(&["task", "delete", "victim"]);
     c.ok(&["container", "delete", "victim"]);
     assert_all_gone(&c);
+}
+
+mod containerd_shim_crash_leaves_nothing {
+    use super::*;
+
+    #[test]
+    fn native() {
+        shim_crash_leaves_nothing("containerd_shim_crash_leaves_nothing::native", "native");
+    }
+
+    #[test]
+    fn vm() {
+        const TEST: &str = "containerd_shim_crash_leaves_nothing::vm";
+        if vm_or_skip(TEST) {
+            shim_crash_leaves_nothing(TEST, "vm");
+        }
+    }
 }

@@ -27,7 +27,7 @@ struct Dockerd {
 impl Dockerd {
     /// Starts the daemon with the `sandbox` under test registered, it and its children using
     /// the binaries under test.
-    fn start() -> Dockerd {
+    fn start(isolation: &str) -> Dockerd {
         let dir = PathBuf::from(format!("/tmp/sbx-docker-{}", std::process::id()));
         let exec_root = PathBuf::from(format!("/tmp/sd{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -39,7 +39,7 @@ impl Dockerd {
             serde_json::to_vec_pretty(&serde_json::json!({
                 "runtimes": {"sandbox": {
                     "path": bin("sandbox"),
-                    "runtimeArgs": ["--isolation", "native"]
+                    "runtimeArgs": ["--isolation", isolation]
                 }}
             }))
             .unwrap(),
@@ -174,20 +174,19 @@ impl Drop for Dockerd {
     }
 }
 
-#[test]
-fn docker_run_with_sandbox_runtime() {
-    const TEST: &str = "docker_run_with_sandbox_runtime";
+/// `docker run`, its exit code, a detached container with `docker exec`, in `isolation`.
+fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     if let Some(why) = harness::unavailable() {
-        skip(&format!("{TEST}: {why}"));
+        skip(&format!("{test}: {why}"));
         return;
     }
     if harness::which("dockerd").is_none() || !Path::new(DOCKER).is_file() {
         skip(&format!(
-            "{TEST}: Debian's docker.io (dockerd, /usr/bin/docker) is not installed"
+            "{test}: Debian's docker.io (dockerd, /usr/bin/docker) is not installed"
         ));
         return;
     }
-    let d = Dockerd::start();
+    let d = Dockerd::start(isolation);
     let info = d.ok(&["info", "--format", "{{json .Runtimes}}"]);
     assert!(info.contains("sandbox"), "runtime not registered: {info}");
 
@@ -242,4 +241,19 @@ fn docker_run_with_sandbox_runtime() {
     let out = d.ok(&["exec", id, "echo", "exec works"]);
     assert_eq!(out, "exec works\n");
     d.ok(&["rm", "-f", id]);
+}
+
+mod docker_run_with_sandbox_runtime {
+    #[test]
+    fn native() {
+        super::docker_run_with_sandbox_runtime("docker_run_with_sandbox_runtime::native", "native");
+    }
+
+    #[test]
+    fn vm() {
+        const TEST: &str = "docker_run_with_sandbox_runtime::vm";
+        if sandbox_tests::vm_or_skip(TEST) {
+            super::docker_run_with_sandbox_runtime(TEST, "vm");
+        }
+    }
 }

@@ -12,7 +12,8 @@
 # COMMAND's, or 125 when L1 itself failed (did not boot, kvm_amd did not load, timed out).
 #
 # Environment: SANDBOX_NESTED_DIR (what prepare.sh made, /var/cache/sandbox/nested),
-# SANDBOX_NESTED_MEM_MIB (8192), SANDBOX_NESTED_CPUS (2), SANDBOX_NESTED_BOOT_TIMEOUT (300 s).
+# SANDBOX_NESTED_MEM_MIB (8192), SANDBOX_NESTED_CPUS (2), SANDBOX_NESTED_BOOT_TIMEOUT (300 s),
+# SANDBOX_NESTED_STALL_TIMEOUT (180 s without a heartbeat from L1 ends the run).
 set -euo pipefail
 
 dir=${SANDBOX_NESTED_DIR:-/var/cache/sandbox/nested}
@@ -88,11 +89,25 @@ echo "nested/run.sh: L1 booted in $(($(date +%s) - start))s ($cpus vCPUs, ${mem}
 tail -n +1 -f --pid="$qemu_pid" "$results/output" &
 tail_pid=$!
 deadline=$((start + timeout))
+# L1 writes a heartbeat every 10 s; none for this long means L1 itself stopped.
+stall=${SANDBOX_NESTED_STALL_TIMEOUT:-180}
+last_beat=$(date +%s)
+beat=
 while kill -0 "$qemu_pid" 2>/dev/null; do
-    if [ "$(date +%s)" -ge "$deadline" ]; then
+    now=$(date +%s)
+    current=$(stat -c %Y "$results/heartbeat" 2>/dev/null || true)
+    if [ -n "$current" ] && [ "$current" != "$beat" ]; then
+        beat=$current
+        last_beat=$now
+    fi
+    if [ "$now" -ge "$deadline" ] || [ $((now - last_beat)) -ge "$stall" ]; then
         kill -9 "$qemu_pid" 2>/dev/null
         wait "$tail_pid" 2>/dev/null || true
-        die "the command did not finish within ${timeout}s in L1"
+        echo "--- L1's last heartbeat (uptime, load, processes):" >&2
+        cat "$results/heartbeat" >&2 2>/dev/null || true
+        console_tail
+        [ "$now" -ge "$deadline" ] && die "the command did not finish within ${timeout}s in L1"
+        die "L1 stopped: no heartbeat for ${stall}s"
     fi
     sleep 1
 done

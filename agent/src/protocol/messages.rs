@@ -178,6 +178,7 @@ impl Request {
         "close_stdin",
         "state",
         "processes",
+        "process_table",
         "stats",
         "update_resources",
         "oom_events",
