@@ -13,7 +13,8 @@
 #
 # Environment: SANDBOX_NESTED_DIR (what prepare.sh made, /var/cache/sandbox/nested),
 # SANDBOX_NESTED_MEM_MIB (8192), SANDBOX_NESTED_CPUS (2), SANDBOX_NESTED_BOOT_TIMEOUT (300 s),
-# SANDBOX_NESTED_STALL_TIMEOUT (180 s without a heartbeat from L1 ends the run).
+# SANDBOX_NESTED_STALL_TIMEOUT (90 s without a heartbeat from L1 ends the run),
+# SANDBOX_NESTED_TCG_THREAD (multi: one host thread per vCPU; single: one for all).
 set -euo pipefail
 
 dir=${SANDBOX_NESTED_DIR:-/var/cache/sandbox/nested}
@@ -41,8 +42,12 @@ command -v qemu-system-x86_64 >/dev/null ||
 results=$(mktemp -d /tmp/sandbox-nested.XXXXXX)
 qemu_pid=
 cleanup() {
-    [ -n "$qemu_pid" ] && kill -9 "$qemu_pid" 2>/dev/null
+    local rc=$?
+    if [ -n "$qemu_pid" ]; then
+        kill -9 "$qemu_pid" 2>/dev/null || true
+    fi
     rm -rf "$results"
+    exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -59,10 +64,10 @@ trap 'exit 130' INT TERM
 
 start=$(date +%s)
 qemu-system-x86_64 \
-    -accel tcg,thread=multi -cpu max -smp "$cpus" -m "$mem" \
+    -accel "tcg,thread=${SANDBOX_NESTED_TCG_THREAD:-multi}" -cpu max -smp "$cpus" -m "$mem" \
     -display none -monitor none -serial "file:$results/console" -no-reboot \
     -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio.gz" \
-    -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off sandbox_results=$results" \
+    -append "console=ttyS0 quiet loglevel=4 panic=-1 mitigations=off sandbox_results=$results sandbox_kvm_amd=${SANDBOX_NESTED_KVM_AMD:-}" \
     -virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap" \
     -virtfs "local,path=$results,mount_tag=results,security_model=none,multidevs=remap" \
     </dev/null &
@@ -90,7 +95,7 @@ tail -n +1 -f --pid="$qemu_pid" "$results/output" &
 tail_pid=$!
 deadline=$((start + timeout))
 # L1 writes a heartbeat every 10 s; none for this long means L1 itself stopped.
-stall=${SANDBOX_NESTED_STALL_TIMEOUT:-180}
+stall=${SANDBOX_NESTED_STALL_TIMEOUT:-90}
 last_beat=$(date +%s)
 beat=
 while kill -0 "$qemu_pid" 2>/dev/null; do

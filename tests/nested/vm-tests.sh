@@ -50,11 +50,14 @@ case "$mode" in
     *) echo "vm-tests.sh: SANDBOX_VM_TESTS must be direct or nested, not '$mode'" >&2; exit 2 ;;
 esac
 
+# The nested machine as this checkout describes it (cached; redone when its files change).
+"$repo/tests/nested/prepare.sh"
 # Everything in L1 is emulated: the tests' own wait bounds stretch to match.
 export SANDBOX_TEST_SLOWDOWN=${SANDBOX_TEST_SLOWDOWN:-20}
 # L1 itself can stop under TCG (its vCPUs spin and its heartbeat ends; run.sh says so and
 # exits 125). Each such stop is reported and counted, and a fresh L1 runs the tests that had
-# not finished, the one that was running among them from its start; at most two restarts.
+# not finished, the one that was running among them from its start, for as long as each L1
+# finishes at least one test before it stops.
 log=$(mktemp /tmp/sandbox-vm-tests.XXXXXX)
 trap 'rm -f "$log"' EXIT
 mapfile -t remaining < <(for exe in "${exes[@]}"; do
@@ -65,7 +68,7 @@ passed=0
 failed=0
 stops=0
 failures=()
-for attempt in 1 2 3; do
+while :; do
     only="^($(IFS='|'; echo "${remaining[*]}"))\$"
     set +e
     "$repo/tests/nested/run.sh" --timeout "${SANDBOX_NESTED_TIMEOUT:-3600}" -- \
@@ -83,9 +86,14 @@ for attempt in 1 2 3; do
             left+=("$t")
         fi
     done
+    progress=$((${#remaining[@]} - ${#left[@]}))
     remaining=("${left[@]}")
     [ $rc -eq 125 ] || break
     [ ${#remaining[@]} -gt 0 ] || break
+    if [ $progress -eq 0 ]; then
+        echo "vm-tests.sh: L1 stopped before finishing any test; not trying again"
+        break
+    fi
     stops=$((stops + 1))
     echo "vm-tests.sh: L1 stopped (stop $stops); a fresh L1 runs the ${#remaining[@]} unfinished tests"
 done
