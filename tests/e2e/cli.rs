@@ -26,14 +26,17 @@ macro_rules! both {
 
             #[test]
             fn vm() {
-                if !vm_or_skip(concat!(stringify!($name), "::vm")) {
-                    return;
-                }
-                let env = Env::new(stringify!($name), "vm");
-                ($body)(&env);
+                in_vm(stringify!($name), $body);
             }
         }
     };
+}
+
+/// Runs the scenario `name` in vm isolation where it is ready (see `vm_or_skip`).
+fn in_vm(name: &str, body: impl FnOnce(&Env)) {
+    if vm_or_skip(&format!("{name}::vm")) {
+        body(&Env::new(name, "vm"));
+    }
 }
 
 /// Declares only `NAME::vm`, for what only a microVM has: its own vCPUs, its own VMM.
@@ -44,11 +47,7 @@ macro_rules! vm_only {
 
             #[test]
             fn vm() {
-                if !vm_or_skip(concat!(stringify!($name), "::vm")) {
-                    return;
-                }
-                let env = Env::new(stringify!($name), "vm");
-                ($body)(&env);
+                in_vm(stringify!($name), $body);
             }
         }
     };
@@ -1003,11 +1002,7 @@ both!(
         server.join().unwrap();
         assert_eq!(env.status("web"), "running");
         env.ok(&["delete", "--force", "web"]);
-        let links = net.container_links();
-        assert!(
-            links.iter().all(|l| l == "lo" || l.starts_with("vc")),
-            "links left in the container's namespace: {links:?}"
-        );
+        net.assert_only_the_veth_left();
         env.assert_clean();
     }
 );
@@ -1063,10 +1058,6 @@ vm_only!(vmm_killed_while_booting_leaves_nothing, |env: &Env| {
     for id in env.ok(&["list", "-q"]).lines() {
         env.ok(&["delete", "--force", id]);
     }
-    let links = net.container_links();
-    assert!(
-        links.iter().all(|l| l == "lo" || l.starts_with("vc")),
-        "links left in the container's namespace: {links:?}"
-    );
+    net.assert_only_the_veth_left();
     env.assert_clean();
 });

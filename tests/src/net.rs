@@ -121,6 +121,16 @@ impl TestNet {
         .expect("the host-side client panicked")
     }
 
+    /// Fails if anything but loopback and the veth is left in the container's namespace (a
+    /// TAP the runtime put there, say).
+    pub fn assert_only_the_veth_left(&self) {
+        let links = self.container_links();
+        assert!(
+            links.iter().all(|l| l == "lo" || l.starts_with("vc")),
+            "links left in the container's namespace: {links:?}"
+        );
+    }
+
     /// The names of the links in the container's namespace.
     pub fn container_links(&self) -> Vec<String> {
         let out = ip(&["-n", &self.container_ns, "-o", "link", "show"]);
