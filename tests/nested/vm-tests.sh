@@ -60,9 +60,18 @@ export SANDBOX_TEST_SLOWDOWN=${SANDBOX_TEST_SLOWDOWN:-20}
 # finishes at least one test before it stops.
 log=$(mktemp /tmp/sandbox-vm-tests.XXXXXX)
 trap 'rm -f "$log"' EXIT
+# Tests that bring L1 itself down under QEMU 7.2's nested SVM emulation, every time tried:
+# they run where KVM is hardware-assisted, and here they are named as not run, never passed.
+# vm_column::vm: `sandbox compare`'s VM drills panic L1's kernel in svm_vcpu_enter_exit.
+not_in_l1=${SANDBOX_NESTED_NOT_RUN-'^vm_column::vm$'}
 mapfile -t remaining < <(for exe in "${exes[@]}"; do
     "$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep -E -- "$pattern"
 done)
+not_run=()
+if [ -n "$not_in_l1" ]; then
+    mapfile -t not_run < <(printf '%s\n' "${remaining[@]}" | grep -E -- "$not_in_l1")
+    mapfile -t remaining < <(printf '%s\n' "${remaining[@]}" | grep -v -E -- "$not_in_l1")
+fi
 total=${#remaining[@]}
 passed=0
 failed=0
@@ -90,8 +99,16 @@ while :; do
     remaining=("${left[@]}")
     [ $rc -eq 125 ] || break
     [ ${#remaining[@]} -gt 0 ] || break
-    if [ $progress -eq 0 ]; then
-        echo "vm-tests.sh: L1 stopped before finishing any test; not trying again"
+    if [ $progress -eq 0 ] && [ $stops -gt 0 ]; then
+        # The test the last L1 stopped in ran first in this one and stopped it again: it fails.
+        echo "vm-tests.sh: L1 stopped twice while ${remaining[0]} ran: it counts as failed"
+        failed=$((failed + 1))
+        failures+=("${remaining[0]}")
+        remaining=("${remaining[@]:1}")
+        [ ${#remaining[@]} -gt 0 ] || break
+    fi
+    if [ $stops -ge 8 ]; then
+        echo "vm-tests.sh: L1 stopped $stops times; giving up"
         break
     fi
     stops=$((stops + 1))
@@ -101,6 +118,9 @@ for t in "${failures[@]}" "${remaining[@]}"; do
     echo "failed: $t"
 done
 failed=$((failed + ${#remaining[@]}))
-echo "vm-tests.sh: $total VM tests, $stops L1 stops"
+for t in "${not_run[@]}"; do
+    echo "NOT RUN in L1: $t (it brings L1 down under nested SVM emulation; see docs/testing.md)"
+done
+echo "vm-tests.sh: $total VM tests run, $stops L1 stops, ${#not_run[@]} not run in L1"
 echo "vm: $passed passed, $failed failed"
 [ $failed -eq 0 ] && [ $passed -eq "$total" ]
