@@ -47,13 +47,14 @@ impl VmInstance {
     /// What the VMM and the guest said last, for an error about a VM that ended early: the
     /// VMM's reason for its exit status, or the guest kernel's last words.
     pub fn last_words(&self) -> String {
+        const TAIL_LINES: usize = 8;
         let mut out = String::new();
-        for (what, path, lines) in [
-            ("sandbox-vmm", &self.vmm_log, 8),
-            ("guest console", &self.console_log, 8),
+        for (what, path) in [
+            ("sandbox-vmm", &self.vmm_log),
+            ("guest console", &self.console_log),
         ] {
             let text = fs::read_to_string(path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            let tail: Vec<&str> = text.lines().rev().take(TAIL_LINES).collect();
             if !tail.is_empty() {
                 out.push_str(&format!("\n--- {what} ({}):", path.display()));
                 for l in tail.into_iter().rev() {
