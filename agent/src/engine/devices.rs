@@ -69,7 +69,7 @@ pub(crate) fn from_spec(d: &LinuxDevice) -> Node {
 /// Creates the node under `rootfs`. In a user namespace mknod is not allowed: the host's
 /// node of the same path is bind-mounted instead (what runc does too).
 pub(crate) fn create(rootfs: &Path, node: &Node, bind_from_host: bool) -> Result<(), String> {
-    let dest = secure_join(rootfs, Path::new(&node.path));
+    let dest = secure_join(rootfs, Path::new(&node.path))?;
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
     }
@@ -107,7 +107,7 @@ pub(crate) fn create(rootfs: &Path, node: &Node, bind_from_host: bool) -> Result
 
 /// The symlinks programs expect in /dev.
 pub(crate) fn symlinks(rootfs: &Path) -> Result<(), String> {
-    let dev = secure_join(rootfs, Path::new("/dev"));
+    let dev = secure_join(rootfs, Path::new("/dev"))?;
     for (target, name) in [
         ("/proc/self/fd", "fd"),
         ("/proc/self/fd/0", "stdin"),
@@ -134,7 +134,7 @@ pub(crate) fn pts_and_shm(
     spec_mounted: &dyn Fn(&str) -> bool,
 ) -> Result<(), String> {
     if !spec_mounted("/dev/pts") {
-        let d = secure_join(rootfs, Path::new("/dev/pts"));
+        let d = secure_join(rootfs, Path::new("/dev/pts"))?;
         fs::create_dir_all(&d).map_err(|e| format!("mkdir /dev/pts: {e}"))?;
         mount(
             Some("devpts"),
@@ -146,7 +146,7 @@ pub(crate) fn pts_and_shm(
         .map_err(|e| format!("mount devpts on /dev/pts: {e}"))?;
     }
     if !spec_mounted("/dev/shm") {
-        let d = secure_join(rootfs, Path::new("/dev/shm"));
+        let d = secure_join(rootfs, Path::new("/dev/shm"))?;
         fs::create_dir_all(&d).map_err(|e| format!("mkdir /dev/shm: {e}"))?;
         mount(
             Some("shm"),

@@ -4,12 +4,13 @@
 
 use std::fs;
 use std::os::unix::fs::symlink;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 use oci_spec::runtime::Mount;
 
 use super::cgroups::{Cgroup, Layout};
+use crate::confined::ConfinedRoot;
 
 /// A mount entry's options split into what mount(2) takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,43 +108,12 @@ pub(crate) fn propagation(word: &str) -> Option<MsFlags> {
 }
 
 /// `root` joined with `path` as the container will see it: symlinks inside the rootfs are
-/// followed relative to the rootfs, never out of it.
-pub(crate) fn secure_join(root: &Path, path: &Path) -> PathBuf {
-    let mut parts: Vec<std::ffi::OsString> = Vec::new();
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut hops = 0;
-    while let Some(p) = pending.pop() {
-        if p == ".." {
-            parts.pop();
-            continue;
-        }
-        let cand: PathBuf = root.join(parts.iter().collect::<PathBuf>()).join(&p);
-        match fs::read_link(&cand) {
-            Ok(target) if hops < 40 => {
-                hops += 1;
-                if target.is_absolute() {
-                    parts.clear();
-                }
-                for c in target.components().rev() {
-                    match c {
-                        Component::Normal(n) => pending.push(n.to_os_string()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            _ => parts.push(p),
-        }
-    }
-    root.join(parts.iter().collect::<PathBuf>())
+/// followed relative to the rootfs, never out of it. The resolution is the confined one the
+/// image importer uses too ([`crate::confined`]).
+pub(crate) fn secure_join(root: &Path, path: &Path) -> Result<PathBuf, String> {
+    ConfinedRoot::open(root)
+        .and_then(|r| r.host_path(path))
+        .map_err(|e| format!("{} in {}: {e}", path.display(), root.display()))
 }
 
 fn mkdir_all(p: &Path) -> Result<(), String> {
@@ -199,7 +169,7 @@ pub(crate) fn mount_entry(
         .typ()
         .as_deref()
         .unwrap_or(if opts.bind { "bind" } else { "none" });
-    let dest = secure_join(rootfs, m.destination());
+    let dest = secure_join(rootfs, m.destination())?;
     let data = (!opts.data.is_empty()).then(|| opts.data.join(","));
     if opts.bind || typ == "bind" {
         let src = m.source().clone().unwrap_or_default();
@@ -401,12 +371,11 @@ mod tests {
         fs::create_dir_all(dir.join("etc")).unwrap();
         symlink("/etc", dir.join("abs")).unwrap();
         symlink("../../../../..", dir.join("etc/up")).unwrap();
-        assert_eq!(
-            secure_join(&dir, Path::new("/abs/passwd")),
-            dir.join("etc/passwd")
-        );
-        assert_eq!(secure_join(&dir, Path::new("/etc/up/x")), dir.join("x"));
-        assert_eq!(secure_join(&dir, Path::new("../../x")), dir.join("x"));
+        let real = fs::canonicalize(&dir).unwrap();
+        let join = |p: &str| secure_join(&dir, Path::new(p)).unwrap();
+        assert_eq!(join("/abs/passwd"), real.join("etc/passwd"));
+        assert_eq!(join("/etc/up/x"), real.join("x"));
+        assert_eq!(join("../../x"), real.join("x"));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -73,7 +73,7 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
     devices::symlinks(&plan.rootfs)?;
     // Like runc, a missing working directory is created rather than refused.
     if let Some(p) = plan.spec.process() {
-        let cwd = secure_join(&plan.rootfs, p.cwd());
+        let cwd = secure_join(&plan.rootfs, p.cwd())?;
         if !cwd.exists() {
             fs::create_dir_all(&cwd)
                 .map_err(|e| format!("process.cwd: mkdir {}: {e}", p.cwd().display()))?;
@@ -142,7 +142,7 @@ pub(crate) fn finish(spec: &Spec) -> Result<(), String> {
 
 /// Hides a path: /dev/null over a file, an empty read-only tmpfs over a directory.
 fn mask(p: &Path) -> Result<(), String> {
-    let p = secure_join(Path::new("/"), p);
+    let p = secure_join(Path::new("/"), p)?;
     match fs::metadata(&p) {
         Err(_) => Ok(()),
         Ok(m) if m.is_dir() => mount(
@@ -159,7 +159,7 @@ fn mask(p: &Path) -> Result<(), String> {
 }
 
 fn readonly(p: &Path) -> Result<(), String> {
-    let p = secure_join(Path::new("/"), p);
+    let p = secure_join(Path::new("/"), p)?;
     if fs::symlink_metadata(&p).is_err() {
         return Ok(());
     }
