@@ -5,6 +5,7 @@
 pub mod busybox;
 pub mod disk;
 pub mod import;
+pub mod layer;
 pub mod store;
 pub mod tree_hash;
 

@@ -2,6 +2,7 @@
 //! image says about how to run it (entrypoint, cmd, env, working directory, user).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -112,6 +113,10 @@ impl ImageStore {
         let final_dir = self.dir_of(name)?;
         let parent = final_dir.parent().expect("images dir");
         fs::create_dir_all(parent).ctx("create image store", parent)?;
+        // Images keep their setuid binaries and owners: no host user but root may reach them
+        // (containerd keeps its snapshots the same way).
+        fs::set_permissions(parent, fs::Permissions::from_mode(0o700))
+            .ctx("restrict image store", parent)?;
         let tmp = parent.join(format!(
             ".staging-{}-{}",
             std::process::id(),
