@@ -3,8 +3,17 @@
 //! One [`Client`] is one control connection with one request in flight at a time. A `wait`
 //! blocks its connection until the process exits, so callers that wait and control at the
 //! same time open a second client.
+//!
+//! The host does not trust what answers on the other end (in vm isolation, a guest that a
+//! container may have taken over), so every answer is bounded: frames by
+//! [`super::MAX_FRAME_LEN`], one frame read per request (a stray or late one is an error,
+//! never queued), lists by [`MAX_LIST_LEN`], and time by a deadline on each request and
+//! handshake ([`DEFAULT_CALL_TIMEOUT`], [`HANDSHAKE_TIMEOUT`]); only `wait` waits as long as
+//! the process runs, unless its caller gives it a bound. After garbage, a frame over the
+//! limit, a truncated frame or a timeout the stream cannot be trusted to be in step, so the
+//! client refuses further requests with [`ProtocolError::Broken`] instead of reading on.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::thread;
@@ -13,6 +22,16 @@ use std::time::{Duration, Instant};
 use super::error::ProtocolError;
 use super::framing::{read_frame, read_message, write_message};
 use super::messages::*;
+
+/// How long an ordinary request may wait for its answer: far beyond what any takes on a slow
+/// nested machine, and still an error rather than a hang when the agent stops answering.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a new connection may wait for the agent's welcome (and the VMM's `OK`).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most entries accepted in a list the agent returns (pids, process rows, OOM events).
+pub const MAX_LIST_LEN: usize = 1 << 16;
+/// Longest `OK <hostport>\n` line accepted from the VMM's vsock proxy.
+const MAX_PROXY_REPLY: usize = 64;
 
 /// Where the agent listens, as seen from the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,10 +60,13 @@ impl Endpoint {
         }
     }
 
-    /// Opens a connection and sends `hello`, returning the stream once the agent welcomed it.
+    /// Opens a connection and sends `hello`, returning the stream once the agent welcomed it
+    /// (within [`HANDSHAKE_TIMEOUT`]).
     pub fn open(&self, hello: &Hello) -> Result<UnixStream, ProtocolError> {
         let mut stream = self.connect_raw()?;
-        handshake(&mut stream, hello)?;
+        stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+        handshake(&mut stream, hello).map_err(|e| timed_out_as("hello", HANDSHAKE_TIMEOUT, e))?;
+        stream.set_read_timeout(None)?;
         Ok(stream)
     }
 }
@@ -53,9 +75,19 @@ fn connect_vsock_proxy(path: &Path, port: u32) -> Result<UnixStream, ProtocolErr
     let mut stream = UnixStream::connect(path)?;
     stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
     // Read the reply byte by byte: anything after the newline already belongs to the agent.
-    let mut reader = BufReader::with_capacity(1, stream.try_clone()?);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < MAX_PROXY_REPLY && line.last() != Some(&b'\n') {
+        match stream.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(timed_out_as("CONNECT", HANDSHAKE_TIMEOUT, e.into())),
+        }
+    }
+    stream.set_read_timeout(None)?;
+    let line = String::from_utf8_lossy(&line).into_owned();
     if !line.starts_with("OK ") || !line.ends_with('\n') {
         return Err(ProtocolError::VsockConnect {
             path: path.display().to_string(),
@@ -93,6 +125,10 @@ pub struct Client {
     endpoint: Endpoint,
     stream: UnixStream,
     next_id: u64,
+    /// The bound on each request but `wait`; `None` waits for ever.
+    call_timeout: Option<Duration>,
+    /// Why the stream can no longer be trusted to be in step, once it cannot.
+    broken: Option<String>,
 }
 
 macro_rules! expect {
@@ -108,36 +144,39 @@ macro_rules! expect {
 }
 
 impl Client {
-    /// Connects and performs the version handshake.
+    /// Connects and performs the version handshake, within [`HANDSHAKE_TIMEOUT`].
     pub fn connect(endpoint: Endpoint) -> Result<Self, ProtocolError> {
-        let stream = endpoint.open(&Hello::Control {
-            version: PROTOCOL_VERSION,
-        })?;
-        Ok(Client {
-            endpoint,
-            stream,
-            next_id: 1,
-        })
+        Client::connect_within(endpoint, HANDSHAKE_TIMEOUT)
     }
 
     /// Like [`Client::connect`], but gives up on the handshake after `timeout`: for a socket
     /// whose listener may not be serving yet (connections queue on a socket bound before the
     /// agent started), so a stuck agent is an error rather than a hang.
     pub fn connect_within(endpoint: Endpoint, timeout: Duration) -> Result<Self, ProtocolError> {
+        let timeout = timeout.max(Duration::from_millis(1));
         let mut stream = endpoint.connect_raw()?;
-        stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        stream.set_read_timeout(Some(timeout))?;
         handshake(
             &mut stream,
             &Hello::Control {
                 version: PROTOCOL_VERSION,
             },
-        )?;
+        )
+        .map_err(|e| timed_out_as("hello", timeout, e))?;
         stream.set_read_timeout(None)?;
         Ok(Client {
             endpoint,
             stream,
             next_id: 1,
+            call_timeout: Some(DEFAULT_CALL_TIMEOUT),
+            broken: None,
         })
+    }
+
+    /// Bounds each later request but `wait` (default [`DEFAULT_CALL_TIMEOUT`]); `None`
+    /// waits for ever.
+    pub fn set_call_timeout(&mut self, timeout: Option<Duration>) {
+        self.call_timeout = timeout;
     }
 
     /// Like [`Client::connect`], retrying while the agent is not listening yet (a booting
@@ -164,12 +203,60 @@ impl Client {
         &self.stream
     }
 
-    /// Sends one request and waits for its response.
+    /// Sends one request and waits for its response, within the call timeout.
     pub fn call(&mut self, request: Request) -> Result<Response, ProtocolError> {
+        let timeout = self.call_timeout;
+        self.call_within(request, timeout)
+    }
+
+    /// Sends one request and waits at most `timeout` for its response. A read timeout the
+    /// caller set on [`Client::stream`] bounds it too.
+    pub fn call_within(
+        &mut self,
+        request: Request,
+        timeout: Option<Duration>,
+    ) -> Result<Response, ProtocolError> {
+        if let Some(why) = &self.broken {
+            return Err(ProtocolError::Broken(why.clone()));
+        }
+        let method = request.method();
+        let callers_read = self.stream.read_timeout().ok().flatten();
+        let callers_write = self.stream.write_timeout().ok().flatten();
+        let limit = match (timeout, callers_read) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let result = self.exchange(request, method, limit);
+        let _ = self.stream.set_read_timeout(callers_read);
+        let _ = self.stream.set_write_timeout(callers_write);
+        if let Err(e) = &result {
+            if leaves_stream_out_of_step(e) {
+                self.broken = Some(format!("{method}: {e}"));
+            }
+        }
+        result
+    }
+
+    fn exchange(
+        &mut self,
+        request: Request,
+        method: &'static str,
+        limit: Option<Duration>,
+    ) -> Result<Response, ProtocolError> {
         let id = self.next_id;
         self.next_id += 1;
-        write_message(&mut self.stream, &RequestFrame { id, request })?;
-        let bytes = read_frame(&mut self.stream)?.ok_or(ProtocolError::Closed)?;
+        let mut io = DeadlineStream {
+            stream: &self.stream,
+            deadline: limit.map(|l| Instant::now() + l),
+        };
+        let explain = |e: ProtocolError| match limit {
+            Some(l) => timed_out_as(method, l, e),
+            None => e,
+        };
+        write_message(&mut io, &RequestFrame { id, request }).map_err(explain)?;
+        let bytes = read_frame(&mut io)
+            .map_err(explain)?
+            .ok_or(ProtocolError::Closed)?;
         let frame: ResponseFrame = serde_json::from_slice(&bytes).map_err(ProtocolError::Decode)?;
         if frame.id != Some(id) {
             return Err(ProtocolError::IdMismatch {
@@ -230,9 +317,20 @@ impl Client {
         }))
     }
 
-    /// Blocks until the process exits.
+    /// Blocks until the process exits, however long it runs (a read timeout set on
+    /// [`Client::stream`] still bounds it).
     pub fn wait(&mut self, process: ProcessRef) -> Result<ExitStatus, ProtocolError> {
-        expect!("wait", self.call(Request::Wait(process))?, Response::Exited(s) => s)
+        self.wait_within(process, None)
+    }
+
+    /// Like [`Client::wait`], giving up after `timeout`.
+    pub fn wait_within(
+        &mut self,
+        process: ProcessRef,
+        timeout: Option<Duration>,
+    ) -> Result<ExitStatus, ProtocolError> {
+        expect!("wait", self.call_within(Request::Wait(process), timeout)?,
+            Response::Exited(s) => s)
     }
 
     pub fn resize_tty(
@@ -259,15 +357,17 @@ impl Client {
     }
 
     pub fn processes(&mut self, container_id: &str) -> Result<Vec<i32>, ProtocolError> {
-        expect!("processes", self.call(Request::Processes {
+        let pids = expect!("processes", self.call(Request::Processes {
             container_id: container_id.to_owned(),
-        })?, Response::Processes(p) => p)
+        })?, Response::Processes(p) => p)?;
+        bounded("processes", pids)
     }
 
     pub fn process_table(&mut self, container_id: &str) -> Result<Vec<ProcessInfo>, ProtocolError> {
-        expect!("process_table", self.call(Request::ProcessTable {
+        let rows = expect!("process_table", self.call(Request::ProcessTable {
             container_id: container_id.to_owned(),
-        })?, Response::ProcessTable(p) => p)
+        })?, Response::ProcessTable(p) => p)?;
+        bounded("process_table", rows)
     }
 
     pub fn stats(&mut self, container_id: &str) -> Result<ContainerStats, ProtocolError> {
@@ -293,11 +393,14 @@ impl Client {
         after: u64,
         wait: Option<Duration>,
     ) -> Result<Vec<OomEvent>, ProtocolError> {
-        expect!("oom_events", self.call(Request::OomEvents {
+        // The agent may hold the answer for `wait`: the bound is that plus the usual one.
+        let timeout = self.call_timeout.map(|t| t + wait.unwrap_or_default());
+        let events = expect!("oom_events", self.call_within(Request::OomEvents {
             container_id: container_id.map(str::to_owned),
             after,
             wait_ms: wait.map(|d| d.as_millis() as u64),
-        })?, Response::OomEvents(e) => e)
+        }, timeout)?, Response::OomEvents(e) => e)?;
+        bounded("oom_events", events)
     }
 
     pub fn remove_container(
@@ -339,7 +442,13 @@ impl Client {
         }
         opened
             .into_iter()
-            .map(|(mut stream, hello)| read_welcome(&mut stream, &hello).map(|_| stream))
+            .map(|(mut stream, hello)| {
+                stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+                read_welcome(&mut stream, &hello)
+                    .map_err(|e| timed_out_as("hello", HANDSHAKE_TIMEOUT, e))?;
+                stream.set_read_timeout(None)?;
+                Ok(stream)
+            })
             .collect()
     }
 }
@@ -353,6 +462,84 @@ fn stream_hello(process: &ProcessRef, stream: StreamKind) -> Hello {
     }
 }
 
+fn bounded<T>(method: &'static str, list: Vec<T>) -> Result<Vec<T>, ProtocolError> {
+    if list.len() > MAX_LIST_LEN {
+        return Err(ProtocolError::TooMany {
+            method,
+            len: list.len(),
+            max: MAX_LIST_LEN,
+        });
+    }
+    Ok(list)
+}
+
+/// Errors after which the next frame on the stream may be the rest of this one or a late
+/// answer: nothing more can be read from it with confidence.
+fn leaves_stream_out_of_step(e: &ProtocolError) -> bool {
+    matches!(
+        e,
+        ProtocolError::Io(_)
+            | ProtocolError::FrameTooLarge { .. }
+            | ProtocolError::TruncatedFrame
+            | ProtocolError::Closed
+            | ProtocolError::Decode(_)
+            | ProtocolError::IdMismatch { .. }
+            | ProtocolError::Timeout { .. }
+    )
+}
+
+/// A read or write that ran out of time, as the error that says which request and how long.
+fn timed_out_as(method: &'static str, waited: Duration, e: ProtocolError) -> ProtocolError {
+    match e {
+        ProtocolError::Io(io)
+            if matches!(
+                io.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            ProtocolError::Timeout { method, waited }
+        }
+        other => other,
+    }
+}
+
+/// The control stream with one deadline for a whole request: each read or write may take
+/// only what is left of it, so a peer that trickles bytes cannot stretch the wait.
+struct DeadlineStream<'a> {
+    stream: &'a UnixStream,
+    deadline: Option<Instant>,
+}
+
+impl DeadlineStream<'_> {
+    fn left(&self) -> io::Result<Option<Duration>> {
+        match self.deadline {
+            None => Ok(None),
+            Some(d) => match d.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => Ok(Some(left)),
+                _ => Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed")),
+            },
+        }
+    }
+}
+
+impl Read for DeadlineStream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(self.left()?)?;
+        (&mut &*self.stream).read(buf)
+    }
+}
+
+impl Write for DeadlineStream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(self.left()?)?;
+        (&mut &*self.stream).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 fn is_not_ready(e: &ProtocolError) -> bool {
     match e {
         ProtocolError::Io(io) => matches!(
@@ -361,8 +548,13 @@ fn is_not_ready(e: &ProtocolError) -> bool {
                 | std::io::ErrorKind::ConnectionRefused
                 | std::io::ErrorKind::ConnectionReset
         ),
-        // A VMM proxy that answers before the guest agent listens.
-        ProtocolError::VsockConnect { .. } | ProtocolError::Closed => true,
+        // A VMM proxy that answers before the guest agent listens, or a guest whose vsock
+        // driver has not taken the connection request yet.
+        ProtocolError::VsockConnect { .. }
+        | ProtocolError::Closed
+        | ProtocolError::Timeout {
+            method: "CONNECT", ..
+        } => true,
         _ => false,
     }
 }

@@ -29,6 +29,19 @@ pub enum ProtocolError {
     IdMismatch { expected: u64, got: Option<u64> },
     #[error("unexpected response to {method}: {got}")]
     UnexpectedResponse { method: &'static str, got: String },
+    #[error("the agent did not answer {method} within {waited:?}")]
+    Timeout {
+        method: &'static str,
+        waited: std::time::Duration,
+    },
+    #[error("the agent connection is unusable after an earlier failure ({0}); reconnect")]
+    Broken(String),
+    #[error("the agent's answer to {method} lists {len} items, more than the {max} accepted")]
+    TooMany {
+        method: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("vsock proxy at {path} refused CONNECT {port}: {reply:?}")]
     VsockConnect {
         path: String,

@@ -15,6 +15,9 @@ use super::error::ProtocolError;
 /// well under 1 MiB; 4 MiB leaves room without letting a peer exhaust memory.
 pub const MAX_FRAME_LEN: usize = 4 << 20;
 
+/// What a frame's buffer starts at before its bytes arrive.
+const INITIAL_BODY_CAPACITY: usize = 64 << 10;
+
 /// Reads one frame's bytes. Returns `Ok(None)` on a clean end of stream before a new frame.
 pub fn read_frame(reader: &mut impl Read) -> Result<Option<Vec<u8>>, ProtocolError> {
     let mut len_buf = [0u8; 4];
@@ -35,14 +38,16 @@ pub fn read_frame(reader: &mut impl Read) -> Result<Option<Vec<u8>>, ProtocolErr
             max: MAX_FRAME_LEN,
         });
     }
-    let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).map_err(|e| {
-        if e.kind() == io::ErrorKind::UnexpectedEof {
-            ProtocolError::TruncatedFrame
-        } else {
-            ProtocolError::Io(e)
-        }
-    })?;
+    // Grown as the bytes arrive: a peer that announces a large frame and sends little costs
+    // only what it sent.
+    let mut body = Vec::with_capacity(len.min(INITIAL_BODY_CAPACITY));
+    reader
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(ProtocolError::Io)?;
+    if body.len() != len {
+        return Err(ProtocolError::TruncatedFrame);
+    }
     Ok(Some(body))
 }
 
