@@ -450,19 +450,10 @@ fn copy_hashing(from: &mut impl Read, path: &Path) -> io::Result<(u64, String)> 
         .mode(0o600)
         .open(path)?;
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    let mut size = 0u64;
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n])?;
-        size += n as u64;
-    }
+    let size = layer::for_each_chunk(from, |chunk| {
+        hasher.update(chunk);
+        out.write_all(chunk)
+    })?;
     Ok((size, hex(&hasher.finalize())))
 }
 

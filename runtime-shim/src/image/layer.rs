@@ -352,24 +352,35 @@ fn clear_opaque(root: &ConfinedRoot, dir: &Path, made: &HashSet<PathBuf>) -> Res
 /// Copies a file's data, seeking over zero chunks so they stay holes; the length is set at
 /// the end so a file that ends in a hole keeps its size.
 fn copy_with_holes(from: &mut impl Read, to: &mut File) -> io::Result<u64> {
+    let total = for_each_chunk(from, |chunk| {
+        if chunk.iter().all(|&b| b == 0) {
+            to.seek(SeekFrom::Current(chunk.len() as i64)).map(|_| ())
+        } else {
+            to.write_all(chunk)
+        }
+    })?;
+    to.set_len(total)?;
+    Ok(total)
+}
+
+/// Reads `from` to its end in chunks of [`COPY_CHUNK`], handing each to `each`; returns the
+/// bytes read.
+pub(crate) fn for_each_chunk(
+    from: &mut impl Read,
+    mut each: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
     let mut buf = vec![0u8; COPY_CHUNK];
     let mut total = 0u64;
     loop {
         let n = match from.read(&mut buf) {
-            Ok(0) => break,
+            Ok(0) => return Ok(total),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if buf[..n].iter().all(|&b| b == 0) {
-            to.seek(SeekFrom::Current(n as i64))?;
-        } else {
-            to.write_all(&buf[..n])?;
-        }
+        each(&buf[..n])?;
         total += n as u64;
     }
-    to.set_len(total)?;
-    Ok(total)
 }
 
 #[cfg(test)]
