@@ -42,6 +42,11 @@ struct Args {
     /// guest behaviour inside namespaces made for it.
     #[arg(long)]
     guest: bool,
+    /// Leave each container's init to whoever adopts orphans above the agent, as runc's
+    /// caller adopts it: the agent is then no subreaper and reports an init's end without
+    /// its status (native isolation under the `sandbox` CLI).
+    #[arg(long, conflicts_with = "guest")]
+    orphan_inits: bool,
 }
 
 fn main() -> ExitCode {
@@ -66,9 +71,12 @@ fn run_native(args: Args) -> ExitCode {
         }
     };
     // Orphans of processes we start (an exec'd daemon's children) come back to us rather
-    // than to the host's init, so the reaper collects them.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    // than to the host's init, so the reaper collects them; unless the inits are to go to
+    // whoever is above us, which a subreaper here would stop.
+    if !args.orphan_inits {
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    }
     let config = ServerConfig {
         listen,
         mode: if args.guest {
@@ -77,6 +85,7 @@ fn run_native(args: Args) -> ExitCode {
             Mode::Native
         },
         root: args.root.unwrap_or_else(|| PathBuf::from(NATIVE_ROOT)),
+        orphan_inits: args.orphan_inits,
     };
     match server::run(config) {
         Ok(_) => ExitCode::SUCCESS,
@@ -111,6 +120,7 @@ fn run_as_pid1(args: Option<Args>) -> ExitCode {
         listen,
         mode: Mode::Guest,
         root: root.unwrap_or_else(|| PathBuf::from(GUEST_ROOT)),
+        orphan_inits: false,
     };
     match server::run(config) {
         Ok(_) => eprintln!("sandbox-agent: sandbox destroyed, powering off"),

@@ -873,9 +873,12 @@ fn bad_specs_name_the_field_and_leave_nothing() {
             "linux.resources.pids.limit: must be -1 (unlimited) or positive, got -7",
         ),
         (
-            "mountns",
-            Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "pid"}])),
-            "linux.namespaces: a mount namespace is required",
+            "propagation-without-mountns",
+            Box::new(|v| {
+                v["linux"]["namespaces"] = json!([{"type": "pid"}]);
+                v["linux"]["rootfsPropagation"] = json!("private");
+            }),
+            "linux.rootfsPropagation: needs a mount namespace",
         ),
         (
             "dupns",

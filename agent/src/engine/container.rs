@@ -1,7 +1,7 @@
 //! The container lifecycle: create (init forked, namespaces, rootfs and cgroup set up,
 //! blocked before execve), start, signal, exec, stats, update, OOM events, destroy.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,11 +19,12 @@ use super::error::{EngineError, SpecError};
 use super::exec::ExecProcess;
 use super::hooks;
 use super::namespaces::NsPlan;
+use super::rootfs;
 use super::seccomp::{self, Filter};
 use super::spawn::{spawn, ChildSetup, InitSetup, Spawned};
 use super::stdio::Stdio;
 use super::validate::{validate_process, validate_resources, validate_spec};
-use super::wait::{reap_quietly, wait_pid, ExitStatus};
+use super::wait::{pidfd_send_signal, reap_quietly, wait_pid, wait_pidfd, ExitStatus};
 
 /// What to create.
 #[derive(Debug)]
@@ -45,6 +46,11 @@ pub struct CreateOptions {
     /// createRuntime, poststart, poststop): the caller's reaper where it reaps every child,
     /// plain `waitpid` ([`DirectWait`]) by default.
     pub children: Arc<dyn ChildWaiter>,
+    /// Leave the init to whoever adopts orphans above the engine (the nearest subreaper, or
+    /// the pid namespace's init) instead of making it the engine's child, the process tree
+    /// runc leaves behind `runc create`. The engine then learns of the init's end through a
+    /// pidfd ([`Container::wait_ended`]), without a status: the adopter reaps it.
+    pub orphan_init: bool,
 }
 
 impl CreateOptions {
@@ -57,6 +63,7 @@ impl CreateOptions {
             cgroup_parent: None,
             no_pivot_root: false,
             children: Arc::new(DirectWait),
+            orphan_init: false,
         }
     }
 }
@@ -102,6 +109,13 @@ pub struct Container {
     /// Device cgroup rules every container needs, re-applied after the spec's rules.
     device_allows: Vec<LinuxDeviceCgroup>,
     exit: Option<ExitStatus>,
+    /// The init has exited, whether or not we know its status.
+    ended: bool,
+    /// The init was left to another reaper (`CreateOptions::orphan_init`).
+    orphaned: bool,
+    /// The rootfs and the id of the mount it was on before, where the container shares the
+    /// engine's mount namespace: the container's mounts are detached from there at teardown.
+    shared_ns_rootfs: Option<(PathBuf, u64)>,
     torn_down: bool,
     /// poststart / poststop hooks with the spec and bundle for their state.
     hooks: Option<(Hooks, Spec, PathBuf)>,
@@ -199,18 +213,35 @@ impl Container {
                 id: &opts.id,
                 runtime_hooks: Some(&runtime_hooks),
                 spec,
-                rootfs,
+                rootfs: rootfs.clone(),
                 bundle: bundle.clone(),
                 no_pivot: opts.no_pivot_root,
+                orphan: opts.orphan_init,
                 uid_mappings: linux.uid_mappings().clone().unwrap_or_default(),
                 gid_mappings: linux.gid_mappings().clone().unwrap_or_default(),
             }),
+        };
+        let shared_ns_rootfs = if ns.has(oci_spec::runtime::LinuxNamespaceType::Mount) {
+            None
+        } else {
+            match rootfs::mount_id(&rootfs) {
+                Ok(id) => Some((rootfs.clone(), id)),
+                Err(e) => {
+                    let _ = cgroup.remove();
+                    return Err(e);
+                }
+            }
         };
         let init = match spawn(&setup) {
             Ok(s) => s,
             Err(e) => {
                 let _ = cgroup.kill_all(Duration::from_secs(2));
                 let _ = cgroup.remove();
+                if let Some((r, before)) = &shared_ns_rootfs {
+                    if let Err(d) = rootfs::detach_shared_rootfs(r, *before) {
+                        log::warn!("container {}: {d}", opts.id);
+                    }
+                }
                 return Err(e);
             }
         };
@@ -225,13 +256,18 @@ impl Container {
             seccomp: filter,
             device_allows,
             exit: None,
+            ended: false,
+            orphaned: opts.orphan_init,
+            shared_ns_rootfs,
             torn_down: false,
             children: opts.children,
         })
     }
 
-    /// Lets the init exec the program. Returns when it has, or why it could not (the init
-    /// then exits with status 127).
+    /// Lets the init exec the program, then runs the poststart hooks. Returns when it has,
+    /// or why it could not (the init then exits with status 127). A failing poststart hook
+    /// fails the start too and stops the container: the runtime spec's lifecycle goes on
+    /// at the container's destruction then.
     pub fn start(&mut self) -> Result<(), EngineError> {
         self.expect(ContainerState::Created)?;
         let r = self.init.go();
@@ -240,12 +276,11 @@ impl Container {
         if let Some((h, spec, bundle)) = &self.hooks {
             let state =
                 hooks::state_json(spec, &self.id, "running", self.init.pid.as_raw(), bundle);
-            // A failing poststart hook is reported, the container keeps running (as the
-            // runtime spec asks).
             if let Err(e) =
                 hooks::run_all("poststart", h.poststart().as_ref(), &state, &*self.children)
             {
-                log::warn!("container {}: {e}", self.id);
+                let _ = self.signal(Signal::SIGKILL, true);
+                return Err(EngineError::Hook(e));
             }
         }
         Ok(())
@@ -258,6 +293,16 @@ impl Container {
     /// The init's pid in the caller's pid namespace.
     pub fn pid(&self) -> Pid {
         self.init.pid
+    }
+
+    /// A pidfd of the init: readable once it has exited, whoever reaps it.
+    pub fn init_pidfd(&self) -> BorrowedFd<'_> {
+        self.init.pidfd.as_fd()
+    }
+
+    /// Whether the init was left to another reaper (`CreateOptions::orphan_init`).
+    pub fn init_orphaned(&self) -> bool {
+        self.orphaned
     }
 
     pub fn state(&self) -> ContainerState {
@@ -283,7 +328,7 @@ impl Container {
 
     /// Sends a signal to the init, or with `all` to every process of the container.
     pub fn signal(&self, sig: Signal, all: bool) -> Result<(), EngineError> {
-        if self.exit.is_some() {
+        if self.ended {
             return Err(EngineError::WrongState {
                 expected: "created or running",
                 actual: "stopped",
@@ -298,14 +343,17 @@ impl Container {
             }
             return Ok(());
         }
-        kill(self.init.pid, sig)
-            .map_err(|e| EngineError::sys(format!("kill({}, {sig})", self.init.pid), e))
+        // Through the pidfd: an init that someone else reaps may have left its pid to
+        // another process by now.
+        pidfd_send_signal(self.init.pidfd.as_fd(), sig as i32).map_err(|e| {
+            EngineError::sys(format!("pidfd_send_signal({}, {sig})", self.init.pid), e)
+        })
     }
 
     /// Starts another process in the running container: same namespaces, cgroup and
     /// seccomp profile, with the capabilities, user, rlimits, env and cwd of `process`.
     pub fn exec(&self, process: &Process, stdio: Stdio) -> Result<ExecProcess, EngineError> {
-        if self.exit.is_some() {
+        if self.ended {
             return Err(EngineError::WrongState {
                 expected: "running",
                 actual: "stopped",
@@ -356,6 +404,13 @@ impl Container {
     /// Records the init's exit, for callers whose event loop reaped it.
     pub fn set_exited(&mut self, status: ExitStatus) {
         self.exit = Some(status);
+        self.set_ended();
+    }
+
+    /// Records that the init has exited without a status: it was left to another reaper
+    /// and its pidfd said it ended.
+    pub fn set_ended(&mut self) {
+        self.ended = true;
         self.state = ContainerState::Stopped;
     }
 
@@ -368,9 +423,29 @@ impl Container {
         if let Some(s) = self.exit {
             return Ok(s);
         }
+        if self.orphaned {
+            return Err(EngineError::WrongState {
+                expected: "an init the engine reaps",
+                actual: "left to another reaper (wait_ended tells its end)",
+            });
+        }
         let s = wait_pid(self.init.pid)?;
         self.set_exited(s);
         Ok(s)
+    }
+
+    /// Blocks until the init has exited: its status where the engine reaped it, `None`
+    /// where it was left to another reaper, which alone gets the status.
+    pub fn wait_ended(&mut self) -> Result<Option<ExitStatus>, EngineError> {
+        if !self.orphaned {
+            return self.wait().map(Some);
+        }
+        if !self.ended {
+            wait_pidfd(self.init.pidfd.as_fd(), None)
+                .map_err(|e| EngineError::sys("poll the init's pidfd", e))?;
+            self.set_ended();
+        }
+        Ok(self.exit)
     }
 
     /// Kills every process of the container, reaps the init (unless already reported
@@ -385,22 +460,29 @@ impl Container {
             return Ok(());
         }
         self.torn_down = true;
-        if self.exit.is_none() {
-            let _ = kill(self.init.pid, Signal::SIGKILL);
+        if !self.ended {
+            let _ = pidfd_send_signal(self.init.pidfd.as_fd(), libc::SIGKILL);
         }
         let killed = self.cgroup.kill_all(Duration::from_secs(5));
-        if self.exit.is_none() {
-            reap_quietly(self.init.pid);
-            self.state = ContainerState::Stopped;
+        if !self.ended {
+            if self.orphaned {
+                // Its adopter reaps it; its end is all we wait for, bounded.
+                let _ = wait_pidfd(self.init.pidfd.as_fd(), Some(Duration::from_secs(5)));
+            } else {
+                reap_quietly(self.init.pid);
+            }
+            self.set_ended();
         }
         killed?;
         self.cgroup.remove()?;
+        if let Some((r, before)) = &self.shared_ns_rootfs {
+            rootfs::detach_shared_rootfs(r, *before)?;
+        }
         if let Some((h, spec, bundle)) = &self.hooks {
             let state =
                 hooks::state_json(spec, &self.id, "stopped", self.init.pid.as_raw(), bundle);
-            if let Err(e) =
-                hooks::run_all("poststop", h.poststop().as_ref(), &state, &*self.children)
-            {
+            // As with poststart: warn, and go on as if the hook had succeeded.
+            for e in hooks::run_each("poststop", h.poststop().as_ref(), &state, &*self.children) {
                 log::warn!("container {}: {e}", self.id);
             }
         }

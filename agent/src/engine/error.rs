@@ -53,6 +53,9 @@ pub enum EngineError {
     Child(String),
     #[error("container process exited before it was ready ({0})")]
     ChildVanished(String),
+    /// A lifecycle hook run by the engine failed; the text names the hook.
+    #[error("{0}")]
+    Hook(String),
     #[error("container is {actual}, expected {expected}")]
     WrongState {
         expected: &'static str,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::Pid;
 use oci_spec::runtime::{Hook, Spec};
 
-use super::children::ChildWaiter;
+use super::children::{ChildWaiter, DirectWait};
 use super::wait::ExitStatus;
 
 /// The OCI state document handed to every hook.
@@ -43,6 +43,34 @@ pub(crate) fn run_all(
             .map_err(|e| format!("hooks.{stage}[{i}] ({}): {e}", h.path().display()))?;
     }
     Ok(())
+}
+
+/// Runs every hook of one stage whatever the others did, and returns what failed: for
+/// poststart and poststop, whose failures the runtime spec has logged as warnings while the
+/// remaining hooks and the lifecycle go on.
+pub(crate) fn run_each(
+    stage: &str,
+    hooks: Option<&Vec<Hook>>,
+    state: &str,
+    children: &dyn ChildWaiter,
+) -> Vec<String> {
+    hooks
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, h)| {
+            run(h, state, children)
+                .err()
+                .map(|e| format!("hooks.{stage}[{i}] ({}): {e}", h.path().display()))
+        })
+        .collect()
+}
+
+/// Runs every hook of one stage, from a process that reaps no children of its own (plain
+/// waitpid), for callers outside the engine: `sandbox delete` runs the poststop hooks this
+/// way. Returns one message per failed hook.
+pub fn run_stage(stage: &str, hooks: &[Hook], state: &str) -> Vec<String> {
+    run_each(stage, Some(&hooks.to_vec()), state, &DirectWait)
 }
 
 fn run(h: &Hook, state: &str, children: &dyn ChildWaiter) -> Result<(), String> {

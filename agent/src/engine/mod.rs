@@ -49,11 +49,12 @@ pub use children::{ChildWaiter, DirectWait};
 pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
 pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
+pub use hooks::run_stage as run_hook_stage;
 pub use mounts::{parse_options as parse_mount_options, MountOptions};
 pub use seccomp::{syscall_surface, SyscallSurface};
 pub use stdio::Stdio;
 pub use validate::validate_spec;
-pub use wait::{exit_status, wait_pid, ExitStatus};
+pub use wait::{exit_status, wait_pid, wait_pidfd, ExitStatus};
 
 pub use nix::sys::signal::Signal;
 pub use nix::unistd::Pid;

@@ -60,6 +60,10 @@ pub(crate) struct NsPlan {
     pub new_user: bool,
     /// The other namespaces to create.
     pub unshare: CloneFlags,
+    /// The root directory to chroot into after joining: a running container's root, for
+    /// a process exec'd into a container that shares our mount namespace (its root is a
+    /// chroot there, which joining namespaces does not give).
+    pub root: Option<OwnedFd>,
 }
 
 impl NsPlan {
@@ -68,6 +72,7 @@ impl NsPlan {
             join: Vec::new(),
             new_user: false,
             unshare: CloneFlags::empty(),
+            root: None,
         }
     }
 
@@ -78,7 +83,11 @@ impl NsPlan {
     }
 
     pub(crate) fn fds(&self) -> Vec<RawFd> {
-        self.join.iter().map(|(_, f)| f.as_raw_fd()).collect()
+        self.join
+            .iter()
+            .map(|(_, f)| f.as_raw_fd())
+            .chain(self.root.as_ref().map(|f| f.as_raw_fd()))
+            .collect()
     }
 
     /// From the spec (already validated): opens every path to join.
@@ -120,6 +129,12 @@ impl NsPlan {
                 continue;
             };
             if a.ino() == b.ino() && a.dev() == b.dev() {
+                if t == LinuxNamespaceType::Mount {
+                    let root = format!("/proc/{pid}/root");
+                    let f = File::open(&root)
+                        .map_err(|e| EngineError::sys(format!("open {root}"), e))?;
+                    plan.root = Some(f.into());
+                }
                 continue;
             }
             let f = File::open(&theirs)
@@ -134,6 +149,12 @@ impl NsPlan {
         for (t, fd) in &self.join {
             setns(fd.as_fd(), flag(*t))
                 .map_err(|e| format!("setns into the {} namespace: {e}", proc_name(*t)))?;
+        }
+        if let Some(root) = &self.root {
+            nix::unistd::fchdir(root.as_fd())
+                .map_err(|e| format!("chdir to the container's root: {e}"))?;
+            nix::unistd::chroot(".").map_err(|e| format!("chroot into the container: {e}"))?;
+            nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
         }
         Ok(())
     }

@@ -2,6 +2,12 @@
 //! propagation, the rootfs bind mount, the spec's mounts and devices, pivot_root (or
 //! MS_MOVE + chroot where pivot_root cannot work, e.g. a rootfs on the initramfs), then
 //! masked paths, read-only paths and the read-only root.
+//!
+//! A spec without a mount namespace shares the runtime's (as the runtime spec says of every
+//! namespace not listed). The same steps then run there, minus the ones that would change
+//! the runtime's own tree: the propagation of `/` is left alone, and the root changes by
+//! chroot, never pivot_root or MS_MOVE. Everything the container mounts sits on the rootfs
+//! bind mount, which the engine detaches at destroy ([`detach_shared_rootfs`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +31,9 @@ pub(crate) struct RootfsPlan<'a> {
     pub cgroupns: bool,
     pub userns: bool,
     pub no_pivot: bool,
+    /// The container has a mount namespace of its own (new or joined); without one, the
+    /// runtime's is shared.
+    pub own_mount_ns: bool,
 }
 
 fn none() -> Option<&'static str> {
@@ -34,20 +43,23 @@ fn none() -> Option<&'static str> {
 /// Steps before the root changes.
 pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
     let linux = plan.spec.linux().as_ref();
-    // Nothing mounted from here on may leak back to the host: the default is rslave.
-    let prop = linux
-        .and_then(|l| l.rootfs_propagation().as_deref())
-        .map(|p| propagation(p).expect("validated"))
-        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-    let first = if prop.contains(MsFlags::MS_SHARED) {
-        // Shared propagation is applied to the new root below; the host side stays slave.
-        MsFlags::MS_SLAVE | MsFlags::MS_REC
-    } else {
-        prop | MsFlags::MS_REC
-    };
-    mount(none(), "/", none(), first, none()).map_err(|e| format!("make / {first:?}: {e}"))?;
+    if plan.own_mount_ns {
+        // Nothing mounted from here on may leak back to the host: the default is rslave.
+        let prop = linux
+            .and_then(|l| l.rootfs_propagation().as_deref())
+            .map(|p| propagation(p).expect("validated"))
+            .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+        let first = if prop.contains(MsFlags::MS_SHARED) {
+            // Shared propagation is applied to the new root below; the host side stays slave.
+            MsFlags::MS_SLAVE | MsFlags::MS_REC
+        } else {
+            prop | MsFlags::MS_REC
+        };
+        mount(none(), "/", none(), first, none()).map_err(|e| format!("make / {first:?}: {e}"))?;
+    }
 
-    // pivot_root needs the new root to be a mount point.
+    // pivot_root needs the new root to be a mount point; in a shared mount namespace the
+    // bind holds every mount of the container, so that one detach removes them all.
     mount(
         Some(&plan.rootfs),
         &plan.rootfs,
@@ -82,10 +94,17 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes the rootfs the root of the mount namespace.
-pub(crate) fn change_root(rootfs: &Path, no_pivot: bool) -> Result<(), String> {
+/// Makes the rootfs the root of the mount namespace, or of this process alone where the
+/// mount namespace is the runtime's.
+pub(crate) fn change_root(plan: &RootfsPlan) -> Result<(), String> {
+    let rootfs = plan.rootfs.as_path();
     chdir(rootfs).map_err(|e| format!("chdir {}: {e}", rootfs.display()))?;
-    if !no_pivot {
+    if !plan.own_mount_ns {
+        // pivot_root or MS_MOVE would change the runtime's own root.
+        chroot(".").map_err(|e| format!("chroot: {e}"))?;
+        return chdir("/").map_err(|e| format!("chdir /: {e}"));
+    }
+    if !plan.no_pivot {
         match pivot_root(".", ".") {
             Ok(()) => {
                 // The old root is now stacked under the new one: detach it, without letting
@@ -113,8 +132,52 @@ pub(crate) fn change_root(rootfs: &Path, no_pivot: bool) -> Result<(), String> {
     chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
+/// The id of the mount a path is on (statx's STX_MNT_ID), to tell the container's rootfs
+/// bind from whatever the rootfs was on before.
+pub(crate) fn mount_id(path: &Path) -> Result<u64, super::error::EngineError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| super::error::EngineError::sys(format!("statx {}", path.display()), e))?;
+    // SAFETY: statx fills the zeroed struct; the path is a valid C string.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MNT_ID, &mut st) };
+    if rc != 0 || st.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(super::error::EngineError::sys(
+            format!("statx(STATX_MNT_ID) {}", path.display()),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(st.stx_mnt_id)
+}
+
+/// Undoes, from the runtime's mount namespace, what a container sharing it mounted: the
+/// rootfs bind and everything on it, lazily (something may still use them), down to the
+/// mount `before` (the one the rootfs was on before the container), which stays.
+pub(crate) fn detach_shared_rootfs(
+    rootfs: &Path,
+    before: u64,
+) -> Result<(), super::error::EngineError> {
+    // The container may have stacked mounts on its own root; a few levels at most.
+    for _ in 0..16 {
+        if mount_id(rootfs)? == before {
+            return Ok(());
+        }
+        umount2(rootfs, MntFlags::MNT_DETACH).map_err(|e| {
+            super::error::EngineError::sys(
+                format!("detach the container's mounts at {}", rootfs.display()),
+                e,
+            )
+        })?;
+    }
+    Err(super::error::EngineError::sys(
+        format!("detach the container's mounts at {}", rootfs.display()),
+        std::io::Error::other("still mounted after 16 detaches"),
+    ))
+}
+
 /// Steps inside the new root.
-pub(crate) fn finish(spec: &Spec) -> Result<(), String> {
+pub(crate) fn finish(plan: &RootfsPlan) -> Result<(), String> {
+    let spec = plan.spec;
     let linux = spec.linux().as_ref();
     for p in linux
         .and_then(|l| l.masked_paths().as_deref())

@@ -9,9 +9,13 @@
 //! malloc safe to use in the child; the intermediate is single-threaded, so it may call
 //! setns on a mount namespace and use the raw clone syscall. unshare(CLONE_NEWPID) only
 //! affects children, which is why a second process is needed at all; CLONE_PARENT makes
-//! that second process a direct child of the engine, which can then wait for it.
+//! that second process a direct child of the engine, which can then wait for it. An init
+//! created with `orphan` is cloned without it instead: the intermediate's exit orphans it,
+//! and the nearest subreaper above the engine adopts it, the way runc's caller adopts the
+//! container's init once `runc create` exits. The clone always returns a pidfd
+//! (CLONE_PIDFD), so the engine can watch and signal the process whoever reaps it.
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -30,7 +34,7 @@ use super::rootfs::{self, RootfsPlan};
 use super::seccomp::Filter;
 use super::stdio::Stdio;
 use super::sync::{Channel, Msg};
-use super::wait::reap_quietly;
+use super::wait::{pidfd_send_signal, reap_quietly, wait_pidfd};
 
 /// What only the init of a new container does: build its root filesystem.
 pub(crate) struct InitSetup<'a> {
@@ -44,6 +48,9 @@ pub(crate) struct InitSetup<'a> {
     pub id: &'a str,
     /// Runs the createRuntime and prestart hooks in the engine, given the init's pid.
     pub runtime_hooks: Option<&'a dyn Fn(Pid) -> Result<(), String>>,
+    /// Leave the init to whoever adopts orphans above the engine instead of making it the
+    /// engine's child.
+    pub orphan: bool,
 }
 
 /// Everything the forked processes need.
@@ -60,6 +67,8 @@ pub(crate) struct ChildSetup<'a> {
 #[derive(Debug)]
 pub(crate) struct Spawned {
     pub pid: Pid,
+    /// Refers to the process itself, not to its pid, even after someone else reaped it.
+    pub pidfd: OwnedFd,
     pub chan: Channel,
     pub pty_master: Option<OwnedFd>,
 }
@@ -115,6 +124,7 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
     drop(null);
 
     let mut pid = None;
+    let mut pidfd: Option<OwnedFd> = None;
     let mut failure: Option<EngineError> = None;
     let mut master = None;
     // The init may ask for hooks before the intermediate's pid report is read.
@@ -150,9 +160,23 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
                 }
                 let _ = parent.send(&Msg::MapsDone);
             }
-            Ok(Some((Msg::ChildPid(p), _))) => {
+            Ok(Some((Msg::ChildPid(p), fd))) => {
                 pid = Some(Pid::from_raw(p));
                 reap_quietly(intermediate_pid);
+                match fd {
+                    Some(fd) => pidfd = Some(fd),
+                    None => {
+                        failure.get_or_insert(EngineError::Child(
+                            "the intermediate process sent no pidfd for its child".into(),
+                        ));
+                    }
+                }
+                if setup.init.is_some() && failure.is_none() {
+                    // The init waits for this before anything else.
+                    if let Err(e) = parent.send(&Msg::HostPid(p)) {
+                        failure.get_or_insert(EngineError::sys("sending the init its pid", e));
+                    }
+                }
             }
             // Ready may overtake the intermediate's pid report: keep it until both are in.
             Ok(Some((Msg::Ready, fd))) if failure.is_none() => {
@@ -184,7 +208,16 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
     }
     if let Some(err) = failure {
         if let Some(p) = pid {
-            let _ = kill(p, Signal::SIGKILL);
+            match &pidfd {
+                Some(fd) => {
+                    let _ = pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                    // An orphaned init is not ours to reap: wait for its exit, bounded.
+                    let _ = wait_pidfd(fd.as_fd(), Some(std::time::Duration::from_secs(5)));
+                }
+                None => {
+                    let _ = kill(p, Signal::SIGKILL);
+                }
+            }
             reap_quietly(p);
         }
         let _ = kill(intermediate_pid, Signal::SIGKILL);
@@ -193,6 +226,7 @@ pub(crate) fn spawn(setup: &ChildSetup) -> Result<Spawned, EngineError> {
     }
     Ok(Spawned {
         pid: pid.expect("set before Ready"),
+        pidfd: pidfd.expect("set with the pid"),
         chan: parent,
         pty_master: master,
     })
@@ -314,25 +348,29 @@ fn intermediate(setup: &ChildSetup, chan: &Channel, null: Option<RawFd>) -> ! {
             }
         }
         setup.ns.unshare_rest()?;
+        let orphan = setup.init.as_ref().is_some_and(|i| i.orphan);
+        let parent_flag = if orphan { 0 } else { libc::CLONE_PARENT };
+        let mut pidfd: libc::c_int = -1;
         // SAFETY: fork-like clone (no new stack); the child continues below with a copy of
-        // this single-threaded process.
+        // this single-threaded process. CLONE_PIDFD stores the pidfd through the
+        // parent_tid argument, a valid int of ours.
         let pid = unsafe {
             libc::syscall(
                 libc::SYS_clone,
-                (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong,
+                (parent_flag | libc::CLONE_PIDFD | libc::SIGCHLD) as libc::c_ulong,
                 0usize,
-                0usize,
+                &mut pidfd as *mut libc::c_int,
                 0usize,
                 0usize,
             )
         };
         if pid < 0 {
-            return Err(format!("clone(CLONE_PARENT): {}", Errno::last()));
+            return Err(format!("clone(CLONE_PIDFD): {}", Errno::last()));
         }
         if pid == 0 {
             container_process(setup, chan);
         }
-        chan.send(&Msg::ChildPid(pid as i32))
+        chan.send_with_fd(&Msg::ChildPid(pid as i32), Some(pidfd))
             .map_err(|e| format!("reporting the pid: {e}"))
     })();
     match result {
@@ -349,8 +387,13 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
     let result = (|| -> Result<(), String> {
         nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
         let terminal = matches!(setup.stdio, Stdio::Pty);
+        let mut host_pid = 0;
         let master = match &setup.init {
-            Some(init) => setup_init(setup, init, chan, terminal)?,
+            Some(init) => {
+                let (master, pid) = setup_init(setup, init, chan, terminal)?;
+                host_pid = pid;
+                master
+            }
             None => {
                 process::set_oom_score_adj(setup.process)?;
                 if terminal {
@@ -371,7 +414,7 @@ fn container_process(setup: &ChildSetup, chan: &Channel) -> ! {
             Some((m, _)) => return Err(format!("waiting for start: got {m:?}")),
         }
         if let Some(init) = &setup.init {
-            let state = hooks::state_json(init.spec, init.id, "created", 1, &init.bundle);
+            let state = hooks::state_json(init.spec, init.id, "created", host_pid, &init.bundle);
             let h = init.spec.hooks().as_ref();
             hooks::run_all(
                 "startContainer",
@@ -392,9 +435,13 @@ fn setup_init(
     init: &InitSetup,
     chan: &Channel,
     terminal: bool,
-) -> Result<Option<OwnedFd>, String> {
+) -> Result<(Option<OwnedFd>, i32), String> {
     let spec = init.spec;
     let linux = spec.linux().as_ref();
+    let host_pid = match chan.recv()? {
+        Some((Msg::HostPid(p), _)) => p,
+        other => return Err(format!("waiting for the init's pid: got {other:?}")),
+    };
     // The host's /proc is still mounted here; net and ipc sysctls act on the namespaces of
     // the writer, which are the container's now.
     for (k, v) in linux
@@ -425,6 +472,7 @@ fn setup_init(
         cgroupns: setup.ns.has(oci_spec::runtime::LinuxNamespaceType::Cgroup),
         userns: setup.ns.has(oci_spec::runtime::LinuxNamespaceType::User),
         no_pivot: init.no_pivot,
+        own_mount_ns: setup.ns.has(oci_spec::runtime::LinuxNamespaceType::Mount),
     };
     rootfs::prepare(&plan)?;
     if let Some(h) = spec.hooks() {
@@ -438,7 +486,7 @@ fn setup_init(
             }
         }
         // In the container's namespaces, before the root changes: paths resolve on the host.
-        let state = hooks::state_json(spec, init.id, "created", 1, &init.bundle);
+        let state = hooks::state_json(spec, init.id, "creating", host_pid, &init.bundle);
         // The container's init runs these hooks as its own children, which it alone reaps.
         hooks::run_all(
             "createContainer",
@@ -448,12 +496,12 @@ fn setup_init(
         )?;
     }
     process::set_oom_score_adj(setup.process)?;
-    rootfs::change_root(&plan.rootfs, plan.no_pivot)?;
+    rootfs::change_root(&plan)?;
     let master = if terminal {
         Some(process::open_terminal(setup.process, true)?)
     } else {
         None
     };
-    rootfs::finish(spec)?;
-    Ok(master)
+    rootfs::finish(&plan)?;
+    Ok((master, host_pid))
 }

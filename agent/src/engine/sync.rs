@@ -21,8 +21,11 @@ const MAX_MSG: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Msg {
     /// intermediate -> engine: the pid (in the engine's pid namespace) of the process it
-    /// cloned.
+    /// cloned, with a pidfd for it.
     ChildPid(i32),
+    /// engine -> init: its pid as the engine sees it, which the hooks' state carries (inside
+    /// a new pid namespace the init's own getpid() says 1).
+    HostPid(i32),
     /// intermediate -> engine: it created a user namespace; write its id maps.
     MapIds,
     /// engine -> intermediate: id maps written.
@@ -47,6 +50,10 @@ impl Msg {
                 out.push(b'P');
                 out.extend_from_slice(&pid.to_le_bytes());
             }
+            Msg::HostPid(pid) => {
+                out.push(b'I');
+                out.extend_from_slice(&pid.to_le_bytes());
+            }
             Msg::MapIds => out.push(b'U'),
             Msg::MapsDone => out.push(b'M'),
             Msg::Ready => out.push(b'R'),
@@ -68,6 +75,10 @@ impl Msg {
             b'P' => {
                 let bytes: [u8; 4] = rest.try_into().map_err(|_| "bad pid message")?;
                 Msg::ChildPid(i32::from_le_bytes(bytes))
+            }
+            b'I' => {
+                let bytes: [u8; 4] = rest.try_into().map_err(|_| "bad host pid message")?;
+                Msg::HostPid(i32::from_le_bytes(bytes))
             }
             b'U' => Msg::MapIds,
             b'M' => Msg::MapsDone,
@@ -176,6 +187,7 @@ mod tests {
         let (a, b) = Channel::pair().unwrap();
         for m in [
             Msg::ChildPid(4242),
+            Msg::HostPid(77),
             Msg::MapIds,
             Msg::MapsDone,
             Msg::Ready,

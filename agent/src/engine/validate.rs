@@ -201,10 +201,13 @@ fn validate_namespaces(linux: &Linux) -> Result<HashSet<LinuxNamespaceType>, Spe
             new_user = true;
         }
     }
-    if !seen.contains(&LinuxNamespaceType::Mount) {
+    // Without a mount namespace the container shares the runtime's (the runtime spec: a
+    // namespace not listed is inherited), and its root is a chroot there. The propagation
+    // of a mount namespace's root then has nothing to apply to.
+    if !seen.contains(&LinuxNamespaceType::Mount) && linux.rootfs_propagation().is_some() {
         return err(
-            "linux.namespaces",
-            "a mount namespace is required (the rootfs is set up in it)",
+            "linux.rootfsPropagation",
+            "needs a mount namespace in linux.namespaces (without one the runtime's is shared)",
         );
     }
     let maps = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())

@@ -1,5 +1,8 @@
 //! Exit statuses of container processes and blocking wait helpers.
 
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -61,6 +64,59 @@ pub(crate) fn reap_quietly(pid: Pid) {
     }
 }
 
+/// Sends `sig` to the process a pidfd refers to: unlike kill(2), never a process that
+/// reused its pid after it was reaped (possibly by someone else).
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: i32) -> Result<(), Errno> {
+    // SAFETY: plain syscall on a descriptor we hold; no siginfo, no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if rc < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Waits until the process behind `pidfd` has exited (a pidfd becomes readable at exit,
+/// whoever its parent is and whether or not it has been reaped yet). `None` waits for ever;
+/// returns whether it exited within the time.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, limit: Option<Duration>) -> Result<bool, Errno> {
+    let deadline = limit.map(|l| Instant::now() + l);
+    loop {
+        let timeout_ms = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                // Rounded up, so that a last sub-millisecond wait does not spin.
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        };
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        match rc {
+            n if n > 0 => return Ok(true),
+            0 if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
+            0 => {}
+            _ => match Errno::last() {
+                Errno::EINTR => {}
+                e => return Err(e),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +135,26 @@ mod tests {
         );
         assert_eq!(exit_status(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
         assert_eq!(ExitStatus::Signal(15).as_shell_code(), 143);
+    }
+
+    #[test]
+    fn pidfd_tells_the_exit_and_signals_the_right_process() {
+        use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        // SAFETY: plain syscall; the result is a new descriptor we own.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as i32, 0) };
+        assert!(raw >= 0, "pidfd_open: {}", Errno::last());
+        // SAFETY: just returned by the kernel for us.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        assert!(!wait_pidfd(fd.as_fd(), Some(Duration::from_millis(50))).unwrap());
+        pidfd_send_signal(fd.as_fd(), libc::SIGKILL).unwrap();
+        assert!(wait_pidfd(fd.as_fd(), Some(Duration::from_secs(5))).unwrap());
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd still names that process, which is gone.
+        assert_eq!(pidfd_send_signal(fd.as_fd(), 0), Err(Errno::ESRCH));
     }
 }

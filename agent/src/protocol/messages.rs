@@ -512,8 +512,10 @@ pub struct SignalRequest {
     pub all: bool,
 }
 
-/// How a process ended: `code` for a normal exit, `signal` when a signal killed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// How a process ended: `code` for a normal exit, `signal` when a signal killed it, neither
+/// when the process ended but another process reaped it (a container's init that the agent
+/// left to the caller's reaper, see the agent's `--orphan-inits`), so nobody here knows how.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<i32>,
@@ -534,6 +536,11 @@ impl ExitStatus {
             code: None,
             signal: Some(signal),
         }
+    }
+
+    /// Ended, reaped by someone else: the status is not known here.
+    pub fn is_unknown(&self) -> bool {
+        self.code.is_none() && self.signal.is_none()
     }
 
     /// The exit code a shell would report: the code, or 128 + the signal.

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -59,7 +60,7 @@ impl Entry {
         if let Some(status) = self.init.exit_status() {
             if !self.exit_told.swap(true, Ordering::SeqCst) {
                 if let Some(c) = guard.as_mut() {
-                    c.set_exited(to_engine_status(status));
+                    tell_exit(c, status);
                 }
             }
         }
@@ -74,6 +75,16 @@ impl Entry {
         } else {
             ContainerStatus::Created
         }
+    }
+}
+
+/// Hands the engine an init's end: its status, or only the end where the init was left to
+/// another reaper (neither code nor signal).
+fn tell_exit(c: &mut Container, status: ExitStatus) {
+    if status.is_unknown() {
+        c.set_ended();
+    } else {
+        c.set_exited(to_engine_status(status));
     }
 }
 
@@ -136,10 +147,19 @@ pub struct Agent {
     shutdown: AtomicBool,
     power_off: AtomicBool,
     listener: Weak<Listener>,
+    /// Containers' inits are left to whoever adopts orphans above the agent
+    /// (`ServerConfig::orphan_inits`).
+    orphan_inits: bool,
 }
 
 impl Agent {
-    pub fn new(mode: Mode, root: PathBuf, reaper: Arc<Reaper>, listener: Weak<Listener>) -> Agent {
+    pub fn new(
+        mode: Mode,
+        root: PathBuf,
+        reaper: Arc<Reaper>,
+        listener: Weak<Listener>,
+        orphan_inits: bool,
+    ) -> Agent {
         Agent {
             mode,
             root,
@@ -150,6 +170,7 @@ impl Agent {
             shutdown: AtomicBool::new(false),
             power_off: AtomicBool::new(false),
             listener,
+            orphan_inits,
         }
     }
 
@@ -438,6 +459,7 @@ impl Agent {
         options.stdio = plan.take_child();
         // The reaper takes every exit, the engine's hook processes included.
         options.children = self.reaper.clone();
+        options.orphan_init = self.orphan_inits;
         let created = Container::create(options);
         let mut container = match created {
             Ok(c) => c,
@@ -447,6 +469,20 @@ impl Agent {
             }
         };
         let pid = container.pid().as_raw();
+        let init_pidfd = match container.init_orphaned() {
+            false => None,
+            true => match container.init_pidfd().try_clone_to_owned() {
+                Ok(fd) => Some(fd),
+                Err(e) => {
+                    let _ = container.destroy();
+                    undo();
+                    return Err(ErrorReply::new(
+                        ErrorCode::Internal,
+                        format!("dup the init's pidfd: {e}"),
+                    ));
+                }
+            },
+        };
         let pty = container.pty_master();
         let init = match plan.into_process(pid, pty) {
             Ok(p) => Arc::new(p),
@@ -473,19 +509,41 @@ impl Agent {
             .unwrap()
             .insert(id.clone(), entry.clone());
         let weak = Arc::downgrade(&entry);
-        self.reaper.watch(pid, mark, move |status| {
+        let on_exit = move |status: ExitStatus| {
             init.set_exit(status);
             // Tell the engine now if nobody holds it; otherwise the next lock does.
             if let Some(entry) = weak.upgrade() {
                 if let Ok(mut guard) = entry.engine.try_lock() {
                     if let Some(c) = guard.as_mut() {
                         if !entry.exit_told.swap(true, Ordering::SeqCst) {
-                            c.set_exited(to_engine_status(status));
+                            tell_exit(c, status);
                         }
                     }
                 }
             }
-        });
+        };
+        match init_pidfd {
+            // Someone above us reaps it: its pidfd says when it has ended.
+            Some(pidfd) => {
+                let watcher =
+                    std::thread::Builder::new()
+                        .name("init-pidfd".into())
+                        .spawn(move || {
+                            if let Err(e) = engine::wait_pidfd(pidfd.as_fd(), None) {
+                                log::warn!("poll the pidfd of init {pid}: {e}");
+                            }
+                            on_exit(ExitStatus::default());
+                        });
+                if let Err(e) = watcher {
+                    let _ = self.remove(&id, true);
+                    return Err(ErrorReply::new(
+                        ErrorCode::Internal,
+                        format!("start the init's watcher: {e}"),
+                    ));
+                }
+            }
+            None => self.reaper.watch(pid, mark, on_exit),
+        }
         if let Ok(watcher) = oom {
             let weak = Arc::downgrade(&entry);
             self.oom.watch(id, watcher, move || {

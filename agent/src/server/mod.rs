@@ -54,6 +54,11 @@ pub struct ServerConfig {
     pub mode: Mode,
     /// Where the agent keeps per-container directories (rootfs mount points).
     pub root: PathBuf,
+    /// Leave each container's init to whoever adopts orphans above the agent (the agent must
+    /// then not be a subreaper itself): the process tree runc leaves, where the caller of
+    /// `create` reaps the init. The agent watches the init through a pidfd and reports its
+    /// end without a status (`ExitStatus` with neither code nor signal).
+    pub orphan_inits: bool,
 }
 
 /// Binds the listener and serves until a client destroys the sandbox with `power_off`.
@@ -75,6 +80,7 @@ pub fn run(config: ServerConfig) -> Result<Ending, ServerError> {
         config.root.clone(),
         reaper,
         Arc::downgrade(&listener),
+        config.orphan_inits,
     ));
     loop {
         match listener.accept() {
