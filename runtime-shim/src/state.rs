@@ -83,14 +83,17 @@ pub struct ContainerRecord {
     pub created: String,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
-    /// The host process whose exit is the container's exit (the pid `create` reports).
+    /// The host process that watches the container, records its end and shuts its back end
+    /// down; it lives as long as the container. Its pid is what `create` reports in vm
+    /// isolation (native reports the container's init, `container_process`).
     pub monitor: Option<HostProcess>,
     /// The per-sandbox `sandbox-agent` (native) or `sandbox-vmm` (vm) process.
     pub backend: Option<HostProcess>,
     /// The container's init pid as the agent sees it (a guest pid under vm isolation).
     pub container_pid: Option<i32>,
-    /// Native isolation: the container's init on the host, killed on teardown should the
-    /// agent have died and left it behind.
+    /// Native isolation: the container's init on the host, the pid `create`, `state` and
+    /// `list` report (as runc does); killed on teardown should the agent have died and left
+    /// it behind.
     #[serde(default)]
     pub container_process: Option<HostProcess>,
     /// Unix socket that reaches the agent (native: the agent's socket; vm: the vsock socket).
@@ -101,6 +104,11 @@ pub struct ContainerRecord {
     /// Files and resources to release on delete beyond the state directory itself.
     #[serde(default)]
     pub cleanup: Cleanup,
+    /// Native isolation: the spec's poststop hooks, run by `delete` once the container is
+    /// gone (the runtime spec's lifecycle steps 12 and 13), from the config as it was at
+    /// create.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststop: Vec<oci_spec::runtime::Hook>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -146,12 +154,26 @@ impl ContainerRecord {
     pub fn live_status(&self) -> Status {
         match self.status {
             Status::Created | Status::Running | Status::Creating => match &self.monitor {
+                // A native container's init is reaped by whoever adopted it, not by the
+                // monitor, which may take a moment to notice its end: the init decides.
+                Some(_) if self.container_process.is_some_and(|p| !p.alive()) => Status::Stopped,
                 Some(m) if m.alive() => self.status,
                 Some(_) => Status::Stopped,
                 None if self.status == Status::Creating => Status::Creating,
                 None => Status::Stopped,
             },
             Status::Stopped => Status::Stopped,
+        }
+    }
+
+    /// The host pid that stands for the container while it is created or running: the
+    /// container's init in native isolation (its /proc entry shows the container's
+    /// namespaces and cgroup, as runc's does), the monitor in vm isolation (the container's
+    /// init is a guest process; see docs/sandbox-cli.md).
+    pub fn reported_pid(&self) -> Option<i32> {
+        match self.isolation {
+            Isolation::Native => self.container_process.map(|p| p.pid),
+            Isolation::Vm => self.monitor.map(|m| m.pid),
         }
     }
 
@@ -173,7 +195,7 @@ impl ContainerRecord {
     pub fn oci_state(&self) -> serde_json::Value {
         let status = self.live_status();
         let pid = match status {
-            Status::Created | Status::Running => self.monitor.map(|m| m.pid).unwrap_or(0),
+            Status::Created | Status::Running => self.reported_pid().unwrap_or(0),
             _ => 0,
         };
         serde_json::json!({
@@ -416,6 +438,7 @@ mod tests {
             agent_socket: "/s".into(),
             exit_code: None,
             cleanup: Default::default(),
+            poststop: Vec::new(),
         };
         store.save(&rec).unwrap();
         let back = store.load("c1").unwrap();
@@ -426,5 +449,48 @@ mod tests {
         store.remove("c1").unwrap();
         assert!(matches!(store.load("c1"), Err(Error::NotFound(_))));
         fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    fn record(isolation: Isolation, monitor: HostProcess, init: HostProcess) -> ContainerRecord {
+        ContainerRecord {
+            id: "c1".into(),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            status: Status::Running,
+            isolation,
+            created: "now".into(),
+            annotations: Default::default(),
+            monitor: Some(monitor),
+            backend: None,
+            container_pid: Some(1),
+            container_process: (isolation == Isolation::Native).then_some(init),
+            agent_socket: "/s".into(),
+            exit_code: None,
+            cleanup: Default::default(),
+            poststop: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn native_reports_the_init_and_stops_with_it_vm_reports_the_monitor() {
+        let me = HostProcess::of(std::process::id() as i32).unwrap();
+        let parent = HostProcess::of(nix::unistd::getppid().as_raw()).unwrap();
+        let gone = HostProcess {
+            pid: parent.pid,
+            start_time: parent.start_time + 1,
+        };
+
+        let native = record(Isolation::Native, me, parent);
+        assert_eq!(native.live_status(), Status::Running);
+        assert_eq!(native.oci_state()["pid"], parent.pid);
+
+        // The init has ended (its adopter may not have told the monitor yet): stopped.
+        let native = record(Isolation::Native, me, gone);
+        assert_eq!(native.live_status(), Status::Stopped);
+        assert_eq!(native.oci_state()["pid"], 0);
+
+        let vm = record(Isolation::Vm, me, parent);
+        assert_eq!(vm.live_status(), Status::Running);
+        assert_eq!(vm.oci_state()["pid"], me.pid);
     }
 }

@@ -104,7 +104,7 @@ pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32> {
     if raw.is_some() {
         foreground::push_window_size(&endpoint, &pref);
     }
-    let code = foreground::wait(child, endpoint, pref, tty, sigs.expect("foreground"));
+    let code = foreground::wait(child, None, endpoint, pref, tty, sigs.expect("foreground"));
     drop(raw);
     Ok(code)
 }

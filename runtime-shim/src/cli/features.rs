@@ -7,8 +7,13 @@ pub fn run() -> Result<()> {
     let doc = serde_json::json!({
         "ociVersionMin": "1.0.0",
         "ociVersionMax": crate::state::OCI_VERSION,
-        // Hooks are not run by this runtime.
-        "hooks": [],
+        // Every hook point of the runtime spec: prestart, createRuntime and poststart run in
+        // the runtime's namespaces, createContainer and startContainer in the container's,
+        // poststop at `delete` (docs/sandbox-cli.md).
+        "hooks": [
+            "prestart", "createRuntime", "createContainer", "startContainer", "poststart",
+            "poststop"
+        ],
         "mountOptions": [
             "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
             "remount", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave",

@@ -121,6 +121,11 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         .unwrap_or(false);
 
     let sigs = foreground::block_forwarded();
+    if !a.detach && g.isolation() == Isolation::Native {
+        // The agent leaves a native container's init to the nearest subreaper above it:
+        // that is us, so we reap it and exit with its status, as `runc run` does.
+        foreground::become_subreaper();
+    }
     let created = launch::create_container(
         g,
         &CreateOptions {
@@ -133,7 +138,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
             cleanup: cleanup.clone(),
         },
     );
-    let (_, monitor) = match created {
+    let (reported_pid, monitor) = match created {
         Ok(v) => v,
         Err(e) => {
             if !store.exists(&id) {
@@ -156,7 +161,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
     }
     if let Err(e) = launch::start_container(g, &id) {
         drop(raw);
-        launch::teardown(&store, &id);
+        launch::destroy(&store, &id);
         let mut monitor = monitor;
         let _ = monitor.wait();
         return Err(e);
@@ -168,7 +173,8 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         std::mem::forget(monitor);
         return Ok(0);
     }
-    let code = foreground::wait(monitor, endpoint, process, tty, sigs);
+    let init = (rec.isolation == Isolation::Native).then_some(reported_pid);
+    let code = foreground::wait(monitor, init, endpoint, process, tty, sigs);
     drop(raw);
     // A back end that died under the container (VMM crash, killed agent) is reported, not
     // passed off as the container's own exit.
@@ -176,7 +182,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         eprintln!("sandbox: {}", why.trim());
     }
     if !a.keep {
-        launch::teardown(&store, &id);
+        launch::destroy(&store, &id);
     }
     Ok(code)
 }

@@ -35,7 +35,8 @@ pub struct CreateOptions {
     pub cleanup: crate::state::Cleanup,
 }
 
-/// Creates the container and returns its monitor (as a child when `foreground`).
+/// Creates the container and returns the pid it reports (see
+/// [`ContainerRecord::reported_pid`]) and its monitor (as a child when `foreground`).
 pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Option<Child>)> {
     validate_id(&o.id)?;
     let store = StateStore::new(&g.root);
@@ -82,6 +83,16 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         },
         exit_code: None,
         cleanup: o.cleanup.clone(),
+        poststop: match isolation {
+            // In vm isolation the guest's engine runs every hook, poststop included.
+            Isolation::Vm => Vec::new(),
+            Isolation::Native => bundle
+                .spec
+                .hooks()
+                .as_ref()
+                .and_then(|h| h.poststop().clone())
+                .unwrap_or_default(),
+        },
     };
     if let Err(e) = store.save(&rec) {
         let _ = store.remove(&o.id);
@@ -93,12 +104,28 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         args.push("--console-socket".into());
         args.push(sock.clone().into());
     }
-    let (pid, child) = match spawn_monitor(g, &args, o.stdin_null) {
+    let (monitor_pid, child) = match spawn_monitor(g, &args, o.stdin_null) {
         Ok(v) => v,
         Err(e) => {
             teardown(&store, &o.id);
             return Err(e);
         }
+    };
+    let pid = match isolation {
+        Isolation::Vm => monitor_pid,
+        Isolation::Native => match store.load(&o.id).map(|r| r.reported_pid()) {
+            Ok(Some(pid)) => pid,
+            other => {
+                teardown(&store, &o.id);
+                return Err(match other {
+                    Err(e) => e,
+                    _ => Error::Other(format!(
+                        "container {}: the monitor recorded no container process",
+                        o.id
+                    )),
+                });
+            }
+        },
     };
     if let Some(pid_file) = &o.pid_file {
         if let Err(e) = write_atomic(pid_file, pid.to_string().as_bytes()) {
@@ -243,8 +270,34 @@ pub fn delete_container(g: &GlobalOpts, id: &str, force: bool) -> Result<()> {
         Err(Error::CorruptState { .. }) if force => {}
         Err(e) => return Err(e),
     }
-    teardown(&store, id);
+    destroy(&store, id);
     Ok(())
+}
+
+/// Removes a container that `delete` (or `run`, at its end) is done with: everything it
+/// holds, then its poststop hooks (the runtime spec's lifecycle steps 12 and 13).
+pub fn destroy(store: &StateStore, id: &str) {
+    let rec = store.load(id).ok();
+    teardown(store, id);
+    if let Some(rec) = rec {
+        run_poststop(&rec);
+    }
+}
+
+/// Runs a native container's poststop hooks with its state (`stopped`) on their stdin. A
+/// failing hook is a warning (on stderr and in the log): the others run and the operation
+/// succeeds, as the runtime spec asks.
+pub fn run_poststop(rec: &ContainerRecord) {
+    if rec.poststop.is_empty() {
+        return;
+    }
+    let mut state = rec.oci_state();
+    state["status"] = "stopped".into();
+    state["pid"] = 0.into();
+    for failure in agent::engine::run_hook_stage("poststop", &rec.poststop, &state.to_string()) {
+        log::warn!("container {}: {failure}", rec.id);
+        eprintln!("sandbox: warning: container {}: {failure}", rec.id);
+    }
 }
 
 /// Releases everything the container holds, whatever state it got to: asks the agent to kill

@@ -1,8 +1,13 @@
-//! The monitor: one host process per container (and per detached exec) whose exit is the
-//! process's exit. It owns the back end (agent or VMM), pumps stdio between the caller's file
+//! The monitor: one host process per container (and per detached exec) that lives as long as
+//! the process. It owns the back end (agent or VMM), pumps stdio between the caller's file
 //! descriptors and the agent, records the exit in the state directory, tears the back end
-//! down, and finally exits the way the process did, so runc callers that wait on the pid
-//! `create` reported see the container's own status.
+//! down, and finally exits the way the process did where it knows how (vm isolation, execs).
+//!
+//! In native isolation the container's init is not the monitor's descendant for long: the
+//! agent leaves it to whoever adopts orphans above the monitor, so the caller of `create`
+//! (containerd's runc shim, a subreaper) reaps the pid it was given and gets the status, as
+//! with runc. The agent tells the monitor of the init's end through the init's pidfd, without
+//! a status; the monitor then exits 0.
 
 use std::fs::File;
 use std::io::Write;
@@ -12,7 +17,8 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 use agent::protocol::{
-    Client, CreateContainer, Endpoint, ExecRequest, ExitStatus, ProcessRef, ProtocolError,
+    Client, CreateContainer, Endpoint, ErrorCode, ExecRequest, ExitStatus, ProcessRef,
+    ProtocolError,
 };
 use clap::{Args, ValueEnum};
 
@@ -134,7 +140,8 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
     // SIGWINCH is taken by a dedicated thread; block it before any thread exists.
     block_sigwinch();
     let mut backend: Option<Backend> = None;
-    let set_up = set_up_container(g, &store, a, &mut backend);
+    let mut engine_started = false;
+    let set_up = set_up_container(g, &store, a, &mut backend, &mut engine_started);
     let (client, plumbing, pty) = match set_up {
         Ok(v) => {
             report(ready, &Ok(()));
@@ -145,6 +152,13 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
             report(ready, &Err(e));
             if let Some(b) = backend {
                 b.shut_down(None);
+            }
+            // The engine got as far as creating (a hook or a later step failed) and has
+            // destroyed what it made: the lifecycle goes on with the poststop hooks.
+            if engine_started {
+                if let Ok(rec) = store.load(&id) {
+                    crate::sandbox::launch::run_poststop(&rec);
+                }
             }
             return Ok(1);
         }
@@ -169,10 +183,12 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
             ExitStatus::exited(255)
         }
     };
-    record_exit(&store, &id, status);
+    // An init that the caller reaped ended without a status we could know.
+    let known = (!status.is_unknown()).then_some(status);
+    record_exit(&store, &id, known);
     // The connection that waited is idle now: it carries the clean-up too.
     backend.shut_down(connection_alive.then_some(client));
-    Ok(exit_like(status))
+    Ok(known.map(exit_like).unwrap_or(0))
 }
 
 type Running = (Client, Plumbing, Option<HostPty>);
@@ -182,6 +198,7 @@ fn set_up_container(
     store: &StateStore,
     a: &MonitorArgs,
     backend: &mut Option<Backend>,
+    engine_started: &mut bool,
 ) -> Result<Running> {
     let id = &a.id;
     let dir = store.dir(id);
@@ -189,7 +206,7 @@ fn set_up_container(
     let bundle = Bundle::load(&rec.bundle)?;
     let (rootfs, sandbox_cfg) = match rec.isolation {
         Isolation::Native => {
-            *backend = Some(Backend::Native(native::start_agent(&dir)?));
+            *backend = Some(Backend::Native(native::start_agent_orphaning_inits(&dir)?));
             (native::rootfs_source(&bundle.dir), None)
         }
         Isolation::Vm => {
@@ -222,7 +239,7 @@ fn set_up_container(
         .unwrap_or(false);
     let (io, pty) = host_stdio(tty, a.console_socket.as_ref())?;
     let spec = match rec.isolation {
-        Isolation::Native => serde_json::to_value(&bundle.spec),
+        Isolation::Native => serde_json::to_value(native::agent_spec(&bundle.spec)),
         Isolation::Vm => serde_json::to_value(vm::guest_spec(&bundle.spec)),
     }
     .map_err(|e| Error::Other(e.to_string()))?;
@@ -233,7 +250,12 @@ fn set_up_container(
             rootfs,
             stdio: io.request(tty),
         })
-        .map_err(agent_err("create container"))?;
+        .map_err(|e| {
+            // A refused spec created nothing; an engine failure came after the creation
+            // began (a hook, a mount).
+            *engine_started = e.remote().is_some_and(|r| r.code == ErrorCode::Engine);
+            agent_err("create container")(e)
+        })?;
     let plumbing = stdio::attach(&client, &ProcessRef::init(id), tty, io)?;
     if let Some(pty) = &pty {
         if let Some((rows, cols)) = console::window_size(&pty.slave) {
@@ -389,11 +411,11 @@ fn describe_backend_loss(e: &ProtocolError, backend: &mut Backend) -> String {
     why
 }
 
-fn record_exit(store: &StateStore, id: &str, status: ExitStatus) {
+fn record_exit(store: &StateStore, id: &str, status: Option<ExitStatus>) {
     let Ok(_lock) = store.lock(id) else { return };
     if let Ok(mut rec) = store.load(id) {
         rec.status = Status::Stopped;
-        rec.exit_code = Some(status.shell_code());
+        rec.exit_code = status.map(|s| s.shell_code());
         let _ = store.save(&rec);
     }
 }

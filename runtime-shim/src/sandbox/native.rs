@@ -28,7 +28,20 @@ pub struct NativeAgent {
 ///
 /// The socket is bound and listening before the agent starts and handed to it: a client's
 /// connection queues until the agent accepts it, so nobody polls for the agent to come up.
+///
+/// The agent reaps its containers' inits itself (containerd's shim waits through it).
 pub fn start_agent(state_dir: &Path) -> Result<NativeAgent> {
+    spawn_agent(state_dir, false)
+}
+
+/// Like [`start_agent`], for the `sandbox` CLI: the agent leaves each container's init to
+/// whoever adopts orphans above the monitor (`--orphan-inits`), so that the caller of
+/// `create` reaps the init whose pid it was given, as it would reap runc's.
+pub fn start_agent_orphaning_inits(state_dir: &Path) -> Result<NativeAgent> {
+    spawn_agent(state_dir, true)
+}
+
+fn spawn_agent(state_dir: &Path, orphan_inits: bool) -> Result<NativeAgent> {
     let bin = binaries::find("sandbox-agent", "SANDBOX_AGENT")?;
     let socket = state_dir.join(AGENT_SOCKET);
     let listener = UnixListener::bind(&socket).ctx("bind", &socket)?;
@@ -47,6 +60,7 @@ pub fn start_agent(state_dir: &Path) -> Result<NativeAgent> {
         .arg(LISTEN_FD.to_string())
         .arg("--root")
         .arg(state_dir.join("agent"))
+        .args(orphan_inits.then_some("--orphan-inits"))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -79,6 +93,18 @@ pub fn start_agent(state_dir: &Path) -> Result<NativeAgent> {
         child,
         endpoint: Endpoint::Unix(socket),
     })
+}
+
+/// The spec the CLI's agent gets: the poststop hooks are left out, because `sandbox delete`
+/// runs them (the runtime spec runs them at delete, after the container is destroyed, and
+/// the agent is gone by then).
+pub fn agent_spec(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
+    let mut spec = spec.clone();
+    if let Some(mut hooks) = spec.hooks().clone() {
+        hooks.set_poststop(None);
+        spec.set_hooks(Some(hooks));
+    }
+    spec
 }
 
 pub fn rootfs_source(bundle_dir: &Path) -> RootfsSource {
