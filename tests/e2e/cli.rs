@@ -210,7 +210,7 @@ both!(lifecycle_create_start_state_kill_delete, |env: &Env| {
     {
         assert!(
             Instant::now() < deadline,
-            "monitor {pid} outlived the container"
+            "the container's init {pid} outlived the container"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -842,6 +842,19 @@ fn features_document_is_json() {
         .as_array()
         .unwrap()
         .contains(&serde_json::json!("pid")));
+    // Every hook point of the runtime spec runs (native isolation; hooks_run_at_their_points
+    // sees each one).
+    assert_eq!(
+        v["hooks"],
+        serde_json::json!([
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ])
+    );
 }
 
 #[test]
@@ -1061,3 +1074,477 @@ vm_only!(vmm_killed_while_booting_leaves_nothing, |env: &Env| {
     net.assert_only_the_veth_left();
     env.assert_clean();
 });
+
+// OCI runtime-spec conformance in native isolation: the pid the runtime reports, namespaces
+// the spec leaves out, and the lifecycle hooks.
+
+/// `readlink /proc/PID/ns/NAME`: which namespace of a kind the process is in.
+fn namespace_of(pid: &str, name: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap_or_else(|e| panic!("readlink /proc/{pid}/ns/{name}: {e}"))
+        .display()
+        .to_string()
+}
+
+/// The namespaces under /proc/PID/ns that every kernel we run on has.
+const NAMESPACES: [&str; 7] = ["mnt", "pid", "net", "ipc", "uts", "cgroup", "user"];
+
+fn read_pid_file(path: &std::path::Path) -> i32 {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits (bounded) until `pid` runs `program` (its argv[0]).
+fn wait_for_program(pid: i32, program: &str) {
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
+    loop {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if cmdline.split(|&b| b == 0).next() == Some(program.as_bytes()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{pid} never ran {program}: {cmdline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn state_pid_is_the_container_init_in_its_namespaces_and_cgroup() {
+    let env = Env::new("state_pid_is_the_container_init", "native");
+    let b = env.bundle("b", &["sleep", "60"]);
+    let pid_file = env.dir.join("pid");
+    env.ok_bg(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "p1",
+    ]);
+    let pid = read_pid_file(&pid_file);
+    assert_eq!(env.state("p1")["pid"], pid);
+    let list: serde_json::Value =
+        serde_json::from_str(&env.ok(&["list", "--format", "json"])).unwrap();
+    assert_eq!(list[0]["pid"], pid);
+
+    // Every namespace the default spec lists is a new one: what /proc/PID/ns shows differs
+    // from ours (the monitor, reported before, showed ours).
+    let p = pid.to_string();
+    for ns in ["mnt", "pid", "net", "ipc", "uts", "cgroup"] {
+        assert_ne!(namespace_of(&p, ns), namespace_of("self", ns), "{ns}");
+    }
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert_ne!(
+        cgroup,
+        std::fs::read_to_string("/proc/self/cgroup").unwrap()
+    );
+    assert!(
+        cgroup.lines().any(|l| l.ends_with("/sandbox/p1")),
+        "not in the container's cgroup: {cgroup}"
+    );
+    let pids: Vec<i32> = serde_json::from_str(&env.ok(&["ps", "--format", "json", "p1"])).unwrap();
+    assert_eq!(pids, vec![pid]);
+
+    // The same process becomes the container's program.
+    env.ok(&["start", "p1"]);
+    wait_for_program(pid, "sleep");
+    assert_eq!(env.state("p1")["pid"], pid);
+
+    env.ok(&["kill", "p1", "KILL"]);
+    env.wait_status("p1", "stopped");
+    assert_eq!(env.state("p1")["pid"], 0);
+    env.ok(&["delete", "p1"]);
+    env.assert_clean();
+}
+
+/// Where `subreaper_caller` finds its instructions.
+const SUBREAPER_CALLER_ENV: &str = "SANDBOX_TEST_SUBREAPER_CALLER";
+
+/// A caller that waits for the pid it was given, as containerd's runc shim does: a child
+/// subreaper that reaps whatever comes to it and matches pids. It runs in a process of its
+/// own (this test executable, running `subreaper_caller`), since a subreaper test thread
+/// would adopt the orphans of every other test.
+#[test]
+fn a_subreaper_caller_reaps_the_reported_pid_and_gets_the_exit_status() {
+    let env = Env::new("a_subreaper_caller_reaps_the_reported_pid", "native");
+    let b = env.bundle("b", &["sh", "-c", "sleep 0.2; exit 7"]);
+    let task = serde_json::json!({
+        "root": env.root, "images": env.images, "bundle": b, "id": "r1",
+        "pid_file": env.dir.join("pid"),
+    });
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "subreaper_caller",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(SUBREAPER_CALLER_ENV, task.to_string())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid = read_pid_file(&env.dir.join("pid"));
+    assert!(
+        stdout.contains(&format!("reaped {pid}: exit code 7")),
+        "{stdout}"
+    );
+    env.wait_status("r1", "stopped");
+    env.ok(&["delete", "r1"]);
+    env.assert_clean();
+}
+
+#[test]
+#[ignore = "the caller half of a_subreaper_caller_reaps_the_reported_pid_and_gets_the_exit_status, run by it"]
+fn subreaper_caller() {
+    let task: serde_json::Value = serde_json::from_str(
+        &std::env::var(SUBREAPER_CALLER_ENV).expect("run by the test that sets it"),
+    )
+    .unwrap();
+    let s = |k: &str| task[k].as_str().unwrap().to_string();
+    // SAFETY: prctl with integer arguments only.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let sandbox_cmd = |args: &[&str]| {
+        let st = sandbox()
+            .env("SANDBOX_ROOT", s("root"))
+            .env("SANDBOX_IMAGE_STORE", s("images"))
+            .env("SANDBOX_ISOLATION", "native")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "sandbox {args:?}: {st}");
+    };
+    let (bundle, id, pid_file) = (s("bundle"), s("id"), s("pid_file"));
+    sandbox_cmd(&["create", "--bundle", &bundle, "--pid-file", &pid_file, &id]);
+    let pid = read_pid_file(std::path::Path::new(&pid_file));
+    sandbox_cmd(&["start", &id]);
+    // Our child now: waitpid on it works (ECHILD otherwise), bounded by polling.
+    let deadline = Instant::now() + patience(Duration::from_secs(10));
+    loop {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        match waitpid(nix::unistd::Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => {
+                println!("reaped {pid}: exit code {code}");
+                return;
+            }
+            Ok(WaitStatus::StillAlive) => {}
+            other => panic!("waitpid({pid}): {other:?}"),
+        }
+        assert!(Instant::now() < deadline, "{pid} never ended");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Removes `linux.namespaces` entries of the given types (all of them with `None`).
+fn drop_namespaces(c: &mut serde_json::Value, types: Option<&[&str]>) {
+    let kept: Vec<serde_json::Value> = c["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| types.is_some_and(|t| !t.contains(&n["type"].as_str().unwrap())))
+        .cloned()
+        .collect();
+    c["linux"]["namespaces"] = serde_json::json!(kept);
+}
+
+#[test]
+fn namespaces_left_out_of_the_spec_are_the_runtimes() {
+    let env = Env::new("namespaces_left_out_of_the_spec", "native");
+    let b = env.bundle("b", &["sleep", "60"]);
+    // A spec with no namespaces at all: the container is in every namespace of ours.
+    env.write_config(&b, &["sleep", "60"], |c| {
+        drop_namespaces(c, None);
+        c.as_object_mut().unwrap().remove("hostname");
+    });
+    std::fs::write(b.join("rootfs/only-in-the-container"), b"").unwrap();
+    let pid_file = env.dir.join("pid");
+    env.ok_bg(&[
+        "create",
+        "--bundle",
+        b.to_str().unwrap(),
+        "--pid-file",
+        pid_file.to_str().unwrap(),
+        "s1",
+    ]);
+    let pid = read_pid_file(&pid_file);
+    assert_eq!(env.state("s1")["pid"], pid);
+    for ns in NAMESPACES {
+        assert_eq!(
+            namespace_of(&pid.to_string(), ns),
+            namespace_of("self", ns),
+            "{ns} is not shared"
+        );
+    }
+    env.ok(&["start", "s1"]);
+    wait_for_program(pid, "sleep");
+    // Its mounts are made in our mount namespace, under its rootfs...
+    let rootfs_proc = format!(" {}/rootfs/proc ", b.canonicalize().unwrap().display());
+    assert!(std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(&rootfs_proc));
+    // ...and its root is the rootfs (a chroot), for exec'd processes too.
+    let listing = env.ok(&["exec", "s1", "ls", "/"]);
+    assert!(listing.contains("only-in-the-container"), "{listing}");
+    env.ok(&["kill", "s1", "KILL"]);
+    env.wait_status("s1", "stopped");
+    env.ok(&["delete", "s1"]);
+    // Every mount it made went with it (assert_clean looks at our mount table).
+    env.assert_clean();
+
+    // Only the mount namespace left out: shared, while the pid namespace is new.
+    env.write_config(
+        &b,
+        &[
+            "sh",
+            "-c",
+            "echo $$; readlink /proc/self/ns/mnt; readlink /proc/self/ns/pid",
+        ],
+        |c| drop_namespaces(c, Some(&["mount"])),
+    );
+    let out = env.sandbox(&["run", "--bundle", b.to_str().unwrap(), "s2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(lines[0], "1", "not PID 1 of a new pid namespace: {text}");
+    assert_eq!(lines[1], namespace_of("self", "mnt"));
+    assert_ne!(lines[2], namespace_of("self", "pid"));
+    env.assert_clean();
+
+    // What the spec cannot have is still refused, and refused before anything is made.
+    type SpecEdit = Box<dyn Fn(&mut serde_json::Value)>;
+    let refused: [(&str, SpecEdit); 3] = [
+        (
+            "hostname: needs a UTS namespace",
+            Box::new(|c| drop_namespaces(c, Some(&["uts"]))),
+        ),
+        (
+            "linux.rootfsPropagation: needs a mount namespace",
+            Box::new(|c| {
+                drop_namespaces(c, Some(&["mount"]));
+                c["linux"]["rootfsPropagation"] = serde_json::json!("private");
+            }),
+        ),
+        (
+            "pid namespace listed twice",
+            Box::new(|c| {
+                c["linux"]["namespaces"]
+                    .as_array_mut()
+                    .unwrap()
+                    .push(serde_json::json!({"type": "pid"}));
+            }),
+        ),
+    ];
+    for (why, edit) in refused {
+        env.write_config(&b, &["true"], |c| edit(c));
+        let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), "s3"]);
+        assert!(err.contains(why), "wanted {why:?}: {err}");
+        assert!(env.fails(&["state", "s3"]).contains("does not exist"));
+        env.assert_clean();
+    }
+}
+
+/// A hook that records its stdin as `<dir>/<name>.json` and appends its name to
+/// `<dir>/order`, then exits with `code`.
+fn recording_hook(dir: &str, name: &str, code: i32) -> serde_json::Value {
+    serde_json::json!({
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("cat > {dir}/{name}.json; echo {name} >> {dir}/order; exit {code}")],
+    })
+}
+
+/// A bundle whose hooks record themselves in `out` (seen as `/hooks-out` inside the
+/// container, where the startContainer hook runs); `fail` names a stage whose hook fails,
+/// before a second hook of the same stage that records `<stage>-after`.
+fn hooked_bundle(env: &Env, args: &[&str], fail: Option<&str>) -> (std::path::PathBuf, String) {
+    let b = env.bundle("hooked", args);
+    let out = env.dir.join("hooks-out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let out = out.display().to_string();
+    env.write_config(&b, args, |c| {
+        let mut hooks = serde_json::Map::new();
+        for stage in [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop",
+        ] {
+            let dir = if stage == "startContainer" {
+                "/hooks-out"
+            } else {
+                &out
+            };
+            let list = if fail == Some(stage) {
+                vec![
+                    recording_hook(dir, stage, 3),
+                    recording_hook(dir, &format!("{stage}-after"), 0),
+                ]
+            } else {
+                vec![recording_hook(dir, stage, 0)]
+            };
+            hooks.insert(stage.into(), serde_json::json!(list));
+        }
+        c["hooks"] = serde_json::Value::Object(hooks);
+        c["annotations"] = serde_json::json!({"org.example.hooks": "yes"});
+        c["mounts"].as_array_mut().unwrap().push(serde_json::json!({
+            "destination": "/hooks-out", "type": "bind", "source": out,
+            "options": ["rbind", "rw"]
+        }));
+    });
+    (b, out)
+}
+
+fn hooks_seen(out: &str) -> Vec<String> {
+    std::fs::read_to_string(format!("{out}/order"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn hook_state(out: &str, name: &str) -> serde_json::Value {
+    let text = std::fs::read(format!("{out}/{name}.json"))
+        .unwrap_or_else(|e| panic!("the {name} hook left no state: {e}"));
+    serde_json::from_slice(&text)
+        .unwrap_or_else(|e| panic!("{name} hook's stdin is not the state: {e}"))
+}
+
+#[test]
+fn hooks_run_at_their_points_with_the_state_on_stdin() {
+    let env = Env::new("hooks_run_at_their_points", "native");
+    let (b, out) = hooked_bundle(&env, &["sleep", "60"], None);
+    let bundle = b.canonicalize().unwrap().display().to_string();
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "h1"]);
+    let pid = env.state("h1")["pid"].as_i64().unwrap();
+    assert!(pid > 0);
+    assert_eq!(
+        hooks_seen(&out),
+        ["prestart", "createRuntime", "createContainer"]
+    );
+    let check = |name: &str, status: &str| {
+        let st = hook_state(&out, name);
+        assert_eq!(st["id"], "h1", "{name}: {st}");
+        assert_eq!(st["status"], status, "{name}: {st}");
+        assert_eq!(st["bundle"], bundle.as_str(), "{name}: {st}");
+        assert_eq!(
+            st["annotations"]["org.example.hooks"], "yes",
+            "{name}: {st}"
+        );
+        st
+    };
+    for name in ["prestart", "createRuntime", "createContainer"] {
+        assert_eq!(check(name, "creating")["pid"], pid, "{name}");
+    }
+
+    env.ok(&["start", "h1"]);
+    assert_eq!(
+        hooks_seen(&out),
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart"
+        ]
+    );
+    assert_eq!(check("startContainer", "created")["pid"], pid);
+    assert_eq!(check("poststart", "running")["pid"], pid);
+
+    // The container's end is not its deletion: poststop waits for `delete`.
+    env.ok(&["kill", "h1", "KILL"]);
+    env.wait_status("h1", "stopped");
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < deadline {
+        assert!(!hooks_seen(&out).contains(&"poststop".to_string()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.ok(&["delete", "h1"]);
+    assert_eq!(
+        hooks_seen(&out).last().map(String::as_str),
+        Some("poststop")
+    );
+    check("poststop", "stopped");
+    env.assert_clean();
+}
+
+#[test]
+fn a_failing_hook_fails_its_step_and_leaves_nothing_behind() {
+    let env = Env::new("a_failing_hook_fails_its_step", "native");
+    let cgroup_of = |id: &str| std::path::PathBuf::from("/sys/fs/cgroup/sandbox").join(id);
+
+    // create: the error names the hook, nothing of the container stays, and the lifecycle
+    // goes on to the poststop hooks.
+    for stage in ["prestart", "createRuntime", "createContainer"] {
+        let (b, out) = hooked_bundle(&env, &["true"], Some(stage));
+        let err = env.fails(&["create", "--bundle", b.to_str().unwrap(), "f1"]);
+        assert!(err.contains(&format!("hooks.{stage}[0]")), "{stage}: {err}");
+        assert!(env.fails(&["state", "f1"]).contains("does not exist"));
+        let seen = hooks_seen(&out);
+        assert!(
+            !seen.contains(&format!("{stage}-after")),
+            "{stage}: {seen:?}"
+        );
+        assert_eq!(seen.last().map(String::as_str), Some("poststop"), "{stage}");
+        assert!(!cgroup_of("f1").exists(), "{stage}: cgroup left behind");
+        env.assert_clean();
+    }
+
+    // start: the error names the hook, and the container is stopped; delete removes it.
+    for stage in ["startContainer", "poststart"] {
+        let (b, out) = hooked_bundle(&env, &["sleep", "60"], Some(stage));
+        env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "f2"]);
+        let err = env.fails(&["start", "f2"]);
+        assert!(err.contains(&format!("hooks.{stage}[0]")), "{stage}: {err}");
+        env.wait_status("f2", "stopped");
+        env.ok(&["delete", "f2"]);
+        let seen = hooks_seen(&out);
+        assert!(
+            !seen.contains(&format!("{stage}-after")),
+            "{stage}: {seen:?}"
+        );
+        assert_eq!(seen.last().map(String::as_str), Some("poststop"), "{stage}");
+        assert!(!cgroup_of("f2").exists(), "{stage}: cgroup left behind");
+        env.assert_clean();
+    }
+
+    // poststop: a warning; the next hook runs and the delete succeeds.
+    let (b, out) = hooked_bundle(&env, &["true"], Some("poststop"));
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "f3"]);
+    env.ok(&["start", "f3"]);
+    env.wait_status("f3", "stopped");
+    let deleted = env.sandbox(&["delete", "f3"]);
+    let err = String::from_utf8_lossy(&deleted.stderr);
+    assert!(deleted.status.success(), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("hooks.poststop[0]"),
+        "{err}"
+    );
+    assert_eq!(
+        hooks_seen(&out)[5..],
+        ["poststop".to_string(), "poststop-after".to_string()]
+    );
+    env.assert_clean();
+}
