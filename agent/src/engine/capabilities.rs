@@ -62,10 +62,53 @@ fn last_cap() -> u32 {
         .unwrap_or(40)
 }
 
+/// The set as a bit mask, without the capabilities this kernel does not know (capset would
+/// refuse them; [`ungrantable`] names them for a warning).
 fn mask(set: &Option<Capabilities>) -> u64 {
+    let last = last_cap();
     set.as_ref()
-        .map(|caps| caps.iter().fold(0u64, |m, &c| m | (1u64 << cap_number(c))))
+        .map(|caps| {
+            caps.iter()
+                .map(|&c| cap_number(c))
+                .filter(|&n| n <= last)
+                .fold(0u64, |m, n| m | (1u64 << n))
+        })
         .unwrap_or(0)
+}
+
+/// What of the spec's capabilities cannot be granted, one message each: those this kernel
+/// does not know (left out of every set), and ambient ones that are not both permitted and
+/// inheritable (the kernel raises no others; skipped). The runtime spec asks for a warning
+/// about each, not a failure.
+pub(crate) fn ungrantable(caps: &LinuxCapabilities) -> Vec<String> {
+    let last = last_cap();
+    let mut out = Vec::new();
+    let sets = [
+        ("bounding", caps.bounding()),
+        ("effective", caps.effective()),
+        ("permitted", caps.permitted()),
+        ("inheritable", caps.inheritable()),
+        ("ambient", caps.ambient()),
+    ];
+    for (name, set) in sets {
+        for &c in set.iter().flatten() {
+            if cap_number(c) > last {
+                out.push(format!(
+                    "process.capabilities.{name}: CAP_{c} is unknown to this kernel (cap_last_cap {last}), left out"
+                ));
+            }
+        }
+    }
+    let (perm, inh) = (mask(caps.permitted()), mask(caps.inheritable()));
+    for &c in caps.ambient().iter().flatten() {
+        let n = cap_number(c);
+        if n <= last && ((perm >> n) & 1 == 0 || (inh >> n) & 1 == 0) {
+            out.push(format!(
+                "process.capabilities.ambient: CAP_{c} is not both permitted and inheritable, not raised"
+            ));
+        }
+    }
+    out
 }
 
 #[repr(C)]
@@ -181,6 +224,23 @@ pub(crate) fn apply_sets(caps: &LinuxCapabilities) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ambient_capabilities_that_cannot_be_raised_are_named() {
+        let caps: LinuxCapabilities = serde_json::from_value(serde_json::json!({
+            "permitted": ["CAP_CHOWN", "CAP_KILL"],
+            "inheritable": ["CAP_KILL"],
+            "ambient": ["CAP_CHOWN", "CAP_KILL"]
+        }))
+        .unwrap();
+        assert_eq!(
+            ungrantable(&caps),
+            vec![
+                "process.capabilities.ambient: CAP_CHOWN is not both permitted and inheritable, not raised"
+                    .to_string()
+            ]
+        );
+    }
 
     #[test]
     fn numbers_match_the_kernel_header() {

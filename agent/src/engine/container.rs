@@ -163,6 +163,7 @@ impl Container {
         if process.terminal() == Some(true) && !matches!(opts.stdio, Stdio::Pty) {
             return Err(SpecError::new("process.terminal", "true needs Stdio::Pty").into());
         }
+        warn_ungrantable(&opts.id, process);
         let linux = spec.linux().as_ref().expect("validated");
         let filter = linux.seccomp().as_ref().map(seccomp::compile).transpose()?;
         let ns = NsPlan::from_spec(spec)?;
@@ -363,6 +364,7 @@ impl Container {
         if process.terminal() == Some(true) && !matches!(stdio, Stdio::Pty) {
             return Err(SpecError::new("process.terminal", "true needs Stdio::Pty").into());
         }
+        warn_ungrantable(&self.id, process);
         let ns = NsPlan::of_process(self.init.pid.as_raw())?;
         let setup = ChildSetup {
             ns: &ns,
@@ -504,6 +506,16 @@ impl Drop for Container {
     fn drop(&mut self) {
         if let Err(e) = self.teardown() {
             log::warn!("container {}: clean-up on drop: {e}", self.id);
+        }
+    }
+}
+
+/// Logs the capabilities of `process` that cannot be granted (see
+/// `capabilities::ungrantable`): a warning, not a failure, as the runtime spec asks.
+fn warn_ungrantable(id: &str, process: &Process) {
+    if let Some(caps) = process.capabilities() {
+        for w in super::capabilities::ungrantable(caps) {
+            log::warn!("container {id}: {w}");
         }
     }
 }

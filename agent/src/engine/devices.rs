@@ -66,6 +66,30 @@ pub(crate) fn from_spec(d: &LinuxDevice) -> Node {
     }
 }
 
+/// Refuses a spec device whose path already holds something else: another kind of file or
+/// another device number (the runtime spec makes that an error). A matching node is fine.
+pub(crate) fn check_existing(rootfs: &Path, node: &Node) -> Result<(), String> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dest = secure_join(rootfs, Path::new(&node.path))?;
+    let Ok(meta) = fs::symlink_metadata(&dest) else {
+        return Ok(());
+    };
+    let t = meta.file_type();
+    let same_kind = match node.kind {
+        SFlag::S_IFBLK => t.is_block_device(),
+        SFlag::S_IFIFO => t.is_fifo(),
+        _ => t.is_char_device(),
+    };
+    let same_number = node.kind == SFlag::S_IFIFO || meta.rdev() == makedev(node.major, node.minor);
+    if same_kind && same_number {
+        return Ok(());
+    }
+    Err(format!(
+        "linux.devices: {} exists in the rootfs and is not the requested device ({}:{})",
+        node.path, node.major, node.minor
+    ))
+}
+
 /// Creates the node under `rootfs`. In a user namespace mknod is not allowed: the host's
 /// node of the same path is bind-mounted instead (what runc does too).
 pub(crate) fn create(rootfs: &Path, node: &Node, bind_from_host: bool) -> Result<(), String> {
@@ -163,6 +187,40 @@ pub(crate) fn pts_and_shm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_existing_path_must_be_the_requested_device() {
+        let root = std::env::temp_dir().join(format!("devices-check-{}", std::process::id()));
+        fs::create_dir_all(root.join("dev")).unwrap();
+        let node = |path: &str, major, minor| Node {
+            path: path.into(),
+            kind: SFlag::S_IFCHR,
+            major,
+            minor,
+            mode: 0o666,
+            uid: 0,
+            gid: 0,
+        };
+        // Nothing there: fine.
+        check_existing(&root, &node("/dev/absent", 1, 3)).unwrap();
+        // A plain file: refused, naming the path.
+        fs::write(root.join("dev/plain"), b"").unwrap();
+        let err = check_existing(&root, &node("/dev/plain", 1, 3)).unwrap_err();
+        assert!(err.contains("/dev/plain exists"), "{err}");
+        // A node (root only): the same numbers are fine, others are refused.
+        if nix::unistd::geteuid().is_root() {
+            mknod(
+                &root.join("dev/null"),
+                SFlag::S_IFCHR,
+                Mode::from_bits_truncate(0o666),
+                makedev(1, 3),
+            )
+            .unwrap();
+            check_existing(&root, &node("/dev/null", 1, 3)).unwrap();
+            assert!(check_existing(&root, &node("/dev/null", 1, 5)).is_err());
+        }
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     #[test]
     fn default_set() {

@@ -79,7 +79,9 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
         devices::create(&plan.rootfs, &node, plan.userns)?;
     }
     for d in linux.and_then(|l| l.devices().as_deref()).unwrap_or(&[]) {
-        devices::create(&plan.rootfs, &devices::from_spec(d), plan.userns)?;
+        let node = devices::from_spec(d);
+        devices::check_existing(&plan.rootfs, &node)?;
+        devices::create(&plan.rootfs, &node, plan.userns)?;
     }
     devices::pts_and_shm(&plan.rootfs, &spec_mounted)?;
     devices::symlinks(&plan.rootfs)?;
