@@ -62,6 +62,8 @@ pub fn parse_options(opts: &[String]) -> MountOptions {
             "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
             "lazytime" => (MsFlags::MS_LAZYTIME, MsFlags::empty()),
             "nolazytime" => (MsFlags::empty(), MsFlags::MS_LAZYTIME),
+            "iversion" => (MsFlags::MS_I_VERSION, MsFlags::empty()),
+            "noiversion" => (MsFlags::empty(), MsFlags::MS_I_VERSION),
             "silent" => (MsFlags::MS_SILENT, MsFlags::empty()),
             "loud" => (MsFlags::empty(), MsFlags::MS_SILENT),
             "bind" => {
@@ -362,6 +364,53 @@ mod tests {
         assert!(o.bind && o.recursive);
         assert_eq!(o.flags, MsFlags::MS_RDONLY);
         assert_eq!(o.propagation, vec![MsFlags::MS_SLAVE | MsFlags::MS_REC]);
+        // Every option the runtime spec says a Linux runtime MUST know becomes a flag, a
+        // propagation or nothing, never filesystem data.
+        for word in [
+            "async",
+            "atime",
+            "bind",
+            "defaults",
+            "dev",
+            "diratime",
+            "dirsync",
+            "exec",
+            "iversion",
+            "lazytime",
+            "loud",
+            "noatime",
+            "nodev",
+            "nodiratime",
+            "noexec",
+            "noiversion",
+            "nolazytime",
+            "norelatime",
+            "nostrictatime",
+            "nosuid",
+            "private",
+            "rbind",
+            "relatime",
+            "remount",
+            "ro",
+            "rprivate",
+            "rshared",
+            "rslave",
+            "runbindable",
+            "rw",
+            "shared",
+            "silent",
+            "slave",
+            "strictatime",
+            "suid",
+            "sync",
+            "unbindable",
+        ] {
+            assert!(parse_options(&s(&[word])).data.is_empty(), "{word}");
+        }
+        assert_eq!(
+            parse_options(&s(&["iversion"])).flags,
+            MsFlags::MS_I_VERSION
+        );
     }
 
     #[test]

@@ -14,12 +14,16 @@ pub fn run() -> Result<()> {
             "prestart", "createRuntime", "createContainer", "startContainer", "poststart",
             "poststop"
         ],
+        // What agent::engine::parse_mount_options knows, plus the filesystem data options
+        // the engine's own mounts use (anything else goes to the filesystem as data).
         "mountOptions": [
             "ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async",
-            "remount", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave",
-            "rslave", "relatime", "norelatime", "strictatime", "nostrictatime", "noatime",
-            "atime", "nodiratime", "diratime", "mode", "size", "uid", "gid", "newinstance",
-            "ptmxmode"
+            "dirsync", "remount", "mand", "nomand", "defaults", "bind", "rbind", "private",
+            "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable",
+            "relatime", "norelatime", "strictatime", "nostrictatime", "noatime", "atime",
+            "nodiratime", "diratime", "lazytime", "nolazytime", "iversion", "noiversion",
+            "silent", "loud", "tmpcopyup", "nosymfollow", "mode", "size", "uid", "gid",
+            "newinstance", "ptmxmode"
         ],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts", "user"],
