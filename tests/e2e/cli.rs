@@ -724,7 +724,7 @@ fn build_oci_layout(path: &std::path::Path, busybox_rootfs: &std::path::Path) {
     let top = gz.finish().unwrap();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": []}
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", sha256_hex(&base)), format!("sha256:{}", sha256_hex(&top_plain))]}
     }))
     .unwrap();
     let manifest = serde_json::to_vec(&serde_json::json!({
