@@ -678,6 +678,20 @@ fn signals_reach_the_init_and_all_processes() {
     c.destroy().unwrap();
 }
 
+/// The runtime spec still allows relative mount destinations (deprecated), taken from "/".
+#[test]
+fn a_relative_mount_destination_is_taken_from_the_root() {
+    let b = Bundle::new("reldest");
+    let mut v = spec("grep -c ' /scratch ' /proc/self/mountinfo");
+    v["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"destination": "scratch", "type": "tmpfs", "source": "tmpfs"}));
+    let o = run("engine-reldest", &b, v);
+    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.stdout, "1\n");
+}
+
 #[test]
 fn terminal_from_the_containers_devpts_with_console_size() {
     let b = Bundle::new("tty");
@@ -881,6 +895,21 @@ fn bad_specs_name_the_field_and_leave_nothing() {
             "linux.rootfsPropagation: needs a mount namespace",
         ),
         (
+            "hookpath",
+            Box::new(|v| v["hooks"] = json!({"prestart": [{"path": "bin/true"}]})),
+            "hooks.prestart[0].path: must be absolute",
+        ),
+        (
+            "hooktimeout",
+            Box::new(|v| v["hooks"] = json!({"poststop": [{"path": "/bin/true", "timeout": 0}]})),
+            "hooks.poststop[0].timeout: must be positive, got 0",
+        ),
+        (
+            "annotationkey",
+            Box::new(|v| v["annotations"] = json!({"": "x"})),
+            "annotations: keys must not be empty",
+        ),
+        (
             "dupns",
             Box::new(|v| v["linux"]["namespaces"] = json!([{"type": "mount"}, {"type": "mount"}])),
             "linux.namespaces[1].type: mnt namespace listed twice",
@@ -947,8 +976,8 @@ fn bad_specs_name_the_field_and_leave_nothing() {
         ),
         (
             "mountdest",
-            Box::new(|v| v["mounts"] = json!([{"destination": "data", "type": "tmpfs"}])),
-            "mounts[0].destination: must be absolute",
+            Box::new(|v| v["mounts"] = json!([{"destination": "", "type": "tmpfs"}])),
+            "mounts[0].destination: must not be empty",
         ),
         (
             "propagation",

@@ -74,7 +74,11 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
         mount_entry(m, &plan.rootfs, &plan.bundle, plan.cgroup, plan.cgroupns)
             .map_err(|e| format!("mounts[{i}] ({}): {e}", m.destination().display()))?;
     }
-    let spec_mounted = |dest: &str| mounts.iter().any(|m| m.destination() == Path::new(dest));
+    let spec_mounted = |dest: &str| {
+        mounts
+            .iter()
+            .any(|m| Path::new("/").join(m.destination()) == Path::new(dest))
+    };
     for node in devices::defaults() {
         devices::create(&plan.rootfs, &node, plan.userns)?;
     }

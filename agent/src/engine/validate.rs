@@ -43,6 +43,12 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
         Some(l) => l,
         None => return err("linux", "is required on Linux"),
     };
+    validate_hooks(spec)?;
+    for key in spec.annotations().iter().flatten().map(|(k, _)| k) {
+        if key.is_empty() {
+            return err("annotations", "keys must not be empty");
+        }
+    }
     let ns = validate_namespaces(linux)?;
     if spec.hostname().is_some() && !ns.contains(&LinuxNamespaceType::Uts) {
         return err("hostname", "needs a UTS namespace in linux.namespaces");
@@ -50,13 +56,11 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
     if spec.domainname().is_some() && !ns.contains(&LinuxNamespaceType::Uts) {
         return err("domainname", "needs a UTS namespace in linux.namespaces");
     }
+    // A relative mount destination is deprecated but allowed: it is taken from "/".
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
         let f = format!("mounts[{i}]");
-        if !m.destination().is_absolute() {
-            return err(
-                format!("{f}.destination"),
-                format!("must be absolute, got {:?}", m.destination()),
-            );
+        if m.destination().as_os_str().is_empty() {
+            return err(format!("{f}.destination"), "must not be empty");
         }
         let opts = m.options().as_deref().unwrap_or(&[]);
         let is_bind =
@@ -180,6 +184,38 @@ pub(crate) fn unsupported_in_process(p: &Process, f: &str) -> Result<(), SpecErr
     Ok(())
 }
 
+/// Every hook: an absolute path, and a timeout greater than zero where one is set.
+fn validate_hooks(spec: &Spec) -> Result<(), SpecError> {
+    let Some(h) = spec.hooks() else {
+        return Ok(());
+    };
+    let stages = [
+        ("prestart", h.prestart()),
+        ("createRuntime", h.create_runtime()),
+        ("createContainer", h.create_container()),
+        ("startContainer", h.start_container()),
+        ("poststart", h.poststart()),
+        ("poststop", h.poststop()),
+    ];
+    for (stage, hooks) in stages {
+        for (i, hook) in hooks.iter().flatten().enumerate() {
+            let f = format!("hooks.{stage}[{i}]");
+            if !hook.path().is_absolute() {
+                return err(
+                    format!("{f}.path"),
+                    format!("must be absolute, got {:?}", hook.path()),
+                );
+            }
+            if let Some(t) = hook.timeout() {
+                if t <= 0 {
+                    return err(format!("{f}.timeout"), format!("must be positive, got {t}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn validate_namespaces(linux: &Linux) -> Result<HashSet<LinuxNamespaceType>, SpecError> {
     let mut seen = HashSet::new();
     let mut new_user = false;
@@ -259,10 +295,8 @@ pub(crate) fn validate_process(p: &Process, f: &str) -> Result<(), SpecError> {
             );
         }
     }
+    // consoleSize without a terminal is ignored, as the runtime spec asks.
     unsupported_in_process(p, f)?;
-    if p.console_size().is_some() && p.terminal() != Some(true) {
-        return err(format!("{f}.consoleSize"), "only valid with terminal: true");
-    }
     if let Some(u) = p.user().umask() {
         if u > 0o777 {
             return err(
