@@ -777,6 +777,15 @@ fn stats_update_and_oom_events() {
         c.update(&bad).unwrap_err().to_string(),
         "invalid spec: linux.resources.memory.limit: must be -1 (unlimited) or positive, got -5"
     );
+    // checkBeforeUpdate refuses a limit under the current usage (4 KiB is), and the old
+    // limit stays.
+    let below: oci_spec::runtime::LinuxResources = serde_json::from_value(
+        json!({"memory": {"limit": 4096, "swap": 4096, "checkBeforeUpdate": true}}),
+    )
+    .unwrap();
+    let err = c.update(&below).unwrap_err().to_string();
+    assert!(err.contains("below the container's current usage"), "{err}");
+    assert_eq!(c.stats().unwrap().memory_limit, Some(33554432));
 
     let watcher = c.oom_events().unwrap();
     // 64 MiB of buffer in a 32 MiB cgroup without swap: the OOM killer ends it.

@@ -394,6 +394,23 @@ impl Container {
     /// Changes the cgroup limits of the running container.
     pub fn update(&self, resources: &LinuxResources) -> Result<(), EngineError> {
         validate_resources(resources, "linux.resources")?;
+        // checkBeforeUpdate: a limit under what the container uses now is refused rather
+        // than left to the OOM killer.
+        if let Some(m) = resources.memory() {
+            if let (Some(true), Some(limit)) = (m.check_before_update(), m.limit()) {
+                let usage = self.cgroup.stats()?.memory_usage;
+                if limit > 0 && (limit as u64) < usage {
+                    return Err(SpecError::new(
+                        "linux.resources.memory.limit",
+                        format!(
+                            "{limit} is below the container's current usage of {usage} bytes \
+                             (checkBeforeUpdate)"
+                        ),
+                    )
+                    .into());
+                }
+            }
+        }
         self.cgroup
             .apply(&with_device_allows(resources.clone(), &self.device_allows))
     }
