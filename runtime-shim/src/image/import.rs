@@ -394,7 +394,8 @@ fn is_index(media_type: &MediaType) -> bool {
     }
 }
 
-/// The manifest to import from an index: the only one, or the linux/amd64 one.
+/// The manifest to import from an index: the only one, the linux/amd64 one, or (where no
+/// entry names a platform, as in a layout holding several tags of one image) the first.
 fn pick_manifest<'a>(manifests: &'a [Descriptor], what: &str) -> Result<&'a Descriptor> {
     match manifests {
         [] => Err(Error::Image(format!("{what} lists no manifests"))),
@@ -405,6 +406,11 @@ fn pick_manifest<'a>(manifests: &'a [Descriptor], what: &str) -> Result<&'a Desc
                 d.platform()
                     .as_ref()
                     .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
+            })
+            .or_else(|| {
+                many.iter()
+                    .all(|d| d.platform().is_none())
+                    .then(|| &many[0])
             })
             .ok_or_else(|| Error::Image(format!("{what} has no linux/amd64 manifest"))),
     }
@@ -573,5 +579,55 @@ fn image_config(name: &str, config: &ImageConfiguration, file: &Path) -> ImageCo
         user: c.and_then(|c| c.user().clone()).unwrap_or_default(),
         source: file.display().to_string(),
         created: crate::timefmt::now_rfc3339(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(platform: Option<(&str, &str)>, n: u8) -> Descriptor {
+        let mut d = serde_json::json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            "size": 1,
+        });
+        if let Some((os, arch)) = platform {
+            d["platform"] = serde_json::json!({"os": os, "architecture": arch});
+        }
+        serde_json::from_value(d).unwrap()
+    }
+
+    #[test]
+    fn the_linux_amd64_manifest_is_picked() {
+        let many = [
+            descriptor(Some(("linux", "arm64")), 1),
+            descriptor(Some(("linux", "amd64")), 2),
+        ];
+        assert_eq!(pick_manifest(&many, "index").unwrap(), &many[1]);
+        let none = [descriptor(Some(("linux", "arm64")), 1)];
+        assert_eq!(pick_manifest(&none, "index").unwrap(), &none[0]);
+        let untagged = [descriptor(None, 1), descriptor(None, 2)];
+        assert_eq!(pick_manifest(&untagged, "index").unwrap(), &untagged[0]);
+        let other = [
+            descriptor(None, 1),
+            descriptor(Some(("windows", "amd64")), 2),
+        ];
+        assert!(pick_manifest(&other, "index")
+            .unwrap_err()
+            .to_string()
+            .contains("no linux/amd64"));
+        assert!(pick_manifest(&[], "index").is_err());
+    }
+
+    #[test]
+    fn digests_are_read_only_from_digest_names() {
+        let hex = "ab".repeat(32);
+        let want = Digest::from_str(&format!("sha256:{hex}")).unwrap();
+        assert_eq!(digest_in_name(&format!("{hex}.json")), Some(want.clone()));
+        assert_eq!(digest_in_name(&format!("blobs/sha256/{hex}")), Some(want));
+        assert_eq!(digest_in_name(&format!("{hex}/layer.tar")), None);
+        assert_eq!(digest_in_name("config.json"), None);
+        assert_eq!(digest_in_name(&format!("{}.json", "zz".repeat(32))), None);
     }
 }
