@@ -662,3 +662,59 @@ fn compressed_layers_devices_setuid_and_duplicates() {
     let cfg = s.store.get("formats").unwrap();
     assert_eq!(cfg.cmd, vec!["sh"]);
 }
+
+/// The reported attack, end to end through `sandbox image import`: a two-layer `docker save`
+/// archive whose first layer plants a symlink to a host directory and whose second whites
+/// out a file through it; then one with a lying digest, which the command must refuse with a
+/// message naming the layer and a non-zero exit.
+#[test]
+fn the_sandbox_command_keeps_the_host_untouched() {
+    let s = Scene::new("cli");
+    let c = s.canary_abs();
+    let sandbox = env!("CARGO_BIN_EXE_sandbox");
+    let run = |archive: &Path| {
+        let before = s.canary_state();
+        let out = std::process::Command::new(sandbox)
+            .arg("--image-store")
+            .arg(s.store.root())
+            .args(["image", "import", "--name", "cli-test"])
+            .arg(archive)
+            .env_remove("SANDBOX_IMAGE_STORE")
+            .output()
+            .expect("run sandbox image import");
+        assert_eq!(
+            s.canary_state(),
+            before,
+            "sandbox image import changed the canary"
+        );
+        out
+    };
+
+    let archive = s.path("attack.tar");
+    docker_archive(
+        &archive,
+        &[
+            layer(&[E::Symlink("etc", &c)]),
+            layer(&[E::File("etc/.wh.victim", b"")]),
+        ],
+    );
+    let out = run(&archive);
+    assert!(
+        out.status.success(),
+        "import failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-test");
+
+    let archive = s.path("lying.tar");
+    let l = layer(&[E::File("evil", b"evil")]);
+    let claimed = sha256(b"not this layer");
+    docker_archive_claiming(&archive, &[l], std::slice::from_ref(&claimed));
+    let out = run(&archive);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a lying layer was imported");
+    assert!(
+        stderr.contains("layer0/layer.tar") && stderr.contains(&claimed),
+        "the error does not name the layer and its diff_id: {stderr}"
+    );
+}
