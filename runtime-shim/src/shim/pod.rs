@@ -186,14 +186,16 @@ impl Pod {
         })
     }
 
-    /// Runs `f` on the control connection, reconnecting once if the connection broke.
+    /// Runs `f` on the control connection, reconnecting once if the connection broke (or
+    /// an earlier failure left it out of step).
     pub fn call<T>(
         &self,
         f: impl Fn(&mut Client) -> std::result::Result<T, agent::protocol::ProtocolError>,
     ) -> std::result::Result<T, agent::protocol::ProtocolError> {
+        use agent::protocol::ProtocolError;
         let mut c = self.control.lock().unwrap_or_else(|p| p.into_inner());
         match f(&mut c) {
-            Err(agent::protocol::ProtocolError::Io(_) | agent::protocol::ProtocolError::Closed) => {
+            Err(ProtocolError::Io(_) | ProtocolError::Closed | ProtocolError::Broken(_)) => {
                 *c = Client::connect(self.endpoint.clone())?;
                 f(&mut c)
             }
