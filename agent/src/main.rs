@@ -49,7 +49,31 @@ struct Args {
     orphan_inits: bool,
 }
 
+/// Warnings and errors of the engine and the server on stderr: the agent's log file
+/// natively (`<state>/agent.log`), the console in a guest. Without a logger the `log` crate
+/// drops them, and the runtime spec wants some of them seen (hooks, capabilities).
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            eprintln!("sandbox-agent: {}: {}", record.level(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;
+
 fn main() -> ExitCode {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Warn);
+    }
     if nix::unistd::getpid().as_raw() == 1 {
         // The kernel may hand PID 1 arguments of its own: unknown ones are ignored.
         run_as_pid1(Args::try_parse().ok())

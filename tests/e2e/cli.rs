@@ -1548,3 +1548,26 @@ fn a_failing_hook_fails_its_step_and_leaves_nothing_behind() {
     );
     env.assert_clean();
 }
+
+#[test]
+fn capabilities_that_cannot_be_granted_are_warned_about_in_the_agents_log() {
+    let env = Env::new("capabilities_that_cannot_be_granted", "native");
+    let b = env.bundle("b", &["sleep", "60"]);
+    env.write_config(&b, &["sleep", "60"], |c| {
+        c["process"]["capabilities"] = serde_json::json!({
+            "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"],
+            "inheritable": [], "ambient": ["CAP_KILL"]
+        });
+    });
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "w1"]);
+    env.ok(&["start", "w1"]);
+    let log = std::fs::read_to_string(env.root.join("w1/agent.log")).unwrap();
+    assert!(
+        log.contains(
+            "process.capabilities.ambient: CAP_KILL is not both permitted and inheritable"
+        ),
+        "{log}"
+    );
+    env.ok(&["delete", "--force", "w1"]);
+    env.assert_clean();
+}
