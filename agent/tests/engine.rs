@@ -540,6 +540,33 @@ fn cgroup_without_namespace_shows_only_its_own_directory() {
 }
 
 /// A container running `sleep`, with its output discarded.
+/// `orphan_init`: the init is not the engine's child; its end comes through the pidfd.
+#[test]
+fn an_orphaned_init_is_left_to_another_reaper_and_watched_through_its_pidfd() {
+    use agent::engine::ContainerState;
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let b = Bundle::new("orphan");
+    let mut o = opts("engine-orphan", &b, spec("sleep 0.2; exit 3"), Stdio::Null);
+    o.orphan_init = true;
+    let mut c = Container::create(o).unwrap();
+    assert!(c.init_orphaned());
+    assert_eq!(
+        waitpid(c.pid(), Some(WaitPidFlag::WNOHANG)),
+        Err(nix::errno::Errno::ECHILD),
+        "the init is still our child"
+    );
+    c.start().unwrap();
+    // Signals go through the pidfd while it runs.
+    c.signal(Signal::SIGCONT, false).unwrap();
+    assert_eq!(c.wait_ended().unwrap(), None);
+    assert_eq!(c.state(), ContainerState::Stopped);
+    assert!(c.signal(Signal::SIGKILL, false).is_err());
+    // The status is not ours to know: wait says so instead of blocking.
+    assert!(c.wait().is_err());
+    c.destroy().unwrap();
+    assert_nothing_left("engine-orphan", &b);
+}
+
 fn sleeper(id: &str, b: &Bundle, mut v: Value) -> Container {
     v["process"]["args"] = json!(["sleep", "1000"]);
     let mut c = Container::create(opts(id, b, v, Stdio::Null)).unwrap();

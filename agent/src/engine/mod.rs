@@ -11,7 +11,10 @@
 //! `Container::create` forks a short-lived intermediate process which joins the cgroup and
 //! the namespaces and then clones the container's init with `CLONE_PARENT`, so that the
 //! init (and every process started by `Container::exec`) is a direct child of the calling
-//! process: the caller can `waitpid` it like any other child. The intermediate processes are
+//! process: the caller can `waitpid` it like any other child (unless
+//! [`CreateOptions::orphan_init`] leaves the init to the nearest subreaper above the caller,
+//! the process tree runc leaves; the engine then watches it through its pidfd and reports its
+//! end with [`Container::wait_ended`], without a status). The intermediate processes are
 //! reaped by the engine itself; an event loop that calls `waitpid(-1, ..)` may reap one of
 //! them first, which is harmless (the engine tolerates `ECHILD`): such a loop should ignore
 //! exits of pids it does not know. The hooks the engine runs in its own process are
@@ -19,7 +22,8 @@
 //! in [`CreateOptions::children`], which such a loop must implement to hand over the
 //! statuses it reaped ([`DirectWait`], plain `waitpid`, is the default).
 //!
-//! Whoever reaps the init of a container must tell it with [`Container::set_exited`], so that
+//! Whoever reaps the init of a container must tell it with [`Container::set_exited`] (an
+//! orphaned init's end: [`Container::set_ended`]), so that
 //! `signal` refuses to signal a pid that may have been reused and `destroy` does not wait for
 //! it again. [`wait_pid`] and [`Container::wait`] are blocking helpers for callers without
 //! an event loop.
