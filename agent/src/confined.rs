@@ -26,22 +26,13 @@ const MAX_SYMLINK_HOPS: u32 = 40;
 /// A directory that paths are resolved inside of.
 pub struct ConfinedRoot {
     root: Root,
-    host: PathBuf,
 }
 
 impl ConfinedRoot {
     /// Opens `host` (a path the caller trusts) as the root that later paths stay inside.
     pub fn open(host: &Path) -> io::Result<Self> {
         let root = Root::open(host).map_err(|e| to_io(e, "open the root", host))?;
-        Ok(ConfinedRoot {
-            root,
-            host: host.to_path_buf(),
-        })
-    }
-
-    /// The root as the caller named it.
-    pub fn host(&self) -> &Path {
-        &self.host
+        Ok(ConfinedRoot { root })
     }
 
     /// The directory `path` names inside the root, as an `O_DIRECTORY` descriptor. With
