@@ -342,3 +342,37 @@ fn one_misbehaving_agent_leaves_another_connection_working() {
     fine.ping().expect("the other agent answers");
     fine.ping().expect("and goes on answering");
 }
+
+#[test]
+fn an_answer_of_the_wrong_kind_is_quoted_briefly() {
+    let fake = FakeAgent::start("wrong-kind", |mut conn| {
+        welcome(&mut conn);
+        let id = request_id(&mut conn);
+        // A ping answered with a long process list.
+        let frame = ResponseFrame {
+            id: Some(id),
+            outcome: Outcome::Result(Response::Processes((0..100_000).collect())),
+        };
+        write_message(&mut conn, &frame).unwrap();
+        // The next one answered right.
+        let id = request_id(&mut conn);
+        let frame = ResponseFrame {
+            id: Some(id),
+            outcome: Outcome::Result(Response::Pong),
+        };
+        write_message(&mut conn, &frame).unwrap();
+        until_closed(conn);
+    });
+    let mut client = fake.client(PROMPT);
+    match client.ping() {
+        Err(ProtocolError::UnexpectedResponse { method, got }) => {
+            assert_eq!(method, "ping");
+            assert!(got.starts_with("Processes(["), "{got}");
+            assert!(got.len() < 300, "quoted {} bytes of the answer", got.len());
+        }
+        other => panic!("a wrong answer got {other:?}"),
+    }
+    // The stream is still in step (the agent answered that request, just wrongly), so the
+    // connection goes on.
+    client.ping().expect("the next answer, in step");
+}

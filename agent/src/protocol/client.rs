@@ -137,7 +137,7 @@ macro_rules! expect {
             $pattern => Ok($value),
             other => Err(ProtocolError::UnexpectedResponse {
                 method: $method,
-                got: format!("{other:?}"),
+                got: shortened(format!("{other:?}")),
             }),
         }
     };
@@ -460,6 +460,18 @@ fn stream_hello(process: &ProcessRef, stream: StreamKind) -> Hello {
         exec_id: process.exec_id.clone(),
         stream,
     }
+}
+
+/// Most characters of an unexpected answer quoted in an error: enough to see what it was,
+/// not a copy of whatever the agent chose to send.
+const MAX_QUOTED: usize = 200;
+
+fn shortened(mut text: String) -> String {
+    if let Some((cut, _)) = text.char_indices().nth(MAX_QUOTED) {
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
 }
 
 fn bounded<T>(method: &'static str, list: Vec<T>) -> Result<Vec<T>, ProtocolError> {
