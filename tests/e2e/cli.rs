@@ -1301,6 +1301,13 @@ fn namespaces_left_out_of_the_spec_are_the_runtimes() {
     // ...and its root is the rootfs (a chroot), for exec'd processes too.
     let listing = env.ok(&["exec", "s1", "ls", "/"]);
     assert!(listing.contains("only-in-the-container"), "{listing}");
+    // Its mounts in our namespace (the cgroup hierarchies among them, read-only) do not
+    // get in the way of another container's set-up.
+    let other = env.bundle("other", &["sleep", "60"]);
+    env.ok_bg(&["create", "--bundle", other.to_str().unwrap(), "s1b"]);
+    env.ok(&["start", "s1b"]);
+    assert_eq!(env.status("s1b"), "running");
+    env.ok(&["delete", "--force", "s1b"]);
     env.ok(&["kill", "s1", "KILL"]);
     env.wait_status("s1", "stopped");
     env.ok(&["delete", "s1"]);
@@ -1490,10 +1497,22 @@ fn hooks_run_at_their_points_with_the_state_on_stdin() {
     env.assert_clean();
 }
 
+/// The container's cgroup directories under the default parent `/sandbox`: the one of
+/// cgroup v2, or one per v1 hierarchy.
+fn cgroups_of(id: &str) -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    bases.extend(std::fs::read_dir(root).unwrap().flatten().map(|e| e.path()));
+    bases
+        .into_iter()
+        .map(|b| b.join("sandbox").join(id))
+        .filter(|d| d.is_dir())
+        .collect()
+}
+
 #[test]
 fn a_failing_hook_fails_its_step_and_leaves_nothing_behind() {
     let env = Env::new("a_failing_hook_fails_its_step", "native");
-    let cgroup_of = |id: &str| std::path::PathBuf::from("/sys/fs/cgroup/sandbox").join(id);
 
     // create: the error names the hook, nothing of the container stays, and the lifecycle
     // goes on to the poststop hooks.
@@ -1508,7 +1527,11 @@ fn a_failing_hook_fails_its_step_and_leaves_nothing_behind() {
             "{stage}: {seen:?}"
         );
         assert_eq!(seen.last().map(String::as_str), Some("poststop"), "{stage}");
-        assert!(!cgroup_of("f1").exists(), "{stage}: cgroup left behind");
+        assert_eq!(
+            cgroups_of("f1"),
+            Vec::<std::path::PathBuf>::new(),
+            "{stage}"
+        );
         env.assert_clean();
     }
 
@@ -1516,6 +1539,10 @@ fn a_failing_hook_fails_its_step_and_leaves_nothing_behind() {
     for stage in ["startContainer", "poststart"] {
         let (b, out) = hooked_bundle(&env, &["sleep", "60"], Some(stage));
         env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "f2"]);
+        assert!(
+            !cgroups_of("f2").is_empty(),
+            "{stage}: no cgroup to look for"
+        );
         let err = env.fails(&["start", "f2"]);
         assert!(err.contains(&format!("hooks.{stage}[0]")), "{stage}: {err}");
         env.wait_status("f2", "stopped");
@@ -1526,7 +1553,11 @@ fn a_failing_hook_fails_its_step_and_leaves_nothing_behind() {
             "{stage}: {seen:?}"
         );
         assert_eq!(seen.last().map(String::as_str), Some("poststop"), "{stage}");
-        assert!(!cgroup_of("f2").exists(), "{stage}: cgroup left behind");
+        assert_eq!(
+            cgroups_of("f2"),
+            Vec::<std::path::PathBuf>::new(),
+            "{stage}"
+        );
         env.assert_clean();
     }
 

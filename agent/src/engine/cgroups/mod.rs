@@ -247,10 +247,17 @@ impl Cgroup {
                 }
             }
             CgroupVersion::V1 => {
-                let mut hs = Vec::new();
-                for m in mounts.iter().filter(|m| m.fstype == "cgroup") {
+                let mut hs: Vec<Hierarchy> = Vec::new();
+                // One mount per hierarchy, the one under /sys/fs/cgroup that comes first: the
+                // same hierarchy may be mounted elsewhere too, e.g. in the rootfs of a
+                // container that shares our mount namespace (read-only, and its own cgroup
+                // as root), which is no place to create cgroups in.
+                let hierarchy_mounts = mounts
+                    .iter()
+                    .filter(|m| m.fstype == "cgroup" && m.mountpoint.starts_with(CGROUP_ROOT));
+                for m in hierarchy_mounts {
                     let controllers = v1::controllers(&m.superopts);
-                    if controllers.is_empty() {
+                    if controllers.is_empty() || hs.iter().any(|h| h.controllers == controllers) {
                         continue;
                     }
                     let key = controllers.join(",");
