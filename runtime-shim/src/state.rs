@@ -109,6 +109,19 @@ pub struct ContainerRecord {
     /// create.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub poststop: Vec<oci_spec::runtime::Hook>,
+    /// Native isolation, a spec without a mount namespace: the container's mounts are made
+    /// on its rootfs in the host's mount namespace. The agent detaches them at destroy; the
+    /// teardown does too, should the agent be gone, down to this mount.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_mount_ns_rootfs: Option<SharedRootfs>,
+}
+
+/// A rootfs and the id of the mount it was on before the container (statx STX_MNT_ID).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SharedRootfs {
+    pub path: PathBuf,
+    pub mount_id_before: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -439,6 +452,7 @@ mod tests {
             exit_code: None,
             cleanup: Default::default(),
             poststop: Vec::new(),
+            shared_mount_ns_rootfs: None,
         };
         store.save(&rec).unwrap();
         let back = store.load("c1").unwrap();
@@ -468,6 +482,7 @@ mod tests {
             exit_code: None,
             cleanup: Default::default(),
             poststop: Vec::new(),
+            shared_mount_ns_rootfs: None,
         }
     }
 

@@ -1602,3 +1602,45 @@ fn capabilities_that_cannot_be_granted_are_warned_about_in_the_agents_log() {
     env.ok(&["delete", "--force", "w1"]);
     env.assert_clean();
 }
+
+#[test]
+fn delete_force_unmounts_what_a_killed_agent_left_of_a_container_sharing_the_mount_namespace() {
+    let env = Env::new("delete_force_unmounts_a_shared_rootfs", "native");
+    let b = env.bundle("b", &["sleep", "60"]);
+    env.write_config(&b, &["sleep", "60"], |c| {
+        drop_namespaces(c, Some(&["mount"]))
+    });
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "k1"]);
+    env.ok(&["start", "k1"]);
+    let rootfs = format!(" {}/rootfs", b.canonicalize().unwrap().display());
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&rootfs))
+            .count()
+    };
+    assert!(
+        mounted() > 1,
+        "the container's mounts are not in our namespace"
+    );
+    // The monitor killed outright takes the agent with it (parent-death signal): nobody
+    // unmounts at destroy.
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.root.join("k1/state.json")).unwrap()).unwrap();
+    let monitor = rec["monitor"]["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    env.wait_status("k1", "stopped");
+    env.ok(&["delete", "--force", "k1"]);
+    assert_eq!(mounted(), 0);
+    let deadline = Instant::now() + patience(Duration::from_secs(5));
+    while !processes_mentioning(env.root.to_str().unwrap()).is_empty() && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    env.assert_clean();
+}

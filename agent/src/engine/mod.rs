@@ -55,6 +55,7 @@ pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
 pub use hooks::run_stage as run_hook_stage;
 pub use mounts::{parse_options as parse_mount_options, MountOptions};
+pub use rootfs::{detach_shared_rootfs, mount_id};
 pub use seccomp::{syscall_surface, SyscallSurface};
 pub use stdio::Stdio;
 pub use validate::validate_spec;

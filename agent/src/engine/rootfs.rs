@@ -140,7 +140,7 @@ pub(crate) fn change_root(plan: &RootfsPlan) -> Result<(), String> {
 
 /// The id of the mount a path is on (statx's STX_MNT_ID), to tell the container's rootfs
 /// bind from whatever the rootfs was on before.
-pub(crate) fn mount_id(path: &Path) -> Result<u64, super::error::EngineError> {
+pub fn mount_id(path: &Path) -> Result<u64, super::error::EngineError> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| super::error::EngineError::sys(format!("statx {}", path.display()), e))?;
@@ -159,10 +159,7 @@ pub(crate) fn mount_id(path: &Path) -> Result<u64, super::error::EngineError> {
 /// Undoes, from the runtime's mount namespace, what a container sharing it mounted: the
 /// rootfs bind and everything on it, lazily (something may still use them), down to the
 /// mount `before` (the one the rootfs was on before the container), which stays.
-pub(crate) fn detach_shared_rootfs(
-    rootfs: &Path,
-    before: u64,
-) -> Result<(), super::error::EngineError> {
+pub fn detach_shared_rootfs(rootfs: &Path, before: u64) -> Result<(), super::error::EngineError> {
     // The container may have stacked mounts on its own root; a few levels at most.
     for _ in 0..16 {
         if mount_id(rootfs)? == before {

@@ -16,7 +16,8 @@ use crate::cli::GlobalOpts;
 use crate::error::{Error, Result};
 use crate::sandbox::{link, native, vm};
 use crate::state::{
-    validate_id, write_atomic, ContainerRecord, HostProcess, Isolation, StateStore, Status,
+    validate_id, write_atomic, ContainerRecord, HostProcess, Isolation, SharedRootfs, StateStore,
+    Status,
 };
 
 /// The fd on which a monitor reports "ok" or the reason it failed.
@@ -65,7 +66,7 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         .unwrap_or_default()
         .into_iter()
         .collect();
-    let rec = ContainerRecord {
+    let mut rec = ContainerRecord {
         id: o.id.clone(),
         bundle: bundle.dir.clone(),
         rootfs: bundle.rootfs.clone(),
@@ -93,7 +94,25 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
                 .and_then(|h| h.poststop().clone())
                 .unwrap_or_default(),
         },
+        shared_mount_ns_rootfs: None,
     };
+    if isolation == Isolation::Native && !has_mount_namespace(&bundle.spec) {
+        match agent::engine::mount_id(&bundle.rootfs) {
+            Ok(id) => {
+                rec.shared_mount_ns_rootfs = Some(SharedRootfs {
+                    path: bundle.rootfs.clone(),
+                    mount_id_before: id,
+                })
+            }
+            Err(e) => {
+                let _ = store.remove(&o.id);
+                return Err(Error::Other(format!(
+                    "rootfs {}: {e}",
+                    bundle.rootfs.display()
+                )));
+            }
+        }
+    }
     if let Err(e) = store.save(&rec) {
         let _ = store.remove(&o.id);
         return Err(e);
@@ -134,6 +153,17 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         }
     }
     Ok((pid, o.foreground.then_some(child)))
+}
+
+/// Whether the spec gives the container a mount namespace of its own (new or joined).
+fn has_mount_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Mount)
+        })
 }
 
 /// Starts `sandbox __monitor ARGS` in its own session and waits for its verdict on fd 3.
@@ -326,6 +356,14 @@ pub fn teardown(store: &StateStore, id: &str) {
             }
         }
         wait_gone(rec.backend, Duration::from_secs(3));
+        // The agent detaches these itself; not if it was killed under the container.
+        if let Some(shared) = &rec.shared_mount_ns_rootfs {
+            if let Err(e) =
+                agent::engine::detach_shared_rootfs(&shared.path, shared.mount_id_before)
+            {
+                log::warn!("container {id}: {e}");
+            }
+        }
         vm::release(&rec.cleanup);
     }
     let _ = store.remove(id);
