@@ -1288,7 +1288,7 @@ fn lifecycle_hooks_run_in_order_with_the_state() {
     let cr = state(out.join("createRuntime"));
     assert_eq!(
         (cr["id"].as_str(), cr["status"].as_str()),
-        (Some("engine-hooks"), Some("creating"))
+        (Some("engine-hooks"), Some("created"))
     );
     assert!(cr["pid"].as_i64().unwrap() > 1);
     let host_name = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();

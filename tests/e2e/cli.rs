@@ -1463,7 +1463,7 @@ fn hooks_run_at_their_points_with_the_state_on_stdin() {
         st
     };
     for name in ["prestart", "createRuntime", "createContainer"] {
-        assert_eq!(check(name, "creating")["pid"], pid, "{name}");
+        assert_eq!(check(name, "created")["pid"], pid, "{name}");
     }
 
     env.ok(&["start", "h1"]);

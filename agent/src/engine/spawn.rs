@@ -486,7 +486,7 @@ fn setup_init(
             }
         }
         // In the container's namespaces, before the root changes: paths resolve on the host.
-        let state = hooks::state_json(spec, init.id, "creating", host_pid, &init.bundle);
+        let state = hooks::state_json(spec, init.id, "created", host_pid, &init.bundle);
         // The container's init runs these hooks as its own children, which it alone reaps.
         hooks::run_all(
             "createContainer",
