@@ -448,6 +448,11 @@ fn rootfs_propagation_and_pivot_root_fallback() {
         "{}",
         o.stdout
     );
+    // Unbindable is set on the new root, after the rootfs bind it would have refused.
+    let mut unbindable = v.clone();
+    unbindable["linux"]["rootfsPropagation"] = json!("unbindable");
+    let o = run("engine-prop-unbindable", &b, unbindable);
+    assert!(o.stdout.contains("unbindable"), "unbindable: {}", o.stdout);
 
     // MS_MOVE + chroot: the container still sees its rootfs at / and runs normally.
     let (mut out_r, out_w) = pipe();

@@ -21,6 +21,11 @@ use super::cgroups::Cgroup;
 use super::devices;
 use super::mounts::{mount_entry, propagation, secure_join};
 
+/// Root propagations set on the new root once it is in place rather than on the old one
+/// first: shared (the host side must not become a peer) and unbindable (the rootfs bind
+/// would fail).
+const APPLIED_TO_THE_NEW_ROOT: MsFlags = MsFlags::MS_SHARED.union(MsFlags::MS_UNBINDABLE);
+
 /// Everything the rootfs steps need.
 pub(crate) struct RootfsPlan<'a> {
     pub spec: &'a Spec,
@@ -49,8 +54,9 @@ pub(crate) fn prepare(plan: &RootfsPlan) -> Result<(), String> {
             .and_then(|l| l.rootfs_propagation().as_deref())
             .map(|p| propagation(p).expect("validated"))
             .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
-        let first = if prop.contains(MsFlags::MS_SHARED) {
-            // Shared propagation is applied to the new root below; the host side stays slave.
+        let first = if prop.intersects(APPLIED_TO_THE_NEW_ROOT) {
+            // Applied to the new root at the end (the rootfs could not be bound from an
+            // unbindable tree); the host side stays slave meanwhile.
             MsFlags::MS_SLAVE | MsFlags::MS_REC
         } else {
             prop | MsFlags::MS_REC
@@ -199,7 +205,7 @@ pub(crate) fn finish(plan: &RootfsPlan) -> Result<(), String> {
     }
     if let Some(p) = linux.and_then(|l| l.rootfs_propagation().as_deref()) {
         let f = propagation(p).expect("validated");
-        if f.contains(MsFlags::MS_SHARED) {
+        if f.intersects(APPLIED_TO_THE_NEW_ROOT) {
             mount(none(), "/", none(), f, none()).map_err(|e| format!("make / {p}: {e}"))?;
         }
     }
