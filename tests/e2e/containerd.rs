@@ -35,8 +35,9 @@ fn run_args<'a>(opts: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// Output, stderr, exit codes, stdin, exec, pids, metrics, kill: the same in either isolation.
-fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
+/// Output, stderr, exit codes, stdin, exec, pids, metrics, kill: the same in either isolation
+/// (`in_vm` says which the options file chose).
+fn single_container_flow(c: &Containerd, opts: &str, tag: &str, in_vm: bool) {
     // Output and a clean exit.
     let out = c.ok(&run_args(
         opts,
@@ -70,9 +71,10 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
     );
 
     // stdin reaches the container and its end is seen (CloseIO).
+    let stdin_id = format!("{tag}-stdin");
     let o = c.ctr_in(
-        &run_args(opts, &["--rm", IMAGE, &format!("{tag}-stdin"), "wc", "-c"]),
-        Some(b"twelve bytes"),
+        &run_args(opts, &["--rm", IMAGE, &stdin_id, "wc", "-c"]),
+        Some((&stdin_id, b"twelve bytes")),
     );
     assert!(o.status.success(), "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "12");
@@ -112,7 +114,12 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
             harness::NAMESPACE
         );
         let o = std::process::Command::new("timeout")
-            .args(["60", "script", "-qec", &cmd, "/dev/null"])
+            .arg(
+                sandbox_tests::patience(std::time::Duration::from_secs(60))
+                    .as_secs()
+                    .to_string(),
+            )
+            .args(["script", "-qec", &cmd, "/dev/null"])
             .stdin(std::process::Stdio::null())
             .output()
             .unwrap();
@@ -127,13 +134,33 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str) {
         skip("the terminal exec under containerd: util-linux `script` is not installed");
     }
 
+    // The task's pid is a host process: the container's init natively, the VMM that holds
+    // it in a VM (whose guest pids mean nothing on the host); `task ps` lists the
+    // container's processes as the agent sees them.
     let ps = c.ok(&["task", "ps", &id]);
-    assert!(
-        ps.lines()
-            .skip(1)
-            .any(|l| l.split_whitespace().next() == Some(&pid.to_string())),
-        "task ps lacks the init pid {pid}: {ps}"
-    );
+    let listed: Vec<&str> = ps
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let host_cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let host_cmdline = String::from_utf8_lossy(&host_cmdline).replace('\0', " ");
+    if in_vm {
+        assert!(
+            host_cmdline.contains("sandbox-vmm"),
+            "task pid {pid} is not the VMM: {host_cmdline:?}"
+        );
+        assert!(!listed.is_empty(), "task ps lists nothing: {ps}");
+    } else {
+        assert!(
+            host_cmdline.contains("sleep"),
+            "task pid {pid} is not the container's init: {host_cmdline:?}"
+        );
+        assert!(
+            listed.contains(&pid.to_string().as_str()),
+            "task ps lacks the init pid {pid}: {ps}"
+        );
+    }
 
     let metrics = c.ok(&["task", "metrics", &id]);
     println!("ctr task metrics {id}:\n{metrics}");
@@ -207,9 +234,9 @@ mod containerd_single_container {
     use super::*;
 
     /// The flow, then the shim's task events as containerd's event service received them.
-    fn flow_with_events(c: &Containerd, opts: &str, tag: &str) {
+    fn flow_with_events(c: &Containerd, opts: &str, tag: &str, in_vm: bool) {
         let mut events = c.events();
-        single_container_flow(c, opts, tag);
+        single_container_flow(c, opts, tag, in_vm);
         assert_all_gone(c);
         let _ = events.kill();
         let _ = events.wait();
@@ -236,7 +263,7 @@ mod containerd_single_container {
             return;
         };
         let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
-        flow_with_events(&c, &opts, "n");
+        flow_with_events(&c, &opts, "n", false);
     }
 
     #[test]
@@ -249,7 +276,7 @@ mod containerd_single_container {
             return;
         };
         let opts = options_file(&c, "vm.toml", "isolation = \"vm\"\n");
-        flow_with_events(&c, &opts, "v");
+        flow_with_events(&c, &opts, "v", true);
     }
 }
 

@@ -54,6 +54,7 @@ impl Containerd {
         .unwrap();
         let socket = dir.join("containerd.sock");
         let config = dir.join("config.toml");
+        let secs = |s: u64| crate::patience(Duration::from_secs(s)).as_secs();
         std::fs::write(
             &config,
             format!(
@@ -69,6 +70,11 @@ disabled_plugins = [
   "io.containerd.tracing.processor.v1.otlp",
   "io.containerd.internal.v1.tracing",
 ]
+[timeouts]
+  "io.containerd.timeout.shim.cleanup" = "{cleanup}s"
+  "io.containerd.timeout.shim.load" = "{load}s"
+  "io.containerd.timeout.shim.shutdown" = "{shutdown}s"
+  "io.containerd.timeout.task.state" = "{state_timeout}s"
 [grpc]
   address = "{socket}"
 [debug]
@@ -78,6 +84,12 @@ disabled_plugins = [
                 state = dir.join("state").display(),
                 socket = socket.display(),
                 debug = dir.join("debug.sock").display(),
+                // containerd's own defaults, stretched where the test machine is slow (a
+                // shim's clean-up there stops a VM under emulation).
+                cleanup = secs(5),
+                load = secs(5),
+                shutdown = secs(3),
+                state_timeout = secs(2),
             ),
         )
         .unwrap();
@@ -128,28 +140,38 @@ disabled_plugins = [
     }
 
     /// Runs ctr (bounded by `timeout`, so a hang fails the test instead of blocking it).
-    pub fn ctr_in(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    /// `stdin` is the task `id` that ctr creates and the bytes to feed it.
+    pub fn ctr_in(&self, args: &[&str], stdin: Option<(&str, &[u8])>) -> Output {
         use std::io::Write;
         let mut cmd = Command::new("timeout");
-        cmd.arg("60")
-            .arg("ctr")
-            .arg("--address")
-            .arg(&self.socket)
-            .arg("--namespace")
-            .arg(NAMESPACE)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            });
+        cmd.arg(
+            crate::patience(Duration::from_secs(60))
+                .as_secs()
+                .to_string(),
+        )
+        .arg("ctr")
+        .arg("--address")
+        .arg(&self.socket)
+        .arg("--namespace")
+        .arg(NAMESPACE)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = cmd.spawn().expect("run ctr");
-        if let Some(data) = stdin {
+        if let Some((id, data)) = stdin {
             // ctr sends CloseIO at the end of its stdin only if the task exists by then
-            // (ctr's stdinCloser has no closer before NewTask returns): feed it later.
-            std::thread::sleep(Duration::from_millis(1500));
+            // (ctr's stdinCloser has no closer before NewTask returns): feed it once
+            // containerd lists the task, and a moment later for ctr's own step after that.
+            let deadline = Instant::now() + crate::patience(Duration::from_secs(20));
+            while self.task_status(id).is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            std::thread::sleep(Duration::from_millis(500));
             let mut w = child.stdin.take().unwrap();
             w.write_all(data).unwrap();
         }

@@ -101,6 +101,17 @@ fn on_launcher<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Opt
 }
 
 impl Pod {
+    /// The host pid containerd is told for a process the agent started as `agent_pid`: the
+    /// process itself natively; in a VM, where the guest's pids mean nothing on the host, the
+    /// VMM that holds it (what Kata reports too), so that containerd's view of the task ends
+    /// with the VM.
+    pub fn host_pid(&self, agent_pid: i32) -> u32 {
+        match self.isolation {
+            Isolation::Native => agent_pid as u32,
+            Isolation::Vm => self.backend_pid as u32,
+        }
+    }
+
     /// Starts the sandbox for its first container, whose bundle (rootfs already mounted) is
     /// `bundle`.
     pub fn start(
