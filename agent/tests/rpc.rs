@@ -129,6 +129,7 @@ impl TestAgent {
                 spec,
                 rootfs: RootfsSource::Bundle { path: bundle },
                 stdio,
+                copied_files: Vec::new(),
             })
             .expect("create_container")
     }
@@ -361,6 +362,7 @@ fn rpc_server_survives_client_disconnects() {
                     path: agent.dir.join("waiter"),
                 },
                 stdio: StdioRequest::ALL,
+                copied_files: Vec::new(),
             })
             .unwrap();
         let out = client
@@ -486,6 +488,7 @@ fn rpc_runtime_hooks_report_their_exit_status() {
             spec,
             rootfs: RootfsSource::Bundle { path: bundle },
             stdio: StdioRequest::default(),
+            copied_files: Vec::new(),
         })
     };
     for i in 0..40 {
@@ -718,6 +721,7 @@ fn rpc_terminal_and_resize() {
             spec,
             rootfs: RootfsSource::Bundle { path: bundle },
             stdio: StdioRequest::ALL,
+            copied_files: Vec::new(),
         })
         .unwrap();
     let init = ProcessRef::init(id);
@@ -751,6 +755,7 @@ fn rpc_bad_requests_name_the_problem() {
             path: path.to_owned(),
         },
         stdio: StdioRequest::default(),
+        copied_files: Vec::new(),
     };
 
     let err = client
@@ -844,6 +849,7 @@ fn rpc_oom_kill_is_reported() {
             spec,
             rootfs: RootfsSource::Bundle { path: bundle },
             stdio: StdioRequest::default(),
+            copied_files: Vec::new(),
         })
         .unwrap();
     client.start_container(id).unwrap();
@@ -1168,6 +1174,7 @@ fn rpc_pid1_mounts_serves_reaps_orphans_and_powers_off() {
             spec,
             rootfs: RootfsSource::Bundle { path: bundle },
             stdio: StdioRequest::default(),
+            copied_files: Vec::new(),
         })
         .unwrap();
     client.start_container("orphans").unwrap();
@@ -1229,6 +1236,7 @@ fn rpc_directory_rootfs_and_exec_with_a_terminal() {
                 path: bundle.join("rootfs"),
             },
             stdio: StdioRequest::default(),
+            copied_files: Vec::new(),
         })
         .unwrap();
     // The agent keeps its own directory for the container while it exists.

@@ -116,6 +116,7 @@ fn rpc_bench() {
                     path: bundle.clone(),
                 },
                 stdio: StdioRequest::default(),
+                copied_files: Vec::new(),
             })
             .unwrap();
         client.start_container(&id).unwrap();

@@ -89,7 +89,11 @@ impl Dockerd {
 
     fn docker(&self, args: &[&str]) -> Output {
         Command::new("timeout")
-            .arg("120")
+            .arg(
+                sandbox_tests::patience(Duration::from_secs(120))
+                    .as_secs()
+                    .to_string(),
+            )
             .arg(DOCKER)
             .arg("--host")
             .arg(&self.host)
@@ -222,6 +226,55 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
         "exit 7",
     ]);
     assert_eq!(o.status.code(), Some(7), "{o:?}");
+
+    // The files Docker binds in (hostname, hosts, resolv.conf) reach the container: in a VM
+    // as copies the agent binds from.
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "sandbox",
+        "--network",
+        "none",
+        "--hostname",
+        "boxname",
+        TAG,
+        "sh",
+        "-c",
+        "cat /etc/hostname; grep -q localhost /etc/hosts && echo hosts-ok",
+    ]);
+    assert_eq!(out, "boxname\nhosts-ok\n");
+
+    // A bind-mounted directory: shared natively; refused in a VM, which has no filesystem
+    // shared with the host yet, with an error that says so.
+    let shared = d.dir.join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let volume = format!("{}:/data", shared.display());
+    let o = d.docker(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "sandbox",
+        "--network",
+        "none",
+        "-v",
+        &volume,
+        TAG,
+        "sh",
+        "-c",
+        "echo from-container > /data/f",
+    ]);
+    if isolation == "vm" {
+        assert!(!o.status.success(), "{o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("shared filesystem"), "{err}");
+    } else {
+        assert!(o.status.success(), "{o:?}");
+        assert_eq!(
+            std::fs::read_to_string(shared.join("f")).unwrap(),
+            "from-container\n"
+        );
+    }
 
     // The container really ran under the sandbox runtime: docker records it.
     let id = d.ok(&[

@@ -54,6 +54,7 @@ pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
 pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
 pub use hooks::run_stage as run_hook_stage;
+pub use mounts::is_bind;
 pub use mounts::{parse_options as parse_mount_options, MountOptions};
 pub use rootfs::{detach_shared_rootfs, mount_id};
 pub use seccomp::{syscall_surface, SyscallSurface};

@@ -122,6 +122,15 @@ fn mkdir_all(p: &Path) -> Result<(), String> {
     fs::create_dir_all(p).map_err(|e| format!("mkdir {}: {e}", p.display()))
 }
 
+/// Whether the engine binds this mount from its source: type `bind`, or `bind`/`rbind` among
+/// its options, as runc decides.
+pub fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
 /// Creates the mount point: a directory, or an empty file when a file is bind-mounted.
 fn make_target(dest: &Path, file: bool) -> Result<(), String> {
     if dest.exists() {

@@ -62,10 +62,7 @@ pub fn validate_spec(spec: &Spec, bundle: &Path) -> Result<(), SpecError> {
         if m.destination().as_os_str().is_empty() {
             return err(format!("{f}.destination"), "must not be empty");
         }
-        let opts = m.options().as_deref().unwrap_or(&[]);
-        let is_bind =
-            m.typ().as_deref() == Some("bind") || opts.iter().any(|o| o == "bind" || o == "rbind");
-        if is_bind && m.source().is_none() {
+        if super::mounts::is_bind(m) && m.source().is_none() {
             return err(format!("{f}.source"), "a bind mount needs a source");
         }
     }

@@ -457,6 +457,26 @@ pub struct CreateContainer {
     pub rootfs: RootfsSource,
     #[serde(default)]
     pub stdio: StdioRequest,
+    /// Sources of the spec's file bind mounts, by value, for a guest that cannot see the
+    /// host's filesystem (a guest agent only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copied_files: Vec<CopiedFile>,
+}
+
+/// The most bytes of [`CopiedFile`] contents one container may bring: enough for the small
+/// files container managers bind in (resolv.conf, hosts, hostname), well under a frame.
+pub const MAX_COPIED_BYTES: usize = 256 << 10;
+
+/// A host file that a bind mount of the spec names, carried into the guest: the agent writes
+/// it into the container's own directory and points the mount's source there. A snapshot
+/// taken at create time: later writes on either side are not seen by the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopiedFile {
+    /// Index, in the spec's `mounts`, of the bind mount whose source this is.
+    pub mount_index: usize,
+    /// Permission bits of the host file.
+    pub mode: u32,
+    pub contents: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -613,6 +633,11 @@ mod tests {
                 spec: json!({"ociVersion": "1.0.2"}),
                 rootfs: RootfsSource::Bundle { path: "/b".into() },
                 stdio: StdioRequest::ALL,
+                copied_files: vec![CopiedFile {
+                    mount_index: 0,
+                    mode: 0o644,
+                    contents: b"nameserver 10.0.0.1\n".to_vec(),
+                }],
             }),
             Request::StartContainer {
                 container_id: "c".into(),

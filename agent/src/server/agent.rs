@@ -435,6 +435,11 @@ impl Agent {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
+        if !req.copied_files.is_empty() && self.mode == Mode::Native {
+            return Err(invalid(
+                "copied_files: a native agent binds the host's files themselves",
+            ));
+        }
         let (bundle, mounted_rootfs, own_dir) = self.prepare_rootfs(&id, &req.rootfs, &mut spec)?;
         let undo = || {
             if let Some(m) = &mounted_rootfs {
@@ -444,6 +449,18 @@ impl Agent {
                 let _ = fs::remove_dir_all(d);
             }
         };
+        if !req.copied_files.is_empty() {
+            let applied = match &own_dir {
+                Some(dir) => super::copied_files::apply(&req.copied_files, dir, &mut spec),
+                None => Err(invalid(
+                    "copied_files: a rootfs given as a bundle has no directory of the agent's own",
+                )),
+            };
+            if let Err(e) = applied {
+                undo();
+                return Err(e);
+            }
+        }
         let mut plan = match StdioPlan::new(req.stdio, terminal) {
             Ok(plan) => plan,
             Err(e) => {

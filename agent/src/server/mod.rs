@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod connection;
+pub mod copied_files;
 pub mod listener;
 pub mod oom;
 pub mod process;

@@ -204,14 +204,15 @@ fn set_up_container(
     let dir = store.dir(id);
     let mut rec = store.load(id)?;
     let bundle = Bundle::load(&rec.bundle)?;
-    let (rootfs, sandbox_cfg) = match rec.isolation {
+    let (rootfs, sandbox_cfg, copied_files) = match rec.isolation {
         Isolation::Native => {
             *backend = Some(Backend::Native(native::start_agent_orphaning_inits(&dir)?));
-            (native::rootfs_source(&bundle.dir), None)
+            (native::rootfs_source(&bundle.dir), None, Vec::new())
         }
         Isolation::Vm => {
+            let copied = vm::copied_files(&bundle.spec)?;
             let vm = vm::launch(g, &dir, &bundle, &mut rec.cleanup)?;
-            let r = (vm.rootfs.clone(), Some(vm.sandbox_config.clone()));
+            let r = (vm.rootfs.clone(), Some(vm.sandbox_config.clone()), copied);
             *backend = Some(Backend::Vm(Box::new(vm)));
             r
         }
@@ -249,6 +250,7 @@ fn set_up_container(
             spec,
             rootfs,
             stdio: io.request(tty),
+            copied_files,
         })
         .map_err(|e| {
             // A refused spec created nothing; an engine failure came after the creation

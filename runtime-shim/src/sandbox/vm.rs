@@ -9,7 +9,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use agent::protocol::{Endpoint, RootfsSource, SandboxConfig, StorageConfig};
+use agent::protocol::{
+    CopiedFile, Endpoint, RootfsSource, SandboxConfig, StorageConfig, MAX_COPIED_BYTES,
+};
 
 use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
@@ -237,6 +239,55 @@ pub fn guest_spec(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
     spec
 }
 
+/// The sources of the spec's bind mounts, for a guest that cannot see the host's files: each
+/// must be a regular file (Docker's resolv.conf, hosts and hostname are), sent by value and
+/// bound from the guest's copy. A directory needs a filesystem shared with the guest, which a
+/// VM does not have yet: refused here, before anything boots.
+pub fn copied_files(spec: &oci_spec::runtime::Spec) -> Result<Vec<CopiedFile>> {
+    let mut files = Vec::new();
+    let mut total = 0usize;
+    for (i, m) in spec.mounts().iter().flatten().enumerate() {
+        if !agent::engine::is_bind(m) {
+            continue;
+        }
+        let dest = m.destination().display();
+        let Some(source) = m.source() else {
+            return Err(Error::Vm(format!(
+                "mounts[{i}] ({dest}): a bind mount needs a source"
+            )));
+        };
+        let meta = fs::metadata(source).map_err(|e| {
+            Error::Vm(format!(
+                "mounts[{i}] ({dest}): bind source {}: {e}",
+                source.display()
+            ))
+        })?;
+        if !meta.is_file() {
+            return Err(Error::Vm(format!(
+                "mounts[{i}] ({dest}): bind source {} is not a regular file; binding a \
+                 directory into a VM needs a shared filesystem device, which vm isolation does \
+                 not have yet (use --isolation native)",
+                source.display()
+            )));
+        }
+        total = total.saturating_add(meta.len() as usize);
+        if total > MAX_COPIED_BYTES {
+            return Err(Error::Vm(format!(
+                "mounts[{i}] ({dest}): the files bound into the VM come to more than \
+                 {MAX_COPIED_BYTES} bytes, all of which the guest gets a copy of"
+            )));
+        }
+        let contents = fs::read(source).ctx("read bind source", source)?;
+        use std::os::unix::fs::PermissionsExt;
+        files.push(CopiedFile {
+            mount_index: i,
+            mode: meta.permissions().mode(),
+            contents,
+        });
+    }
+    Ok(files)
+}
+
 /// The guest mounts: the shared read-only image, the container's writable disk, and the
 /// overlay of the two that becomes the container's rootfs.
 fn guest_storage() -> SandboxConfig {
@@ -326,6 +377,38 @@ mod tests {
             "the same directory, the same socket"
         );
         assert_ne!(socket, vsock_socket(&deep.with_file_name("c2")));
+    }
+
+    #[test]
+    fn file_binds_are_copied_and_directory_binds_refused() {
+        let dir = std::env::temp_dir().join(format!("vm-copied-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let hosts = dir.join("hosts");
+        fs::write(&hosts, "127.0.0.1 box\n").unwrap();
+        let spec = |source: &Path| -> oci_spec::runtime::Spec {
+            serde_json::from_value(serde_json::json!({
+                "ociVersion": "1.0.2",
+                "root": {"path": "rootfs"},
+                "mounts": [
+                    {"destination": "/proc", "type": "proc", "source": "proc"},
+                    {"destination": "/etc/hosts", "type": "bind", "source": source,
+                     "options": ["rbind", "ro"]},
+                ],
+            }))
+            .unwrap()
+        };
+        let files = copied_files(&spec(&hosts)).unwrap();
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].mount_index, 1);
+        assert_eq!(files[0].contents, b"127.0.0.1 box\n");
+        let e = copied_files(&spec(&dir)).unwrap_err().to_string();
+        assert!(e.contains("mounts[1] (/etc/hosts)"), "{e}");
+        assert!(e.contains("shared filesystem"), "{e}");
+        let e = copied_files(&spec(&dir.join("absent")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("No such file"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

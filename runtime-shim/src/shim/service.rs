@@ -19,7 +19,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
 use crate::bundle::Bundle;
-use crate::sandbox::native;
+use crate::sandbox::{native, vm};
 use crate::state::Isolation;
 
 use super::error::{agent, Result, ShimError};
@@ -207,6 +207,10 @@ impl Service {
             // containerd decides about the terminal in the request.
             p.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
         }
+        let copied_files = match pod.isolation {
+            Isolation::Native => Vec::new(),
+            Isolation::Vm => vm::copied_files(&b.spec)?,
+        };
         let pid = pod
             .call(|c| {
                 c.create_container(CreateContainer {
@@ -214,6 +218,7 @@ impl Service {
                     spec: spec.clone(),
                     rootfs: rootfs.clone(),
                     stdio: stdio.request(),
+                    copied_files: copied_files.clone(),
                 })
             })
             .map_err(agent("create container"))?;
@@ -229,8 +234,9 @@ impl Service {
                 return Err(e);
             }
         };
+        let pid = pod.host_pid(pid);
         let mut proc = Proc::new(stdio.clone());
-        proc.pid = pid as u32;
+        proc.pid = pid;
         proc.pumps = Some(pumps);
         self.lock().tasks.insert(
             req.id.clone(),
@@ -257,11 +263,11 @@ impl Service {
                 })
                 .into(),
                 checkpoint: String::new(),
-                pid: pid as u32,
+                pid,
                 ..Default::default()
             },
         );
-        Ok(pid as u32)
+        Ok(pid)
     }
 
     /// The pod's sandbox, started by its first container.
@@ -480,6 +486,7 @@ impl Service {
                 })
             })
             .map_err(agent("exec"))?;
+        let pid = pod.host_pid(pid);
         let pref = ProcessRef::exec(id, exec_id);
         let pumps = {
             let c = pod.control.lock().unwrap_or_else(|p| p.into_inner());
@@ -495,7 +502,7 @@ impl Service {
         {
             let mut st = self.lock();
             let p = Self::proc_mut(&mut st, id, exec_id)?;
-            p.pid = pid as u32;
+            p.pid = pid;
             p.status = ProcStatus::Running;
             p.pumps = Some(pumps);
         }
@@ -505,11 +512,11 @@ impl Service {
             TaskExecStarted {
                 container_id: id.to_string(),
                 exec_id: exec_id.to_string(),
-                pid: pid as u32,
+                pid,
                 ..Default::default()
             },
         );
-        Ok(pid as u32)
+        Ok(pid)
     }
 
     fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
