@@ -104,11 +104,14 @@ pub struct ContainerRecord {
     /// Files and resources to release on delete beyond the state directory itself.
     #[serde(default)]
     pub cleanup: Cleanup,
-    /// Native isolation: the spec's poststop hooks, run by `delete` once the container is
-    /// gone (the runtime spec's lifecycle steps 12 and 13), from the config as it was at
-    /// create.
+    /// The spec's poststop hooks, run on the host by `delete` once the container is gone
+    /// (the runtime spec's lifecycle steps 12 and 13), from the config as it was at create.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub poststop: Vec<oci_spec::runtime::Hook>,
+    /// VM isolation: the spec's poststart hooks, run on the host by `start` (natively the
+    /// engine runs them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub poststart: Vec<oci_spec::runtime::Hook>,
     /// Native isolation, a spec without a mount namespace: the container's mounts are made
     /// on its rootfs in the host's mount namespace. The agent detaches them at destroy; the
     /// teardown does too, should the agent be gone, down to this mount.
@@ -452,6 +455,7 @@ mod tests {
             exit_code: None,
             cleanup: Default::default(),
             poststop: Vec::new(),
+            poststart: Vec::new(),
             shared_mount_ns_rootfs: None,
         };
         store.save(&rec).unwrap();
@@ -482,6 +486,7 @@ mod tests {
             exit_code: None,
             cleanup: Default::default(),
             poststop: Vec::new(),
+            poststart: Vec::new(),
             shared_mount_ns_rootfs: None,
         }
     }

@@ -1644,3 +1644,53 @@ fn delete_force_unmounts_what_a_killed_agent_left_of_a_container_sharing_the_mou
     }
     env.assert_clean();
 }
+
+vm_only!(host_hooks_run_on_the_host_at_their_points, |env: &Env| {
+    let args = ["sleep", "60"];
+    let b = env.bundle("vm-hooked", &args);
+    let out_dir = env.dir.join("vm-hooks-out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.display().to_string();
+    env.write_config(&b, &args, |c| {
+        c["hooks"] = serde_json::json!({
+            "prestart": [recording_hook(&out, "prestart", 0)],
+            "createRuntime": [recording_hook(&out, "createRuntime", 0)],
+            "poststart": [recording_hook(&out, "poststart", 0)],
+            "poststop": [recording_hook(&out, "poststop", 0)],
+        });
+    });
+    env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "vh1"]);
+    let pid = env.state("vh1")["pid"].as_i64().unwrap();
+    assert_eq!(hooks_seen(&out), ["prestart", "createRuntime"]);
+    for name in ["prestart", "createRuntime"] {
+        let st = hook_state(&out, name);
+        assert_eq!(st["id"], "vh1", "{name}: {st}");
+        assert_eq!(st["status"], "created", "{name}: {st}");
+        assert_eq!(st["pid"], pid, "{name}: {st}");
+    }
+    env.ok(&["start", "vh1"]);
+    assert_eq!(hooks_seen(&out), ["prestart", "createRuntime", "poststart"]);
+    assert_eq!(hook_state(&out, "poststart")["status"], "running");
+    env.ok(&["kill", "vh1", "KILL"]);
+    env.wait_status("vh1", "stopped");
+    assert_eq!(hooks_seen(&out).len(), 3, "poststop ran before delete");
+    env.ok(&["delete", "vh1"]);
+    assert_eq!(
+        hooks_seen(&out).last().map(String::as_str),
+        Some("poststop")
+    );
+    assert_eq!(hook_state(&out, "poststop")["status"], "stopped");
+
+    // A hook that must run inside the container's namespaces cannot, in a guest: refused
+    // before anything boots, naming the stage.
+    env.write_config(&b, &args, |c| {
+        c["hooks"] = serde_json::json!({
+            "startContainer": [recording_hook("/", "startContainer", 0)],
+        });
+    });
+    let o = env.sandbox(&["create", "--bundle", b.to_str().unwrap(), "vh2"]);
+    assert!(!o.status.success(), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("hooks.startContainer"), "{err}");
+    env.assert_clean();
+});

@@ -73,6 +73,13 @@ pub fn run_stage(stage: &str, hooks: &[Hook], state: &str) -> Vec<String> {
     run_each(stage, Some(&hooks.to_vec()), state, &DirectWait)
 }
 
+/// Runs the hooks of one stage in order from a process that reaps no children of its own,
+/// stopping at the first failure, which it returns: for callers outside the engine that run
+/// prestart and createRuntime hooks (a VM's host side).
+pub fn run_stage_in_order(stage: &str, hooks: &[Hook], state: &str) -> Result<(), String> {
+    run_all(stage, Some(&hooks.to_vec()), state, &DirectWait)
+}
+
 fn run(h: &Hook, state: &str, children: &dyn ChildWaiter) -> Result<(), String> {
     let args = h.args().clone().unwrap_or_default();
     let mut cmd = Command::new(h.path());

@@ -53,7 +53,7 @@ pub use children::{ChildWaiter, DirectWait};
 pub use container::{load_bundle_spec, Container, ContainerState, CreateOptions};
 pub use error::{EngineError, SpecError};
 pub use exec::ExecProcess;
-pub use hooks::run_stage as run_hook_stage;
+pub use hooks::{run_stage as run_hook_stage, run_stage_in_order as run_hook_stage_in_order};
 pub use mounts::is_bind;
 pub use mounts::{parse_options as parse_mount_options, MountOptions};
 pub use rootfs::{detach_shared_rootfs, mount_id};

@@ -14,6 +14,7 @@ use agent::protocol::ProcessRef;
 use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, Result};
+use crate::sandbox::host_hooks::HostHooks;
 use crate::sandbox::{link, native, vm};
 use crate::state::{
     validate_id, write_atomic, ContainerRecord, HostProcess, Isolation, SharedRootfs, StateStore,
@@ -84,14 +85,20 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
         },
         exit_code: None,
         cleanup: o.cleanup.clone(),
-        poststop: match isolation {
-            // In vm isolation the guest's engine runs every hook, poststop included.
-            Isolation::Vm => Vec::new(),
-            Isolation::Native => bundle
+        poststop: bundle
+            .spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.poststop().clone())
+            .unwrap_or_default(),
+        poststart: match isolation {
+            // Natively the engine runs poststart when it starts the process.
+            Isolation::Native => Vec::new(),
+            Isolation::Vm => bundle
                 .spec
                 .hooks()
                 .as_ref()
-                .and_then(|h| h.poststop().clone())
+                .and_then(|h| h.poststart().clone())
                 .unwrap_or_default(),
         },
         shared_mount_ns_rootfs: None,
@@ -257,7 +264,19 @@ pub fn start_container(g: &GlobalOpts, id: &str) -> Result<()> {
         .start_container(id)
         .map_err(link::agent_err("start container"))?;
     rec.status = Status::Running;
-    store.save(&rec)
+    store.save(&rec)?;
+    if !rec.poststart.is_empty() {
+        let hooks = HostHooks {
+            poststart: rec.poststart.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = hooks.run_poststart(&rec.oci_state()) {
+            // The process runs already: a failed start leaves it stopped, as natively.
+            let _ = client.signal(ProcessRef::init(id), libc::SIGKILL, true);
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 pub fn kill_container(g: &GlobalOpts, id: &str, signal: i32, all: bool) -> Result<()> {
@@ -314,7 +333,7 @@ pub fn destroy(store: &StateStore, id: &str) {
     }
 }
 
-/// Runs a native container's poststop hooks with its state (`stopped`) on their stdin. A
+/// Runs a container's poststop hooks (on the host, in either isolation) with its state (`stopped`) on their stdin. A
 /// failing hook is a warning (on stderr and in the log): the others run and the operation
 /// succeeds, as the runtime spec asks.
 pub fn run_poststop(rec: &ContainerRecord) {

@@ -4,6 +4,7 @@
 pub mod binaries;
 pub mod console;
 pub mod foreground;
+pub mod host_hooks;
 pub mod launch;
 pub mod link;
 pub mod monitor;

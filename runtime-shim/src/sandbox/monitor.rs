@@ -26,6 +26,7 @@ use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, Result};
 use crate::sandbox::console::{self, HostPty};
+use crate::sandbox::host_hooks::HostHooks;
 use crate::sandbox::launch::READY_FD;
 use crate::sandbox::link::agent_err;
 use crate::sandbox::stdio::{self, HostStdio, Plumbing};
@@ -204,6 +205,7 @@ fn set_up_container(
     let dir = store.dir(id);
     let mut rec = store.load(id)?;
     let bundle = Bundle::load(&rec.bundle)?;
+    let mut host_hooks = None;
     let (rootfs, sandbox_cfg, copied_files) = match rec.isolation {
         Isolation::Native => {
             *backend = Some(Backend::Native(native::start_agent_orphaning_inits(&dir)?));
@@ -211,6 +213,7 @@ fn set_up_container(
         }
         Isolation::Vm => {
             let copied = vm::copied_files(&bundle.spec)?;
+            host_hooks = Some(HostHooks::of(&bundle.spec)?);
             let vm = vm::launch(g, &dir, &bundle, &mut rec.cleanup)?;
             let r = (vm.rootfs.clone(), Some(vm.sandbox_config.clone()), copied);
             *backend = Some(Backend::Vm(Box::new(vm)));
@@ -230,6 +233,17 @@ fn set_up_container(
         client
             .create_sandbox(cfg)
             .map_err(agent_err("configure the sandbox"))?;
+    }
+
+    if let Some(hooks) = &host_hooks {
+        // The runtime environment (the VM) exists: the host's create hooks see the process
+        // that stands for the container, this monitor.
+        let mut state = rec.oci_state();
+        state["pid"] = std::process::id().into();
+        if let Err(e) = hooks.run_create(&state) {
+            *engine_started = true;
+            return Err(e);
+        }
     }
 
     let tty = bundle

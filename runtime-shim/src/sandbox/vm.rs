@@ -226,9 +226,9 @@ pub fn launch(
 
 /// The spec as the guest must see it: namespaces given by host paths (the pod's network
 /// namespace among them) mean nothing inside the VM, so the container joins the guest's own
-/// (where eth0 is) instead.
+/// (where eth0 is) instead; the hooks are the host's (`host_hooks`).
 pub fn guest_spec(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
-    let mut spec = spec.clone();
+    let mut spec = super::host_hooks::without_hooks(spec);
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(nss) = linux.namespaces().clone() {
             let kept: Vec<_> = nss.into_iter().filter(|n| n.path().is_none()).collect();
