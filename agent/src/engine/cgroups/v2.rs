@@ -72,7 +72,12 @@ pub(super) fn apply(d: &Path, res: &LinuxResources) -> Result<(), EngineError> {
                 (s, Some(l)) if l > 0 => (s - l).max(0).to_string(),
                 (s, _) => s.to_string(),
             };
-            write(&d.join("memory.swap.max"), &v)?;
+            let swap_max = d.join("memory.swap.max");
+            // A kernel without swap accounting has no memory.swap.max: "no swap" and "no
+            // limit" then already hold (runc's rule); any other limit cannot be kept.
+            if swap_max.exists() || !(v == "0" || v == "max") {
+                write(&swap_max, &v)?;
+            }
         }
         if let Some(r) = mem.reservation() {
             write(&d.join("memory.low"), &max_or(r))?;
@@ -239,6 +244,7 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).unwrap();
         fs::write(d.join("cpu.max"), "max 100000\n").unwrap();
+        fs::write(d.join("memory.swap.max"), "max\n").unwrap();
         apply(
             &d,
             &resources(serde_json::json!({
@@ -274,6 +280,23 @@ mod tests {
         assert_eq!(r("memory.swap.max"), "max");
         assert_eq!(r("cpu.max"), "max 50000");
         assert_eq!(r("pids.max"), "max");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Without swap accounting (no memory.swap.max), "no swap" and "unlimited" need no
+    /// write (in cgroupfs a write to the missing file fails).
+    #[test]
+    fn swap_without_swap_accounting() {
+        let d = std::env::temp_dir().join(format!("engine-v2-noswap-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        for swap in [67108864, -1] {
+            let res = resources(serde_json::json!({
+                "memory": {"limit": 67108864, "swap": swap}
+            }));
+            apply(&d, &res).unwrap();
+            assert!(!d.join("memory.swap.max").exists(), "swap {swap}");
+        }
         fs::remove_dir_all(&d).unwrap();
     }
 
