@@ -294,6 +294,42 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     let out = d.ok(&["exec", id, "echo", "exec works"]);
     assert_eq!(out, "exec works\n");
     d.ok(&["rm", "-f", id]);
+
+    // The quick start's next steps: logs, stop, start again, exec into the restarted one.
+    let id = d.ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        "sandbox",
+        "--network",
+        "none",
+        TAG,
+        "sh",
+        "-c",
+        "echo logged-line; exec sleep 300",
+    ]);
+    let id = id.trim();
+    let logged = |times: usize| {
+        let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(10));
+        loop {
+            let logs = d.ok(&["logs", id]);
+            if logs.matches("logged-line").count() >= times {
+                return;
+            }
+            assert!(Instant::now() < deadline, "docker logs {id}: {logs:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let running = || d.ok(&["inspect", "--format", "{{.State.Running}}", id]);
+    logged(1);
+    d.ok(&["stop", "-t", "1", id]);
+    assert_eq!(running().trim(), "false");
+    d.ok(&["start", id]);
+    assert_eq!(running().trim(), "true");
+    logged(2);
+    let out = d.ok(&["exec", id, "echo", "after restart"]);
+    assert_eq!(out, "after restart\n");
+    d.ok(&["rm", "-f", id]);
 }
 
 mod docker_run_with_sandbox_runtime {
