@@ -62,10 +62,8 @@ log=$(mktemp /tmp/sandbox-vm-tests.XXXXXX)
 trap 'rm -f "$log"' EXIT
 # Tests not run in L1, named as such in the summary and never counted as passed; they run
 # where KVM is hardware-assisted. vm_column::vm: `sandbox compare`'s VM drills brought L1's
-# kernel down (svm_vcpu_enter_exit) in both runs there. The containerd and docker VM tests
-# have not yet finished in L1 (one ran past its bound under containerd); until they do, a
-# run that includes them (SANDBOX_NESTED_NOT_RUN= ) is the way to work on them.
-not_in_l1=${SANDBOX_NESTED_NOT_RUN-'^(vm_column|containerd_single_container|containerd_shim_crash_leaves_nothing|docker_run_with_sandbox_runtime)::vm$'}
+# kernel down (svm_vcpu_enter_exit) in both runs there; SANDBOX_NESTED_NOT_RUN= runs it.
+not_in_l1=${SANDBOX_NESTED_NOT_RUN-'^vm_column::vm$'}
 mapfile -t remaining < <(for exe in "${exes[@]}"; do
     "$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep -E -- "$pattern"
 done)
