@@ -102,8 +102,10 @@ if [ -r $cg/pids.events ]; then read ev < $cg/pids.events; echo "bomb_events=$ev
 echo "bomb=stopped"
 "#;
 
-/// A memory hog that runs only under a memory limit of at most 1 GiB: one 256 MiB buffer
-/// filled by dd, which the limit's OOM killer should end.
+/// A memory hog that runs only under a memory limit of at most 1 GiB: one buffer 32 MiB over
+/// the limit filled by dd, which the limit's OOM killer should end. (Not larger: a VM sized
+/// to the limit plus its kernel's share refuses a buffer beyond its RAM at malloc, and dd
+/// would then fail instead of meeting the limit.)
 pub const MEMORY_HOG: &str = r#"if [ -r /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
   read lim < /sys/fs/cgroup/memory/memory.limit_in_bytes; ev=/sys/fs/cgroup/memory/memory.oom_control
 elif [ -r /sys/fs/cgroup/memory.max ]; then
@@ -112,7 +114,7 @@ else echo "hog=refused: no memory controller visible"; exit 0; fi
 case "$lim" in ''|max) echo "hog=refused: no memory limit in force"; exit 0;; esac
 if [ "$lim" -gt 1073741824 ]; then echo "hog=refused: memory limit $lim is above 1 GiB"; exit 0; fi
 echo "mem_limit=$lim"
-dd if=/dev/zero of=/dev/null bs=256M count=1 2> /dev/null
+dd if=/dev/zero of=/dev/null bs=$((lim / 1048576 + 32))M count=1 2> /dev/null
 echo "hog_status=$?"
 echo "hog_oom_kills=$(grep '^oom_kill ' $ev | cut -d' ' -f2)"
 "#;
