@@ -1,7 +1,7 @@
 //! One client connection: the hello, then either requests and responses (control) or the
 //! bytes of one stdio stream.
 
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,7 +63,9 @@ pub fn serve(agent: Arc<Agent>, mut conn: UnixStream) {
 }
 
 /// Reads and checks the hello. `Err(None)`: the peer went away, nothing to answer.
-fn read_hello(conn: &mut UnixStream) -> Result<Hello, Option<ErrorReply>> {
+/// Public for the fuzz targets only.
+#[doc(hidden)]
+pub fn read_hello(conn: &mut impl Read) -> Result<Hello, Option<ErrorReply>> {
     let bytes = match read_frame(conn) {
         Ok(Some(bytes)) => bytes,
         Ok(None) => return Err(None),
@@ -102,8 +104,10 @@ fn read_hello(conn: &mut UnixStream) -> Result<Hello, Option<ErrorReply>> {
         .map_err(|e| Some(ErrorReply::new(ErrorCode::Malformed, format!("hello: {e}"))))
 }
 
-/// Decodes a request frame, or says precisely why it is not one.
-fn decode(bytes: &[u8]) -> Result<RequestFrame, (Option<u64>, ErrorReply)> {
+/// Decodes a request frame, or says precisely why it is not one. Public for the fuzz
+/// targets only.
+#[doc(hidden)]
+pub fn decode(bytes: &[u8]) -> Result<RequestFrame, (Option<u64>, ErrorReply)> {
     let value: Value = serde_json::from_slice(bytes).map_err(|e| {
         (
             None,
