@@ -1661,6 +1661,11 @@ vm_only!(host_hooks_run_on_the_host_at_their_points, |env: &Env| {
     });
     env.ok_bg(&["create", "--bundle", b.to_str().unwrap(), "vh1"]);
     let pid = env.state("vh1")["pid"].as_i64().unwrap();
+    // In a VM the pid `state` reports is the container's monitor, the host process that
+    // exits as the container does (docs/sandbox-cli.md, "Which pid").
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(cmdline.contains("__monitor"), "pid {pid}: {cmdline:?}");
     assert_eq!(hooks_seen(&out), ["prestart", "createRuntime"]);
     for name in ["prestart", "createRuntime"] {
         let st = hook_state(&out, name);
