@@ -91,7 +91,7 @@ impl VmmBuilder {
                 max,
             });
         }
-        let memory = memory::create_guest_memory(config.mem_mib)?;
+        let memory = memory::create_guest_memory(config.mem_mib, config.memory_backing())?;
         let vm = Arc::new(Vm::new(&kvm)?);
         log::debug!("VM created after {} us", start.elapsed().as_micros());
         // Registering memory with KVM can take milliseconds (an SRCU grace period, and more

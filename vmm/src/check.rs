@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::devices::bus::{Bus, BusDevice};
 use crate::hypervisor::{self, KVM_PATH, REQUIRED_CAPS};
-use crate::vstate::memory::create_guest_memory;
+use crate::vstate::memory::{create_guest_memory, MemoryBacking};
 use crate::vstate::stop::{StopHandle, VmExit};
 use crate::vstate::vcpu::{self, BootSetup, Vcpu};
 use crate::vstate::vm::Vm;
@@ -192,7 +192,7 @@ fn probe_code(iterations: u32) -> Vec<u8> {
 pub fn probe_kernel_mode_speed(
     kvm: &kvm_ioctls::Kvm,
 ) -> Result<(SpeedProbe, CpuidMasking), String> {
-    let mem = create_guest_memory(2).map_err(|e| e.to_string())?;
+    let mem = create_guest_memory(2, MemoryBacking::Anonymous).map_err(|e| e.to_string())?;
     let vm = Vm::new(kvm).map_err(|e| e.to_string())?;
     vm.register_memory(&mem).map_err(|e| e.to_string())?;
     let mut code = CPUID_PROBE.to_vec();

@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 use crate::arch::x86_64::cpu_template::CpuTemplate;
 use crate::arch::x86_64::mptable;
 use crate::devices::virtio::block::{BlockConfig, BlockConfigError};
+use crate::devices::virtio::fs::{FsConfig, FsConfigError};
 use crate::devices::virtio::net::{NetConfig, NetConfigError};
 use crate::devices::virtio::vsock::{VsockConfig, VsockConfigError};
+use crate::vstate::memory::MemoryBacking;
 
 pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u64 = 128;
@@ -109,6 +111,9 @@ pub struct VmConfig {
     /// The virtio-vsock device: guest CID and host-side unix socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vsock: Option<VsockConfig>,
+    /// virtio-fs devices, one per shared directory, each served by its vhost-user backend.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<FsConfig>,
     /// A virtio-rng entropy device.
     #[serde(default)]
     pub rng: bool,
@@ -149,6 +154,10 @@ pub enum ConfigError {
     DuplicateTap(String),
     #[error("vsock: {0}")]
     Vsock(VsockConfigError),
+    #[error("virtio-fs {index}: {source}")]
+    Fs { index: usize, source: FsConfigError },
+    #[error("virtio-fs tag `{0}` is given to more than one device")]
+    DuplicateFsTag(String),
 }
 
 impl VmConfig {
@@ -164,6 +173,7 @@ impl VmConfig {
             disks: Vec::new(),
             nets: Vec::new(),
             vsock: None,
+            fs: Vec::new(),
             rng: false,
             seccomp: true,
         }
@@ -212,7 +222,23 @@ impl VmConfig {
         if let Some(vsock) = &self.vsock {
             vsock.validate().map_err(ConfigError::Vsock)?;
         }
+        for (index, fs) in self.fs.iter().enumerate() {
+            fs.validate()
+                .map_err(|source| ConfigError::Fs { index, source })?;
+            if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
+                return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
+            }
+        }
         Ok(())
+    }
+
+    /// Shared file-backed memory when a backend process must map guest memory too.
+    pub fn memory_backing(&self) -> MemoryBacking {
+        if self.fs.is_empty() {
+            MemoryBacking::Anonymous
+        } else {
+            MemoryBacking::SharedFile
+        }
     }
 
     pub fn cmdline(&self) -> &str {
@@ -310,6 +336,31 @@ mod tests {
             Err(ConfigError::Disk { index: 0, .. })
         ));
         assert!(parse(r#"{"kernel": "k", "disks": [{"path": "/a", "size": 1}]}"#).is_err());
+    }
+
+    #[test]
+    fn fs_devices_need_distinct_tags_and_shared_memory() {
+        let cfg = parse(
+            r#"{"kernel": "k", "fs": [{"tag": "a", "socket": "/a.sock"},
+                                      {"tag": "b", "socket": "/b.sock"}]}"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.memory_backing(), MemoryBacking::SharedFile);
+        assert_eq!(
+            VmConfig::new("k").memory_backing(),
+            MemoryBacking::Anonymous
+        );
+        let clash = parse(
+            r#"{"kernel": "k", "fs": [{"tag": "a", "socket": "/a.sock"},
+                                      {"tag": "a", "socket": "/b.sock"}]}"#,
+        )
+        .unwrap();
+        let err = clash.validate().unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::DuplicateFsTag(t) if t == "a"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -263,7 +263,7 @@ pub fn write_cmdline(mem: &GuestMemory, cmdline: &Cmdline) -> Result<(u64, u32),
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::vstate::memory::create_guest_memory;
+    use crate::vstate::memory::{create_guest_memory, MemoryBacking};
     use std::io::Write;
 
     fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
@@ -309,7 +309,7 @@ pub(crate) mod tests {
 
     #[test]
     fn loads_an_elf_at_its_physical_address() {
-        let mem = create_guest_memory(4).unwrap();
+        let mem = create_guest_memory(4, MemoryBacking::Anonymous).unwrap();
         let path = temp_file("ok.elf", &tiny_elf(0x20_0000, &[0xf4, 0x90]));
         let kernel = load_kernel(&mem, &path).unwrap();
         assert_eq!(kernel.format, KernelFormat::Elf);
@@ -321,7 +321,7 @@ pub(crate) mod tests {
 
     #[test]
     fn missing_kernel_is_named() {
-        let mem = create_guest_memory(4).unwrap();
+        let mem = create_guest_memory(4, MemoryBacking::Anonymous).unwrap();
         let err = load_kernel(&mem, Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(matches!(err, LoaderError::KernelOpen { .. }));
         assert!(err.to_string().contains("/nonexistent/vmlinux"));
@@ -329,7 +329,7 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_and_corrupt_formats_are_told_apart() {
-        let mem = create_guest_memory(4).unwrap();
+        let mem = create_guest_memory(4, MemoryBacking::Anonymous).unwrap();
         let text = temp_file("text", b"this is not a kernel at all, just some text");
         assert!(matches!(
             load_kernel(&mem, &text),
@@ -393,7 +393,7 @@ pub(crate) mod tests {
 
     #[test]
     fn initrd_goes_high_and_page_aligned() {
-        let mem = create_guest_memory(8).unwrap();
+        let mem = create_guest_memory(8, MemoryBacking::Anonymous).unwrap();
         let kernel = LoadedKernel {
             format: KernelFormat::Elf,
             entry: GuestAddress(0x20_0000),
@@ -423,7 +423,7 @@ pub(crate) mod tests {
 
     #[test]
     fn initrd_too_large_is_an_error() {
-        let mem = create_guest_memory(2).unwrap();
+        let mem = create_guest_memory(2, MemoryBacking::Anonymous).unwrap();
         let kernel = LoadedKernel {
             format: KernelFormat::Elf,
             entry: GuestAddress(0x10_0000),
@@ -449,7 +449,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cmdline_is_written_with_its_nul() {
-        let mem = create_guest_memory(2).unwrap();
+        let mem = create_guest_memory(2, MemoryBacking::Anonymous).unwrap();
         let cmdline = build_cmdline(
             " console=ttyS0 ",
             &["virtio_mmio.device=4K@0xd0000000:5".into()],

@@ -15,6 +15,7 @@ use vmm::config::{SerialOutput, VmConfig};
 use vmm::devices::virtio::attach::VirtioDevices;
 use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::event_loop::EventLoopHandle;
+use vmm::devices::virtio::fs::FsConfig;
 use vmm::devices::virtio::net::NetConfig;
 use vmm::devices::virtio::vsock::VsockConfig;
 use vmm::seccomp::{self, Filters, StartGate, ThreadKind};
@@ -80,6 +81,11 @@ struct RunArgs {
     /// stream); guest connections to host port P go to the unix socket `SOCK_P`.
     #[arg(long, value_name = "cid=N,path=SOCK")]
     vsock: Option<VsockConfig>,
+    /// Attach a virtio-fs device: the guest mounts it with `mount -t virtiofs T DIR`; a
+    /// vhost-user backend (virtiofsd) must be listening on the unix socket S. Repeat for
+    /// several shared directories, each with its own tag. Guest memory is then a shared memfd.
+    #[arg(long, value_name = "tag=T,socket=S")]
+    fs: Vec<FsConfig>,
     /// Attach a virtio-rng entropy device fed by the host's getrandom.
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
           value_parser = parse_on_off)]
@@ -131,6 +137,7 @@ impl RunArgs {
         if self.vsock.is_some() {
             config.vsock = self.vsock;
         }
+        config.fs.extend(self.fs);
         if let Some(rng) = self.rng {
             config.rng = rng;
         }

@@ -10,6 +10,7 @@ use log::info;
 
 use super::block::{Block, BlockError};
 use super::event_loop::{DeviceEventLoop, EventLoopError, EventLoopHandle};
+use super::fs::{Fs, FsError};
 use super::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
 use super::net::device::NetError;
 use super::net::Net;
@@ -43,6 +44,13 @@ pub enum AttachError {
         path: String,
         #[source]
         source: VsockError,
+    },
+    #[error("virtio-fs {index} (tag {tag}): {source}")]
+    Fs {
+        index: usize,
+        tag: String,
+        #[source]
+        source: FsError,
     },
     #[error("virtio-rng: cannot create its eventfd: {0}")]
     Rng(#[source] std::io::Error),
@@ -93,8 +101,8 @@ impl VirtioDevices {
         &self.attached
     }
 
-    /// Attaches every device `config` asks for, in a fixed order (disks, NICs, vsock, then
-    /// the entropy device) so that a guest sees the same layout for the same configuration.
+    /// Attaches every device `config` asks for, in a fixed order (disks, NICs, vsock, shared
+    /// directories, then the entropy device) so that a guest sees the same layout for the same configuration.
     pub fn attach_configured(
         &mut self,
         builder: &mut VmmBuilder,
@@ -122,6 +130,15 @@ impl VirtioDevices {
                 source,
             })?;
             self.attach(builder, "virtio-vsock", vsock)?;
+        }
+        for (index, fs_config) in config.fs.iter().enumerate() {
+            let fs =
+                Fs::new(fs_config, builder.stop_handle()).map_err(|source| AttachError::Fs {
+                    index,
+                    tag: fs_config.tag.clone(),
+                    source,
+                })?;
+            self.attach(builder, &format!("virtio-fs{index}"), fs)?;
         }
         if config.rng {
             let rng = Rng::new().map_err(AttachError::Rng)?;

@@ -6,6 +6,7 @@
 //! - [`chain`]: validation of the descriptor chains a guest hands over.
 //! - [`block`]: virtio-blk on raw image files.
 //! - [`event_loop`]: the device event-loop thread that serves all devices.
+//! - [`fs`]: virtio-fs, a host directory served by a vhost-user backend (virtiofsd).
 //! - [`mmio`]: the virtio-mmio (version 2) transport, a bus device in front of each device.
 //! - [`rng`]: virtio-rng fed by getrandom(2).
 //! - [`test_utils`]: the driver's side of a virtqueue in plain guest memory, for device tests
@@ -16,6 +17,7 @@ pub mod block;
 pub mod chain;
 pub mod device;
 pub mod event_loop;
+pub mod fs;
 pub mod mmio;
 pub mod net;
 pub mod rng;
