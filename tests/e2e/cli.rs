@@ -114,6 +114,142 @@ both!(run_keeps_writes_out_of_the_image, |env: &Env| {
     env.assert_clean();
 });
 
+both!(run_volume_is_shared_both_ways, |env: &Env| {
+    let vol = env.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("from-host"), "host-line\n").unwrap();
+    let volume = format!("{}:/data", vol.display());
+    // The container reads what the host wrote before, writes back, then waits for a file
+    // the host makes while it runs.
+    let script = "cat /data/from-host; echo guest-line > /data/from-guest; echo ready; \
+                  i=0; while [ ! -e /data/later ]; do i=$((i+1)); [ $i -gt 600 ] && exit 9; \
+                  sleep 0.1; done; cat /data/later";
+    let mut child = env
+        .cmd()
+        .args(["run", "-v", &volume, "--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"host-line\nready\n");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("from-guest")).unwrap(),
+        "guest-line\n"
+    );
+    std::fs::write(vol.join("later"), "written-while-running\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "written-while-running\n");
+    assert_eq!(status.code(), Some(0));
+    env.assert_clean();
+});
+
+both!(run_read_only_volume_refuses_writes, |env: &Env| {
+    let vol = env.dir.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("kept"), "original\n").unwrap();
+    let volume = format!("{}:/data:ro", vol.display());
+    let out = env.sandbox(&[
+        "run",
+        "-v",
+        &volume,
+        "--",
+        "sh",
+        "-c",
+        "cat /data/kept; echo changed > /data/kept || echo refused; touch /data/new || echo refused",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "original\nrefused\nrefused\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(vol.join("kept")).unwrap(),
+        "original\n"
+    );
+    assert!(!vol.join("new").exists());
+    env.assert_clean();
+});
+
+both!(
+    run_volume_with_a_missing_source_is_refused_before_start,
+    |env: &Env| {
+        let missing = env.dir.join("no-such-dir");
+        let volume = format!("{}:/data", missing.display());
+        let err = env.fails(&["run", "-v", &volume, "--", "true"]);
+        assert!(err.contains(missing.to_str().unwrap()), "{err}");
+        env.assert_clean();
+    }
+);
+
+vm_only!(
+    virtiofsd_killed_mid_run_is_reported_and_cleaned_up,
+    |env: &Env| {
+        let vol = env.dir.join("vol");
+        std::fs::create_dir_all(&vol).unwrap();
+        let volume = format!("{}:/data", vol.display());
+        let mut child = env
+            .cmd()
+            .args([
+                "run",
+                "-v",
+                &volume,
+                "--",
+                "sh",
+                "-c",
+                "ls /data; echo ready; while true; do ls /data > /dev/null; sleep 0.1; done",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = child.stdout.take().unwrap();
+        let mut ready = [0u8; 6];
+        stdout.read_exact(&mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
+        let daemons: Vec<i32> = processes_mentioning(env.root.to_str().unwrap())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("virtiofsd"))
+            })
+            .collect();
+        assert!(!daemons.is_empty(), "no virtiofsd for the volume");
+        for pid in daemons {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let deadline = Instant::now() + patience(Duration::from_secs(30));
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sandbox run did not end after virtiofsd was killed"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!status.success());
+        assert!(err.contains("virtio-fs vol"), "{status}: {err:?}");
+        assert!(err.contains("closed its socket"), "{status}: {err:?}");
+        env.assert_clean();
+    }
+);
+
 both!(run_signal_is_forwarded_and_cleans_up, |env: &Env| {
     let mut child = env
         .cmd()

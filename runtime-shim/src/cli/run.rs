@@ -276,11 +276,6 @@ fn make_bundle(g: &GlobalOpts, a: &RunArgs, id: &str, cleanup: &mut Cleanup) -> 
 
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for v in &a.volume {
-        if isolation == Isolation::Vm {
-            return Err(Error::Usage(
-                "-v needs a shared filesystem device, which vm isolation does not have yet; use --isolation native".into(),
-            ));
-        }
         mounts.push(parse_volume(v)?);
     }
     spec.set_mounts(Some(mounts));

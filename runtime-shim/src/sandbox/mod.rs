@@ -10,5 +10,6 @@ pub mod link;
 pub mod monitor;
 pub mod native;
 pub mod network;
+pub mod shared_dirs;
 pub mod stdio;
 pub mod vm;

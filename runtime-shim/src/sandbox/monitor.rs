@@ -30,7 +30,7 @@ use crate::sandbox::host_hooks::HostHooks;
 use crate::sandbox::launch::READY_FD;
 use crate::sandbox::link::agent_err;
 use crate::sandbox::stdio::{self, HostStdio, Plumbing};
-use crate::sandbox::{native, vm};
+use crate::sandbox::{native, shared_dirs, vm};
 use crate::state::{HostProcess, Isolation, StateStore, Status};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,15 +206,17 @@ fn set_up_container(
     let mut rec = store.load(id)?;
     let bundle = Bundle::load(&rec.bundle)?;
     let mut host_hooks = None;
+    let mut shares = Vec::new();
     let (rootfs, sandbox_cfg, copied_files) = match rec.isolation {
         Isolation::Native => {
             *backend = Some(Backend::Native(native::start_agent_orphaning_inits(&dir)?));
             (native::rootfs_source(&bundle.dir), None, Vec::new())
         }
         Isolation::Vm => {
-            let copied = vm::copied_files(&bundle.spec)?;
+            shares = shared_dirs::shared_dirs(&bundle.spec, &bundle.dir)?;
+            let copied = vm::copied_files(&bundle.spec, &shares)?;
             host_hooks = Some(HostHooks::of(&bundle.spec)?);
-            let vm = vm::launch(g, &dir, &bundle, &mut rec.cleanup)?;
+            let vm = vm::launch(g, &dir, &bundle, &shares, &mut rec.cleanup)?;
             let r = (vm.rootfs.clone(), Some(vm.sandbox_config.clone()), copied);
             *backend = Some(Backend::Vm(Box::new(vm)));
             r
@@ -255,7 +257,7 @@ fn set_up_container(
     let (io, pty) = host_stdio(tty, a.console_socket.as_ref())?;
     let spec = match rec.isolation {
         Isolation::Native => serde_json::to_value(native::agent_spec(&bundle.spec)),
-        Isolation::Vm => serde_json::to_value(vm::guest_spec(&bundle.spec)),
+        Isolation::Vm => serde_json::to_value(vm::guest_spec(&bundle.spec, &shares)),
     }
     .map_err(|e| Error::Other(e.to_string()))?;
     let pid = client

@@ -17,6 +17,7 @@ use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
+use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
 use crate::sandbox::{binaries, network};
 use crate::state::{Cleanup, TapRecord};
 
@@ -43,6 +44,8 @@ pub struct VmInstance {
     /// The VMM's own stderr and the guest's serial console, kept in the state directory.
     pub vmm_log: PathBuf,
     pub console_log: PathBuf,
+    /// The virtiofsd serving each shared directory; they go when this is dropped.
+    pub fs_daemons: FsDaemons,
 }
 
 impl VmInstance {
@@ -69,18 +72,36 @@ impl VmInstance {
     }
 }
 
-/// The VMM's vsock socket for the sandbox whose state is in `dir`: inside it when the path
-/// leaves room in a unix socket address for the VMM's `_<port>` suffix, else in
-/// SHORT_SOCKET_DIR under a name derived from `dir` (state roots can be deep).
+/// The VMM's vsock socket for the sandbox whose state is in `dir`; see [`socket_path`].
 pub fn vsock_socket(dir: &Path) -> PathBuf {
-    let inside = dir.join(VSOCK_SOCKET);
-    if inside.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN {
+    socket_path(
+        dir,
+        VSOCK_SOCKET,
+        vmm::devices::virtio::vsock::config::MAX_PATH_LEN,
+    )
+}
+
+/// The vhost-user socket of a shared directory's virtiofsd.
+fn fs_socket(dir: &Path, share: &SharedDir) -> PathBuf {
+    socket_path(
+        dir,
+        &format!("{}.sock", share.tag),
+        vmm::devices::virtio::fs::config::MAX_SOCKET_PATH_LEN,
+    )
+}
+
+/// A unix socket `name` of the sandbox whose state is in `dir`: inside it when the path fits
+/// in `max_len` bytes (what a unix socket address leaves the user of the path), else in
+/// SHORT_SOCKET_DIR under a name derived from `dir` (state roots can be deep).
+fn socket_path(dir: &Path, name: &str, max_len: usize) -> PathBuf {
+    let inside = dir.join(name);
+    if inside.as_os_str().len() <= max_len {
         return inside;
     }
     use sha2::Digest;
     let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SHORT_SOCKET_DIR).join(format!("{name}.sock"))
+    let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+    Path::new(SHORT_SOCKET_DIR).join(format!("{hash}-{name}"))
 }
 
 /// Refuses vm isolation where this host's KVM cannot run our guests (kvm-pvm, no KVM), or
@@ -98,11 +119,12 @@ pub fn kernel_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_KERNEL))
 }
 
-/// Builds (or reuses) the disks and starts the VMM.
+/// Builds (or reuses) the disks, starts a virtiofsd per shared directory, then the VMM.
 pub fn launch(
     g: &GlobalOpts,
     dir: &Path,
     bundle: &Bundle,
+    shares: &[SharedDir],
     cleanup: &mut Cleanup,
 ) -> Result<VmInstance> {
     let kernel = kernel_path();
@@ -149,12 +171,30 @@ pub fn launch(
         .cpu_template()
         .map(str::to_string);
     let socket = vsock_socket(dir);
-    if !socket.starts_with(dir) {
-        let parent = Path::new(SHORT_SOCKET_DIR);
-        fs::create_dir_all(parent).ctx("create", parent)?;
-        // The VMM removes its socket when it exits; a killed one leaves it for delete.
-        cleanup.files.push(socket.clone());
+    let fs_sockets: Vec<PathBuf> = shares.iter().map(|s| fs_socket(dir, s)).collect();
+    for path in std::iter::once(&socket).chain(&fs_sockets) {
+        if !path.starts_with(dir) {
+            let parent = Path::new(SHORT_SOCKET_DIR);
+            fs::create_dir_all(parent).ctx("create", parent)?;
+            // Sockets outside the state directory are removed one by one at delete.
+            cleanup.files.push(path.clone());
+        }
     }
+    let fs_daemons = FsDaemons::start(
+        shares,
+        |s| fs_socket(dir, s),
+        |s| dir.join(format!("virtiofsd-{}.log", s.tag)),
+    )?;
+    let fs_args: Vec<String> = shares
+        .iter()
+        .zip(&fs_sockets)
+        .flat_map(|(s, sock)| {
+            [
+                "--fs".to_string(),
+                format!("tag={},socket={}", s.tag, sock.display()),
+            ]
+        })
+        .collect();
     let console = dir.join("console.log");
     let log_path = dir.join("vmm.log");
     let log = File::create(&log_path).ctx("create", &log_path)?;
@@ -183,6 +223,7 @@ pub fn launch(
                 .iter()
                 .flat_map(|n| ["--net".to_string(), n.clone()]),
         )
+        .args(&fs_args)
         .args(
             cpu_template
                 .iter()
@@ -221,14 +262,17 @@ pub fn launch(
         sandbox_config,
         vmm_log: log_path,
         console_log: console,
+        fs_daemons,
     })
 }
 
 /// The spec as the guest must see it: namespaces given by host paths (the pod's network
 /// namespace among them) mean nothing inside the VM, so the container joins the guest's own
-/// (where eth0 is) instead; the hooks are the host's (`host_hooks`).
-pub fn guest_spec(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
-    let mut spec = super::host_hooks::without_hooks(spec);
+/// (where eth0 is) instead; the hooks are the host's (`host_hooks`); shared directories are
+/// virtio-fs mounts.
+pub fn guest_spec(spec: &oci_spec::runtime::Spec, shares: &[SharedDir]) -> oci_spec::runtime::Spec {
+    let spec = shared_dirs::share_mounts(spec, shares);
+    let mut spec = super::host_hooks::without_hooks(&spec);
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(nss) = linux.namespaces().clone() {
             let kept: Vec<_> = nss.into_iter().filter(|n| n.path().is_none()).collect();
@@ -239,15 +283,18 @@ pub fn guest_spec(spec: &oci_spec::runtime::Spec) -> oci_spec::runtime::Spec {
     spec
 }
 
-/// The sources of the spec's bind mounts, for a guest that cannot see the host's files: each
-/// must be a regular file (Docker's resolv.conf, hosts and hostname are), sent by value and
-/// bound from the guest's copy. A directory needs a filesystem shared with the guest, which a
-/// VM does not have yet: refused here, before anything boots.
-pub fn copied_files(spec: &oci_spec::runtime::Spec) -> Result<Vec<CopiedFile>> {
+/// The sources of the spec's bind mounts that are files (Docker's resolv.conf, hosts and
+/// hostname are): sent by value and bound from the guest's copy. Directories reach the guest
+/// through virtio-fs when the VM starts with them (`shares`); a directory not among them (a
+/// later container of a pod: devices are not hot-plugged) is refused before it is created.
+pub fn copied_files(
+    spec: &oci_spec::runtime::Spec,
+    shares: &[SharedDir],
+) -> Result<Vec<CopiedFile>> {
     let mut files = Vec::new();
     let mut total = 0usize;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        if !agent::engine::is_bind(m) {
+        if !agent::engine::is_bind(m) || shares.iter().any(|s| s.mount_index == i) {
             continue;
         }
         let dest = m.destination().display();
@@ -264,9 +311,10 @@ pub fn copied_files(spec: &oci_spec::runtime::Spec) -> Result<Vec<CopiedFile>> {
         })?;
         if !meta.is_file() {
             return Err(Error::Vm(format!(
-                "mounts[{i}] ({dest}): bind source {} is not a regular file; binding a \
-                 directory into a VM needs a shared filesystem device, which vm isolation does \
-                 not have yet (use --isolation native)",
+                "mounts[{i}] ({dest}): bind source {} is not a regular file; a directory \
+                 reaches a VM through a shared filesystem device given when the VM starts, \
+                 and this container joins a VM that is already running (the first container \
+                 of a pod may bind directories, later ones may not)",
                 source.display()
             )));
         }
@@ -380,7 +428,7 @@ mod tests {
     }
 
     #[test]
-    fn file_binds_are_copied_and_directory_binds_refused() {
+    fn file_binds_are_copied_and_unshared_directory_binds_refused() {
         let dir = std::env::temp_dir().join(format!("vm-copied-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let hosts = dir.join("hosts");
@@ -397,14 +445,17 @@ mod tests {
             }))
             .unwrap()
         };
-        let files = copied_files(&spec(&hosts)).unwrap();
+        let files = copied_files(&spec(&hosts), &[]).unwrap();
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].mount_index, 1);
         assert_eq!(files[0].contents, b"127.0.0.1 box\n");
-        let e = copied_files(&spec(&dir)).unwrap_err().to_string();
+        let e = copied_files(&spec(&dir), &[]).unwrap_err().to_string();
         assert!(e.contains("mounts[1] (/etc/hosts)"), "{e}");
         assert!(e.contains("shared filesystem"), "{e}");
-        let e = copied_files(&spec(&dir.join("absent")))
+        let shares = shared_dirs::shared_dirs(&spec(&dir), Path::new("/")).unwrap();
+        assert_eq!(shares.len(), 1);
+        assert!(copied_files(&spec(&dir), &shares).unwrap().is_empty());
+        let e = copied_files(&spec(&dir.join("absent")), &[])
             .unwrap_err()
             .to_string();
         assert!(e.contains("No such file"), "{e}");

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
+use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
 use crate::sandbox::{native, vm};
 use crate::state::{Cleanup, Isolation};
 
@@ -30,6 +31,10 @@ pub struct Pod {
     pub ended: Arc<Mutex<Option<String>>>,
     /// Where the first container's rootfs is in the guest (vm isolation).
     pub vm_rootfs: Option<RootfsSource>,
+    /// The first container's directory bind mounts, shared with the guest by virtio-fs.
+    pub vm_shares: Vec<SharedDir>,
+    /// Their virtiofsd processes, stopped with the pod.
+    _fs_daemons: FsDaemons,
     cleanup: Cleanup,
     /// One control connection, one request at a time; waits use connections of their own.
     pub control: Mutex<Client>,
@@ -144,6 +149,8 @@ impl Pod {
 
     fn launch(g: &GlobalOpts, isolation: Isolation, dir: &Path, bundle: &Path) -> Result<Pod> {
         let mut cleanup = Cleanup::default();
+        let mut vm_shares = Vec::new();
+        let mut fs_daemons = FsDaemons::default();
         let (child, endpoint, vm_rootfs, sandbox_cfg) = match isolation {
             Isolation::Native => {
                 let a = native::start_agent(dir)?;
@@ -151,13 +158,15 @@ impl Pod {
             }
             Isolation::Vm => {
                 let b = Bundle::load(bundle)?;
-                let v = match vm::launch(g, dir, &b, &mut cleanup) {
+                vm_shares = shared_dirs::shared_dirs(&b.spec, &b.dir)?;
+                let v = match vm::launch(g, dir, &b, &vm_shares, &mut cleanup) {
                     Ok(v) => v,
                     Err(e) => {
                         vm::release(&cleanup);
                         return Err(e.into());
                     }
                 };
+                fs_daemons = v.fs_daemons;
                 (v.child, v.endpoint, Some(v.rootfs), Some(v.sandbox_config))
             }
         };
@@ -192,6 +201,8 @@ impl Pod {
             backend_pid,
             ended,
             vm_rootfs,
+            vm_shares,
+            _fs_daemons: fs_daemons,
             cleanup,
             control: Mutex::new(client),
         })

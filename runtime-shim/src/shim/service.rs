@@ -19,7 +19,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
 use crate::bundle::Bundle;
-use crate::sandbox::{native, vm};
+use crate::sandbox::{native, shared_dirs, vm};
 use crate::state::Isolation;
 
 use super::error::{agent, Result, ShimError};
@@ -181,35 +181,40 @@ impl Service {
         if let Some(why) = pod.gone() {
             return Err(ShimError::SandboxGone(why));
         }
-        let rootfs =
-            match pod.isolation {
-                Isolation::Native => native::rootfs_source(&b.dir),
-                Isolation::Vm => {
-                    let first = self.lock().tasks.is_empty();
-                    match (&pod.vm_rootfs, first) {
-                        (Some(r), true) => r.clone(),
-                        _ => return Err(ShimError::Unimplemented(
-                            "adding a container with its own rootfs to a running VM (sandbox-vmm \
+        let first = self.lock().tasks.is_empty();
+        // Only the container the VM was started for has its directories shared.
+        let shares = match (pod.isolation, first) {
+            (Isolation::Vm, true) => pod.vm_shares.clone(),
+            _ => Vec::new(),
+        };
+        let rootfs = match pod.isolation {
+            Isolation::Native => native::rootfs_source(&b.dir),
+            Isolation::Vm => match (&pod.vm_rootfs, first) {
+                (Some(r), true) => r.clone(),
+                _ => {
+                    return Err(ShimError::Unimplemented(
+                        "adding a container with its own rootfs to a running VM (sandbox-vmm \
                              has no disk hot-plug)",
-                        )),
-                    }
+                    ))
                 }
-            };
+            },
+        };
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let mut spec =
-            serde_json::to_value(&b.spec).map_err(|e| ShimError::Invalid(format!("spec: {e}")))?;
+        let guest_spec = shared_dirs::share_mounts(&b.spec, &shares);
+        let mut spec = serde_json::to_value(&guest_spec)
+            .map_err(|e| ShimError::Invalid(format!("spec: {e}")))?;
         if let Some(p) = spec.get_mut("process").and_then(|p| p.as_object_mut()) {
             // containerd decides about the terminal in the request.
             p.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
         }
         let copied_files = match pod.isolation {
             Isolation::Native => Vec::new(),
-            Isolation::Vm => vm::copied_files(&b.spec)?,
+            Isolation::Vm => vm::copied_files(&b.spec, &shares)?,
         };
         let pid = pod
             .call(|c| {
