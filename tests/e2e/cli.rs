@@ -211,11 +211,13 @@ vm_only!(
         let mut ready = [0u8; 6];
         stdout.read_exact(&mut ready).unwrap();
         assert_eq!(&ready, b"ready\n");
-        let daemons: Vec<i32> = processes_mentioning(env.root.to_str().unwrap())
+        // Its command line names the volume (its socket may be outside the state root).
+        let daemons: Vec<i32> = processes_mentioning(vol.to_str().unwrap())
             .into_iter()
+            // By executable name: the test's name, in every path of its Env, says virtiofsd.
             .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("virtiofsd"))
+                std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "virtiofsd")
             })
             .collect();
         assert!(!daemons.is_empty(), "no virtiofsd for the volume");

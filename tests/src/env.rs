@@ -169,8 +169,9 @@ impl Env {
             "mounts left behind under {}",
             self.dir.display()
         );
+        // The Env's directory, not only the root: a volume's virtiofsd names the volume.
         assert!(
-            processes_mentioning(self.root.to_str().unwrap()).is_empty(),
+            processes_mentioning(self.dir.to_str().unwrap()).is_empty(),
             "processes left behind"
         );
     }

@@ -7,6 +7,7 @@
 //! rings or goes away ends the VM with the reason: the guest's filesystem requests would
 //! otherwise wait for ever, and what went wrong would be lost in a hung container.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -21,7 +22,7 @@ use super::config::{FsConfig, CONFIG_SPACE_LEN};
 use super::vhost_user::{Backend, BackendError};
 use crate::devices::virtio::device::check_activation;
 use crate::devices::virtio::{
-    ActivateError, ActivationEvent, InterruptKind, VirtioDevice, VirtioInterrupt,
+    ActivateError, ActivationEvent, EventRegistry, InterruptKind, VirtioDevice, VirtioInterrupt,
     VIRTIO_F_VERSION_1,
 };
 use crate::vstate::stop::{StopHandle, VmExit};
@@ -83,6 +84,7 @@ pub struct Fs {
     backend: Backend,
     calls: Vec<EventFd>,
     activation: ActivationEvent,
+    registry: EventRegistry,
     state: State,
     stop: StopHandle,
 }
@@ -107,6 +109,7 @@ impl Fs {
             backend,
             calls,
             activation: ActivationEvent::new().map_err(FsError::EventFd)?,
+            registry: EventRegistry::default(),
             state: State::Idle,
             stop,
         })
@@ -249,27 +252,16 @@ impl VirtioDevice for Fs {
 
 impl MutEventSubscriber for Fs {
     fn init(&mut self, ops: &mut EventOps) {
+        // Registered for the device's lifetime: the backend may die, and complete, at any time.
         let mut result = self.activation.register(ops, TOKEN_ACTIVATION);
-        if result.is_ok() {
-            result = ops
-                .add(Events::with_data(
-                    &self.backend,
-                    TOKEN_BACKEND,
-                    EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP,
-                ))
-                .map_err(|e| crate::devices::virtio::DeviceError::EventLoop(e.to_string()));
-        }
+        let hang_up = EventSet::IN | EventSet::HANG_UP | EventSet::READ_HANG_UP;
+        result = result.and_then(|()| {
+            self.registry
+                .add(ops, &self.backend, TOKEN_BACKEND, hang_up)
+        });
         for (index, call) in self.calls.iter().enumerate() {
-            if result.is_err() {
-                break;
-            }
-            result = ops
-                .add(Events::with_data(
-                    call,
-                    TOKEN_CALL + index as u32,
-                    EventSet::IN,
-                ))
-                .map_err(|e| crate::devices::virtio::DeviceError::EventLoop(e.to_string()));
+            let token = TOKEN_CALL + index as u32;
+            result = result.and_then(|()| self.registry.add(ops, call, token, EventSet::IN));
         }
         if let Err(e) = result {
             self.fail(format!("cannot join the device event loop: {e}"));
@@ -284,7 +276,7 @@ impl MutEventSubscriber for Fs {
             }
             TOKEN_BACKEND => {
                 // Level-triggered: left registered, a dead socket would wake the loop for ever.
-                let _ = ops.remove(Events::empty(&self.backend));
+                self.registry.remove(ops, self.backend.as_raw_fd());
                 self.fail(
                     "the vhost-user backend closed its socket (virtiofsd exited or was killed)"
                         .into(),
