@@ -27,7 +27,7 @@ trap 'rm -rf "$WORK"' EXIT
 export SANDBOX_ROOT=$WORK/state SANDBOX_IMAGE_STORE=$WORK/images
 
 # The default image's rootfs with a large file in it, and a volume with another.
-"$SANDBOX" run --isolation native -- true >/dev/null
+"$SANDBOX" run --isolation vm -- true >/dev/null
 base=$(find "$WORK/images" -maxdepth 3 -type d -name rootfs | head -n1)
 [[ -d "$base" ]] || { echo "the default image's rootfs was not found under $WORK/images" >&2; exit 1; }
 cp -a "$base" "$WORK/rootfs"

@@ -70,6 +70,33 @@ fn single_container_flow(c: &Containerd, opts: &str, tag: &str, in_vm: bool) {
         "{o:?}"
     );
 
+    // A host directory bound in (in a VM: a virtio-fs device of the pod's first container).
+    let shared = c.dir.join(format!("{tag}-shared"));
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("from-host"), "host-line\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        shared.display()
+    );
+    let out = c.ok(&run_args(
+        opts,
+        &[
+            "--rm",
+            "--mount",
+            &mount,
+            IMAGE,
+            &format!("{tag}-bind"),
+            "sh",
+            "-c",
+            "cat /data/from-host; echo guest-line > /data/from-guest",
+        ],
+    ));
+    assert_eq!(out, "host-line\n");
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-guest")).unwrap(),
+        "guest-line\n"
+    );
+
     // stdin reaches the container and its end is seen (CloseIO).
     let stdin_id = format!("{tag}-stdin");
     let o = c.ctr_in(
