@@ -49,7 +49,7 @@ results=$WORK/results
 for round in $(seq "$ROUNDS"); do
     # A fresh copy of the volume's file each round: the guest must not have it cached.
     cp "$WORK/vol/big" "$WORK/vol/big.new" && mv "$WORK/vol/big.new" "$WORK/vol/big"
-    "$SANDBOX" run --isolation vm --allow-slow-kvm --rootfs "$WORK/rootfs" \
+    "$SANDBOX" run --isolation vm --vm-rootfs image --allow-slow-kvm --rootfs "$WORK/rootfs" \
         -v "$WORK/vol:/data" -- sh -c "$script" | tee -a "$results"
     echo "round $round done" >&2
 done

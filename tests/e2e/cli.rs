@@ -283,6 +283,28 @@ both!(run_signal_is_forwarded_and_cleans_up, |env: &Env| {
     env.assert_clean();
 });
 
+both!(bundle_rootfs_writes_reach_the_bundle, |env: &Env| {
+    // As with runc: a bundle's rootfs is the container's, and its writes stay there (in a VM
+    // the directory is shared through virtio-fs). `--vm-rootfs image` keeps them in the VM.
+    let b = env.bundle("b", &["sh", "-c", "echo kept > /written-by-container"]);
+    env.ok(&["run", "--bundle", b.to_str().unwrap(), "w1"]);
+    let written = b.join("rootfs/written-by-container");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), "kept\n");
+    if env.isolation == "vm" {
+        std::fs::remove_file(&written).unwrap();
+        env.ok(&[
+            "--vm-rootfs",
+            "image",
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            "w2",
+        ]);
+        assert!(!written.exists(), "the image path wrote into the bundle");
+    }
+    env.assert_clean();
+});
+
 both!(lifecycle_create_start_state_kill_delete, |env: &Env| {
     let b = env.bundle("b", &["sh", "-c", "echo started; exec sleep 60"]);
     let pid_file = env.dir.join("pid");

@@ -290,6 +290,51 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     assert_eq!(String::from_utf8_lossy(&o.stdout), "host-line\n");
     assert!(!shared.join("g").exists());
 
+    // What a container wrote to its rootfs is the host's (in a VM: the rootfs is shared by
+    // virtio-fs): `docker diff` lists it, `docker cp` copies it out, `docker commit` keeps it.
+    let name = format!("commit-{isolation}");
+    d.ok(&[
+        "run",
+        "--name",
+        &name,
+        "--runtime",
+        "sandbox",
+        "--network",
+        "none",
+        TAG,
+        "sh",
+        "-c",
+        "echo committed-line > /committed-file",
+    ]);
+    let diff = d.ok(&["diff", &name]);
+    assert!(diff.contains("A /committed-file"), "{diff}");
+    let copied = d.dir.join("copied-file");
+    d.ok(&[
+        "cp",
+        &format!("{name}:/committed-file"),
+        copied.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(&copied).unwrap(),
+        "committed-line\n"
+    );
+    let committed = format!("sandbox-e2e-committed:{isolation}");
+    d.ok(&["commit", &name, &committed]);
+    let out = d.ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        "sandbox",
+        "--network",
+        "none",
+        &committed,
+        "cat",
+        "/committed-file",
+    ]);
+    assert_eq!(out, "committed-line\n");
+    d.ok(&["rm", &name]);
+    d.ok(&["rmi", &committed]);
+
     // The container really ran under the sandbox runtime: docker records it.
     let id = d.ok(&[
         "run",

@@ -74,6 +74,19 @@ pub struct GlobalOpts {
         env = "SANDBOX_IMAGE_STORE"
     )]
     pub image_store: PathBuf,
+    /// How a container's rootfs reaches a VM: `shared` (the directory itself, through
+    /// virtio-fs: the host sees the container's writes, as `docker commit` needs), `image`
+    /// (a content-cached read-only ext4 image plus a writable disk), or `auto`: `image` for a
+    /// rootfs in the image store (`sandbox run` of an image, whose files must stay as they
+    /// are), `shared` for every other bundle.
+    #[arg(
+        long = "vm-rootfs",
+        global = true,
+        value_enum,
+        default_value_t = crate::sandbox::vm::RootfsPath::Auto,
+        env = "SANDBOX_VM_ROOTFS"
+    )]
+    pub vm_rootfs: crate::sandbox::vm::RootfsPath,
     /// Accepted for runc compatibility; cgroups are managed by the agent.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
     pub systemd_cgroup: bool,

@@ -27,11 +27,12 @@ const VIRTIOFSD_ENV: &str = "SANDBOX_VIRTIOFSD";
 /// under emulation or heavy load, and only a broken start waits it out.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One directory bind mount of the spec and the virtio-fs device that carries it.
+/// A host directory and the virtio-fs device that carries it: a directory bind mount of the
+/// spec, or the container's rootfs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedDir {
-    /// Index in the spec's `mounts`.
-    pub mount_index: usize,
+    /// Index in the spec's `mounts`; none for the rootfs.
+    pub mount_index: Option<usize>,
     /// The device's tag, which the guest mounts.
     pub tag: String,
     /// The host directory, symlinks resolved.
@@ -69,7 +70,7 @@ pub fn shared_dirs(spec: &Spec, bundle_dir: &Path) -> Result<Vec<SharedDir>> {
             .flatten()
             .any(|o| o == "ro" || o == "readonly");
         shares.push(SharedDir {
-            mount_index: i,
+            mount_index: Some(i),
             tag: format!("vol{i}"),
             source,
             read_only,
@@ -86,7 +87,7 @@ pub fn share_mounts(spec: &Spec, shares: &[SharedDir]) -> Spec {
         return spec;
     };
     for share in shares {
-        let Some(m) = mounts.get_mut(share.mount_index) else {
+        let Some(m) = share.mount_index.and_then(|i| mounts.get_mut(i)) else {
             continue;
         };
         m.set_typ(Some("virtiofs".into()));
@@ -303,13 +304,13 @@ mod tests {
             shares,
             vec![
                 SharedDir {
-                    mount_index: 2,
+                    mount_index: Some(2),
                     tag: "vol2".into(),
                     source: canonical.clone(),
                     read_only: true,
                 },
                 SharedDir {
-                    mount_index: 3,
+                    mount_index: Some(3),
                     tag: "vol3".into(),
                     source: canonical,
                     read_only: false,
@@ -349,7 +350,7 @@ mod tests {
         let vol = tmp.path().join("vol");
         fs::create_dir(&vol).unwrap();
         let share = SharedDir {
-            mount_index: 0,
+            mount_index: Some(0),
             tag: "vol0".into(),
             source: vol.clone(),
             read_only: true,
@@ -388,7 +389,7 @@ mod tests {
     fn a_virtiofsd_that_cannot_start_is_reported_with_what_it_said() {
         let tmp = tempfile::tempdir().unwrap();
         let share = SharedDir {
-            mount_index: 0,
+            mount_index: Some(0),
             tag: "vol0".into(),
             source: tmp.path().join("gone"),
             read_only: false,

@@ -1,7 +1,9 @@
 //! VM isolation: one `sandbox-vmm` per sandbox, booting the guest kernel with an initramfs
-//! whose /init is a static `sandbox-agent`. The container's rootfs reaches the guest as a
-//! read-only ext4 image cached by content, plus a per-container writable disk that the agent
-//! joins to it with overlayfs, so the cached image is never written.
+//! whose /init is a static `sandbox-agent`. The container's rootfs reaches the guest either
+//! as the bundle's directory itself through virtio-fs (bundles of containerd, Docker and the
+//! runc-style CLI: the host sees the container's writes), or, for an image-store rootfs, as
+//! a read-only ext4 image cached by content plus a per-container writable disk that the agent
+//! joins to it with overlayfs, so the cached image is never written ([`RootfsPath`]).
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
@@ -32,9 +34,40 @@ const DEFAULT_MEM_MIB: u64 = 256;
 const GUEST_OVERHEAD_MIB: u64 = 64;
 const UPPER_DISK_MIB: u64 = 1024;
 
+/// The virtio-fs tag of a shared rootfs; volumes are `vol<N>`.
+const ROOTFS_TAG: &str = "rootfs";
 const LOWER_MOUNT: &str = "/run/sandbox/lower";
 const UPPER_MOUNT: &str = "/run/sandbox/upper";
 const ROOTFS_MOUNT: &str = "/run/sandbox/rootfs";
+
+/// How a container's rootfs reaches the guest (`--vm-rootfs`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RootfsPath {
+    /// `image` for a rootfs inside the image store, `shared` otherwise.
+    #[default]
+    Auto,
+    /// A content-cached read-only ext4 image and a writable disk, joined by overlayfs in the
+    /// guest: the rootfs directory is never written.
+    Image,
+    /// The rootfs directory through virtio-fs: no image to build, and the host sees what the
+    /// container writes.
+    Shared,
+}
+
+impl RootfsPath {
+    /// Whether `rootfs` is shared with the guest. The image store's unpacked images are
+    /// shared by every container of that image, so they keep the image path under `auto`.
+    pub fn shares(self, rootfs: &Path, image_store: &Path) -> bool {
+        match self {
+            RootfsPath::Image => false,
+            RootfsPath::Shared => true,
+            RootfsPath::Auto => {
+                let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+                !canonical(rootfs).starts_with(canonical(image_store))
+            }
+        }
+    }
+}
 
 pub struct VmInstance {
     pub child: Child,
@@ -136,13 +169,38 @@ pub fn launch(
     }
     let vmm = binaries::find("sandbox-vmm", "SANDBOX_VMM")?;
     let initrd = disk::agent_initramfs(&g.image_store)?;
-    let lower = disk::rootfs_image(&g.image_store, &bundle.rootfs)?;
-    let upper = dir.join("upper.img");
-    disk::writable_layer(&upper, UPPER_DISK_MIB)?;
-    cleanup.files.push(upper.clone());
+    let mut shares = shares.to_vec();
+    let mut disk_args = Vec::new();
+    let mut sandbox_config = if g.vm_rootfs.shares(&bundle.rootfs, &g.image_store) {
+        shares.push(SharedDir {
+            mount_index: None,
+            tag: ROOTFS_TAG.into(),
+            source: fs::canonicalize(&bundle.rootfs).ctx("resolve rootfs", &bundle.rootfs)?,
+            read_only: bundle
+                .spec
+                .root()
+                .as_ref()
+                .and_then(|r| r.readonly())
+                .unwrap_or(false),
+        });
+        shared_rootfs_storage()
+    } else {
+        let lower = disk::rootfs_image(&g.image_store, &bundle.rootfs)?;
+        let upper = dir.join("upper.img");
+        disk::writable_layer(&upper, UPPER_DISK_MIB)?;
+        cleanup.files.push(upper.clone());
+        for disk in [
+            format!("path={},ro=on", lower.display()),
+            format!("path={}", upper.display()),
+        ] {
+            disk_args.push("--disk".to_string());
+            disk_args.push(disk);
+        }
+        guest_storage()
+    };
+    let shares = &shares[..];
 
     // The network namespace CNI prepared: a TAP behind its veth, the VMM inside it.
-    let mut sandbox_config = guest_storage();
     let mut netns_file = None;
     let mut nic_arg = None;
     if let Some(netns) = network::spec_netns(&bundle.spec) {
@@ -212,10 +270,7 @@ pub fn launch(
         .arg(mem_mib.to_string())
         .arg("--serial")
         .arg(format!("file:{}", console.display()))
-        .arg("--disk")
-        .arg(format!("path={},ro=on", lower.display()))
-        .arg("--disk")
-        .arg(format!("path={}", upper.display()))
+        .args(&disk_args)
         .arg("--vsock")
         .arg(format!("cid={GUEST_CID},path={}", socket.display()))
         .args(
@@ -294,7 +349,7 @@ pub fn copied_files(
     let mut files = Vec::new();
     let mut total = 0usize;
     for (i, m) in spec.mounts().iter().flatten().enumerate() {
-        if !agent::engine::is_bind(m) || shares.iter().any(|s| s.mount_index == i) {
+        if !agent::engine::is_bind(m) || shares.iter().any(|s| s.mount_index == Some(i)) {
             continue;
         }
         let dest = m.destination().display();
@@ -334,6 +389,20 @@ pub fn copied_files(
         });
     }
     Ok(files)
+}
+
+/// The guest mount of a rootfs shared through virtio-fs: the bundle's directory itself.
+fn shared_rootfs_storage() -> SandboxConfig {
+    SandboxConfig {
+        storage: vec![StorageConfig {
+            source: ROOTFS_TAG.into(),
+            fs_type: "virtiofs".into(),
+            mount_point: ROOTFS_MOUNT.into(),
+            read_only: false,
+            options: vec![],
+        }],
+        ..Default::default()
+    }
 }
 
 /// The guest mounts: the shared read-only image, the container's writable disk, and the
@@ -460,6 +529,17 @@ mod tests {
             .to_string();
         assert!(e.contains("No such file"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_rootfs_outside_the_image_store_is_shared_by_default() {
+        let store = Path::new("/var/lib/sandbox/images");
+        let image = store.join("images/busybox/rootfs");
+        let bundle = Path::new("/run/containerd/io.containerd.runtime.v2.task/default/c1/rootfs");
+        assert!(!RootfsPath::Auto.shares(&image, store));
+        assert!(RootfsPath::Auto.shares(bundle, store));
+        assert!(RootfsPath::Shared.shares(&image, store));
+        assert!(!RootfsPath::Image.shares(bundle, store));
     }
 
     #[test]
