@@ -186,6 +186,9 @@ pub fn spawn_monitor(g: &GlobalOpts, args: &[OsString], stdin_null: bool) -> Res
     if g.allow_slow_kvm {
         cmd.arg("--allow-slow-kvm");
     }
+    if let Some(path) = clap::ValueEnum::to_possible_value(&g.vm_rootfs) {
+        cmd.arg("--vm-rootfs").arg(path.get_name());
+    }
     if let Some(log) = &g.log {
         cmd.arg("--log").arg(log);
         cmd.arg("--log-format").arg(match g.log_format {
