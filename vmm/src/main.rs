@@ -17,6 +17,7 @@ use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::event_loop::EventLoopHandle;
 use vmm::devices::virtio::net::NetConfig;
 use vmm::devices::virtio::vsock::VsockConfig;
+use vmm::jail::{self, JailConfig};
 use vmm::seccomp::{self, Filters, StartGate, ThreadKind};
 use vmm::{check, exit_code, logger, VmExit, VmmBuilder};
 
@@ -84,6 +85,16 @@ struct RunArgs {
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
           value_parser = parse_on_off)]
     rng: Option<bool>,
+    /// Once its devices are open, confine the process: join the cgroup C (after writing its
+    /// memory.max, default guest memory + 128 MiB, and cpu.max, default one CPU per vCPU
+    /// plus one), make D the root of a private mount namespace, and drop to UID/GID with
+    /// no_new_privs. Needs root. Relative paths (the --vsock path must be one) are taken
+    /// relative to D.
+    #[arg(
+        long,
+        value_name = "dir=D,uid=UID,gid=GID[,cgroup=C][,mem-max-mib=N][,cpu-max-pct=P]"
+    )]
+    jail: Option<JailConfig>,
     /// Do not install the per-thread seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -131,6 +142,9 @@ impl RunArgs {
         if self.vsock.is_some() {
             config.vsock = self.vsock;
         }
+        if self.jail.is_some() {
+            config.jail = self.jail;
+        }
         if let Some(rng) = self.rng {
             config.rng = rng;
         }
@@ -171,9 +185,19 @@ fn build_vm(
     config: &VmConfig,
     start: Instant,
 ) -> Result<(vmm::Vmm, EventLoopHandle), Box<dyn std::error::Error>> {
+    if let Some(jail) = &config.jail {
+        config.validate()?;
+        jail::prepare(&jail.dir)?;
+    }
     let mut builder = VmmBuilder::new(config, start)?;
     let mut virtio = VirtioDevices::new()?;
     virtio.attach_configured(&mut builder, config)?;
+    // Everything that is opened by path is open by now (KVM, kernel, initrd, serial file,
+    // disks, TAPs, the vsock listener), and only the memory-slot thread runs besides this
+    // one; the device loop and the vCPUs start inside the jail.
+    if let Some(jail) = &config.jail {
+        jail::enter(&jail.spec(config.mem_mib, config.vcpus))?;
+    }
     if !config.seccomp {
         let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
         return match builder.start() {
