@@ -385,6 +385,12 @@ pub fn teardown(store: &StateStore, id: &str) {
         }
         vm::release(&rec.cleanup);
     }
+    // Named after the state directory: found even where the monitor died before recording
+    // them.
+    crate::sandbox::vmm_jail::release(
+        &store.dir(id),
+        std::path::Path::new(crate::sandbox::vmm_jail::CGROUP_ROOT),
+    );
     let _ = store.remove(id);
 }
 

@@ -12,3 +12,4 @@ pub mod native;
 pub mod network;
 pub mod stdio;
 pub mod vm;
+pub mod vmm_jail;

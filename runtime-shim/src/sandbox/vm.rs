@@ -17,12 +17,9 @@ use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
-use crate::sandbox::{binaries, network};
+use crate::sandbox::{binaries, network, vmm_jail};
 use crate::state::{Cleanup, TapRecord};
 
-pub const VSOCK_SOCKET: &str = "vsock.sock";
-/// Where vsock sockets go whose state directory is too deep for a unix socket address.
-const SHORT_SOCKET_DIR: &str = "/run/sandbox-vsock";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
 const GUEST_CID: u32 = 3;
 const DEFAULT_VCPUS: u64 = 1;
@@ -69,18 +66,11 @@ impl VmInstance {
     }
 }
 
-/// The VMM's vsock socket for the sandbox whose state is in `dir`: inside it when the path
-/// leaves room in a unix socket address for the VMM's `_<port>` suffix, else in
-/// SHORT_SOCKET_DIR under a name derived from `dir` (state roots can be deep).
+/// The VMM's vsock socket for the sandbox whose state is in `dir`: in its jail directory,
+/// where the VMM still finds the `_<port>` sockets of guest-initiated connections once it is
+/// confined to it.
 pub fn vsock_socket(dir: &Path) -> PathBuf {
-    let inside = dir.join(VSOCK_SOCKET);
-    if inside.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN {
-        return inside;
-    }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let name: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SHORT_SOCKET_DIR).join(format!("{name}.sock"))
+    vmm_jail::jail_dir(dir).join(vmm_jail::VSOCK_NAME)
 }
 
 /// Refuses vm isolation where this host's KVM cannot run our guests (kvm-pvm, no KVM), or
@@ -148,13 +138,13 @@ pub fn launch(
         .kind
         .cpu_template()
         .map(str::to_string);
-    let socket = vsock_socket(dir);
-    if !socket.starts_with(dir) {
-        let parent = Path::new(SHORT_SOCKET_DIR);
-        fs::create_dir_all(parent).ctx("create", parent)?;
-        // The VMM removes its socket when it exits; a killed one leaves it for delete.
-        cleanup.files.push(socket.clone());
-    }
+    // Recorded before they exist, so that a failure half way still removes them.
+    cleanup.dirs.push(vmm_jail::jail_dir(dir));
+    cleanup
+        .cgroups
+        .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
+    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT))?;
+    let socket = jail.vsock_socket();
     let console = dir.join("console.log");
     let log_path = dir.join("vmm.log");
     let log = File::create(&log_path).ctx("create", &log_path)?;
@@ -177,7 +167,9 @@ pub fn launch(
         .arg("--disk")
         .arg(format!("path={}", upper.display()))
         .arg("--vsock")
-        .arg(format!("cid={GUEST_CID},path={}", socket.display()))
+        .arg(format!("cid={GUEST_CID},path={}", vmm_jail::VSOCK_NAME))
+        .arg("--jail")
+        .arg(jail.arg())
         .args(
             nic_arg
                 .iter()
@@ -345,6 +337,10 @@ pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
 
 /// Removes per-container files recorded for cleanup.
 pub fn release(cleanup: &Cleanup) {
+    // First: the VMM may still hold the files below open.
+    for cg in &cleanup.cgroups {
+        vmm_jail::remove_cgroup(cg);
+    }
     for m in &cleanup.mounts {
         let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -364,19 +360,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vsock_socket_leaves_room_for_the_port_suffix() {
+    fn the_vsock_socket_is_in_the_jail() {
         let short = Path::new("/run/sandbox/c1");
-        assert_eq!(vsock_socket(short), short.join(VSOCK_SOCKET));
+        assert_eq!(
+            vsock_socket(short),
+            short.join("jail").join(vmm_jail::VSOCK_NAME)
+        );
         let deep = PathBuf::from(format!("/tmp/{}/root/c1", "d".repeat(90)));
         let socket = vsock_socket(&deep);
-        assert!(socket.starts_with(SHORT_SOCKET_DIR), "{}", socket.display());
-        assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
-        assert_eq!(
-            socket,
-            vsock_socket(&deep),
-            "the same directory, the same socket"
+        assert!(
+            socket.starts_with(vmm_jail::SHORT_JAIL_DIR),
+            "{}",
+            socket.display()
         );
-        assert_ne!(socket, vsock_socket(&deep.with_file_name("c2")));
+        assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
     }
 
     #[test]
