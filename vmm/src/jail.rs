@@ -363,8 +363,17 @@ pub fn enter_root(dir: &Path) -> Result<(), JailError> {
 /// Drops supplementary groups, then gid, then uid (the order that leaves no way back), and
 /// checks that root cannot be regained.
 pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
-    // SAFETY: plain syscalls; glibc applies the set*id calls to every thread of the process.
+    // SAFETY: plain syscalls; glibc applies the set*id calls to every thread of the process;
+    // the prctl pointer argument points at a live c_int.
     unsafe {
+        // A change of uid clears the parent-death signal, which is how a VMM dies with its
+        // monitor: read here, set again below.
+        let mut pdeathsig: libc::c_int = 0;
+        check(
+            libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeathsig as *mut libc::c_int),
+            "PR_GET_PDEATHSIG",
+        )?;
+        let parent = libc::getppid();
         check(
             libc::setgroups(0, std::ptr::null()),
             "drop supplementary groups",
@@ -395,6 +404,19 @@ pub fn drop_privileges(uid: u32, gid: u32) -> Result<(), JailError> {
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
             "PR_SET_NO_NEW_PRIVS",
         )?;
+        if pdeathsig != 0 {
+            check(
+                libc::prctl(libc::PR_SET_PDEATHSIG, pdeathsig as libc::c_ulong),
+                "PR_SET_PDEATHSIG",
+            )?;
+            // The parent may have gone while the signal was unset, and no signal would come.
+            if libc::getppid() != parent {
+                return Err(err(
+                    "the parent process exited while the VMM was being jailed",
+                    io::Error::from_raw_os_error(libc::ESRCH),
+                ));
+            }
+        }
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ fn child(spec: &JailSpec, outside: &Path, report: OwnedFd, go: OwnedFd) -> ! {
     let mut line = |s: String| {
         let _ = writeln!(out, "{s}");
     };
+    // SAFETY: plain prctl.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
     match jail::enter(spec) {
         Ok(()) => line("enter ok".into()),
         Err(e) => line(format!("enter failed: {e}")),
@@ -76,6 +78,10 @@ fn child(spec: &JailSpec, outside: &Path, report: OwnedFd, go: OwnedFd) -> ! {
             libc::prctl(libc::PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0),
         )
     };
+    let mut pdeathsig: libc::c_int = 0;
+    // SAFETY: the pointer is to a live c_int.
+    unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut pdeathsig as *mut libc::c_int) };
+    line(format!("pdeathsig {pdeathsig}"));
     line(format!("setuid0 {setuid0}"));
     line(format!("no_new_privs {nnp}"));
     drop(out);
@@ -176,6 +182,10 @@ fn a_jailed_process_cannot_open_host_paths_and_has_dropped_root() {
     );
     assert!(report.contains("setuid0 -1"), "{report}");
     assert!(report.contains("no_new_privs 1"), "{report}");
+    assert!(
+        report.contains(&format!("pdeathsig {}", libc::SIGKILL)),
+        "the VMM must still die with its monitor: {report}"
+    );
     assert_eq!(
         field("Uid:"),
         format!("{UID} {UID} {UID} {UID}"),
