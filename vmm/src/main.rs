@@ -192,10 +192,11 @@ fn build_vm(
     let mut builder = VmmBuilder::new(config, start)?;
     let mut virtio = VirtioDevices::new()?;
     virtio.attach_configured(&mut builder, config)?;
-    // Everything that is opened by path is open by now (KVM, kernel, initrd, serial file,
-    // disks, TAPs, the vsock listener), and only the memory-slot thread runs besides this
-    // one; the device loop and the vCPUs start inside the jail.
     if let Some(jail) = &config.jail {
+        // Everything opened by path is open after this (KVM, serial file, disks, TAPs, the
+        // vsock listener, then kernel and initrd), and no other thread runs: the device loop
+        // and the vCPUs start inside the jail, sharing its root.
+        builder.load()?;
         jail::enter(&jail.spec(config.mem_mib, config.vcpus))?;
     }
     if !config.seccomp {

@@ -1,6 +1,7 @@
 //! The jail (`vmm::jail`) applied to a forked child, checked from the child (what it can
-//! open) and from the parent (its credentials, no_new_privs and cgroup in /proc), and the
-//! `sandbox-vmm --jail` errors that come before any VM is made.
+//! open) and from the parent (its credentials, no_new_privs and cgroup in /proc); a running
+//! `sandbox-vmm --jail` seen from /proc; and the `sandbox-vmm --jail` errors that come
+//! before any VM is made.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -9,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vmm::jail::{self, CgroupSpec, JailSpec};
+
+mod test_guest_support;
 
 const UID: u32 = 65534;
 const GID: u32 = 65533;
@@ -256,4 +259,147 @@ fn jail_errors_name_the_problem_before_any_vm_is_made() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("relative to the jail directory"), "{err}");
+}
+
+/// Whether the cgroup v2 at `mount` hands memory and cpu to its children, so that a jail's
+/// limits can be written there.
+fn delegates_memory_and_cpu(mount: &Path) -> bool {
+    let enabled = fs::read_to_string(mount.join("cgroup.subtree_control")).unwrap_or_default();
+    let enabled: Vec<&str> = enabled.split_whitespace().collect();
+    enabled.contains(&"memory") && enabled.contains(&"cpu")
+}
+
+#[test]
+fn a_running_jailed_vmm_sees_only_its_jail() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let (code, err) = vmm(&["--kernel", "k", "--jail", "dir=/tmp,uid=65534,gid=65534"]);
+        assert_eq!(code, 1, "{err}");
+        return;
+    }
+    let root = scratch("vmm");
+    let jail_dir = root.join("jail");
+    fs::create_dir_all(&jail_dir).unwrap();
+    std::os::unix::fs::chown(&jail_dir, Some(UID), Some(GID)).unwrap();
+    let kernel = root.join("spin.elf");
+    test_guest_support::spinning_kernel(&kernel);
+    let disk = root.join("disk.img");
+    fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let serial = root.join("serial.log");
+    let cgroup = cgroup2_mount()
+        .filter(|m| delegates_memory_and_cpu(m))
+        .map(|m| m.join(format!("vmm-jail-run-{}", std::process::id())));
+    if let Some(cg) = &cgroup {
+        let _ = fs::remove_dir(cg);
+        fs::create_dir(cg).unwrap();
+    }
+    let mut jail_arg = format!("dir={},uid={UID},gid={GID}", jail_dir.display());
+    if let Some(cg) = &cgroup {
+        jail_arg.push_str(&format!(",cgroup={}", cg.display()));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sandbox-vmm"))
+        .arg("--kernel")
+        .arg(&kernel)
+        .args(["--vcpus", "2", "--mem-mib", "32", "--rng"])
+        .arg("--serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("--disk")
+        .arg(format!("path={}", disk.display()))
+        .args(["--vsock", "cid=3,path=vsock.sock", "--jail", &jail_arg])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // Running once both vCPU threads exist: the jail came before them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let threads = || {
+        fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    while threads() < 4 && std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("sandbox-vmm ended ({status}): {err}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let in_root: Vec<String> = fs::read_dir(format!("/proc/{pid}/root"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    // Every user thread (main, device loop, vCPUs) shares the jail's root; KVM's kernel
+    // workers in the process run no user code.
+    let mut thread_roots = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let comm = fs::read_to_string(task.join("comm")).unwrap_or_default();
+        let comm = comm.trim().to_string();
+        if comm.starts_with("kvm") {
+            continue;
+        }
+        let names: Vec<String> = fs::read_dir(task.join("root"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        thread_roots.push((comm, names));
+    }
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory_max = cgroup
+        .as_ref()
+        .map(|cg| fs::read_to_string(cg.join("memory.max")).unwrap());
+    // The host side of the vsock device, through the socket in the jail.
+    let connected = std::os::unix::net::UnixStream::connect(jail_dir.join("vsock.sock"));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Some(cg) = &cgroup {
+        let _ = fs::remove_dir(cg);
+    }
+    fs::remove_dir_all(&root).unwrap();
+
+    let field = |name: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or("")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    assert_eq!(
+        field("Uid:"),
+        format!("{UID} {UID} {UID} {UID}"),
+        "{status}"
+    );
+    assert_eq!(
+        field("Gid:"),
+        format!("{GID} {GID} {GID} {GID}"),
+        "{status}"
+    );
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(in_root, ["vsock.sock"], "the VMM's root must be its jail");
+    assert!(thread_roots.len() >= 4, "{thread_roots:?}");
+    for (comm, names) in &thread_roots {
+        assert_eq!(names, &["vsock.sock"], "thread {comm}: {thread_roots:?}");
+    }
+    assert!(connected.is_ok(), "vsock socket: {connected:?}");
+    if let (Some(cg), Some(max)) = (&cgroup, memory_max) {
+        let name = cg.file_name().unwrap().to_string_lossy();
+        assert!(
+            cgroups.lines().any(|l| l == format!("0::/{name}")),
+            "{cgroups}"
+        );
+        assert_eq!(max.trim(), ((32u64 + 128) << 20).to_string());
+    }
 }
