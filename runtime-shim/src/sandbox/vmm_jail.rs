@@ -236,15 +236,23 @@ mod tests {
         let state = scratch("state").join("c1");
         fs::create_dir_all(&state).unwrap();
         let no_cgroups = scratch("no-cgroup-v2");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let e = prepare(&state, &no_cgroups).err().unwrap().to_string();
+            assert!(
+                e.contains("hand the jail directory to the VMM's uid"),
+                "{e}"
+            );
+            fs::remove_dir_all(state.parent().unwrap()).unwrap();
+            fs::remove_dir_all(&no_cgroups).unwrap();
+            return;
+        }
         let jail = prepare(&state, &no_cgroups).unwrap();
         assert_eq!(jail.dir, state.join("jail"));
         assert!(jail.cgroup.is_none());
         let meta = fs::metadata(&jail.dir).unwrap();
         use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            assert_eq!((meta.uid(), meta.gid()), (VMM_UID, VMM_GID));
-        }
+        assert_eq!((meta.uid(), meta.gid()), (VMM_UID, VMM_GID));
         assert_eq!(meta.mode() & 0o777, 0o700);
         assert_eq!(
             jail.arg(),
