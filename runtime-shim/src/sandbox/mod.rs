@@ -13,3 +13,4 @@ pub mod network;
 pub mod shared_dirs;
 pub mod stdio;
 pub mod vm;
+pub mod vmm_jail;
