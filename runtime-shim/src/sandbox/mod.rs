@@ -13,4 +13,3 @@ pub mod network;
 pub mod shared_dirs;
 pub mod stdio;
 pub mod vm;
-pub mod vmm_jail;

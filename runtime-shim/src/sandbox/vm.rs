@@ -20,11 +20,12 @@ use crate::cli::GlobalOpts;
 use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
 use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
-use crate::sandbox::{binaries, network, vmm_jail};
+use crate::sandbox::{binaries, network};
 use crate::state::{Cleanup, TapRecord};
 
-/// Where virtiofsd sockets go whose state directory is too deep for a unix socket address.
-const SHORT_SOCKET_DIR: &str = "/run/sandbox-fs";
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// Where vsock sockets go whose state directory is too deep for a unix socket address.
+const SHORT_SOCKET_DIR: &str = "/run/sandbox-vsock";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
 const GUEST_CID: u32 = 3;
 const DEFAULT_VCPUS: u64 = 1;
@@ -104,20 +105,30 @@ impl VmInstance {
     }
 }
 
-/// The VMM's vsock socket for the sandbox whose state is in `dir`: in its jail directory,
-/// where the VMM still finds the `_<port>` sockets of guest-initiated connections once it is
-/// confined to it.
+/// The VMM's vsock socket for the sandbox whose state is in `dir`; see [`socket_path`].
 pub fn vsock_socket(dir: &Path) -> PathBuf {
-    vmm_jail::jail_dir(dir).join(vmm_jail::VSOCK_NAME)
+    socket_path(
+        dir,
+        VSOCK_SOCKET,
+        vmm::devices::virtio::vsock::config::MAX_PATH_LEN,
+    )
 }
 
-/// The vhost-user socket of a shared directory's virtiofsd: in the state directory when the
-/// path fits a unix socket address, else in SHORT_SOCKET_DIR under a name derived from `dir`
-/// (state roots can be deep).
+/// The vhost-user socket of a shared directory's virtiofsd.
 fn fs_socket(dir: &Path, share: &SharedDir) -> PathBuf {
-    let name = format!("{}.sock", share.tag);
-    let inside = dir.join(&name);
-    if inside.as_os_str().len() <= vmm::devices::virtio::fs::config::MAX_SOCKET_PATH_LEN {
+    socket_path(
+        dir,
+        &format!("{}.sock", share.tag),
+        vmm::devices::virtio::fs::config::MAX_SOCKET_PATH_LEN,
+    )
+}
+
+/// A unix socket `name` of the sandbox whose state is in `dir`: inside it when the path fits
+/// in `max_len` bytes (what a unix socket address leaves the user of the path), else in
+/// SHORT_SOCKET_DIR under a name derived from `dir` (state roots can be deep).
+fn socket_path(dir: &Path, name: &str, max_len: usize) -> PathBuf {
+    let inside = dir.join(name);
+    if inside.as_os_str().len() <= max_len {
         return inside;
     }
     use sha2::Digest;
@@ -217,15 +228,9 @@ pub fn launch(
         .kind
         .cpu_template()
         .map(str::to_string);
-    // Recorded before they exist, so that a failure half way still removes them.
-    cleanup.dirs.push(vmm_jail::jail_dir(dir));
-    cleanup
-        .cgroups
-        .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
-    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT))?;
-    let socket = jail.vsock_socket();
+    let socket = vsock_socket(dir);
     let fs_sockets: Vec<PathBuf> = shares.iter().map(|s| fs_socket(dir, s)).collect();
-    for path in &fs_sockets {
+    for path in std::iter::once(&socket).chain(&fs_sockets) {
         if !path.starts_with(dir) {
             let parent = Path::new(SHORT_SOCKET_DIR);
             fs::create_dir_all(parent).ctx("create", parent)?;
@@ -238,7 +243,6 @@ pub fn launch(
         |s| fs_socket(dir, s),
         |s| dir.join(format!("virtiofsd-{}.log", s.tag)),
     )?;
-    // The VMM connects to these before it enters its jail, so they may be anywhere.
     let fs_args: Vec<String> = shares
         .iter()
         .zip(&fs_sockets)
@@ -268,9 +272,7 @@ pub fn launch(
         .arg(format!("file:{}", console.display()))
         .args(&disk_args)
         .arg("--vsock")
-        .arg(format!("cid={GUEST_CID},path={}", vmm_jail::VSOCK_NAME))
-        .arg("--jail")
-        .arg(jail.arg())
+        .arg(format!("cid={GUEST_CID},path={}", socket.display()))
         .args(
             nic_arg
                 .iter()
@@ -460,10 +462,6 @@ pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
 
 /// Removes per-container files recorded for cleanup.
 pub fn release(cleanup: &Cleanup) {
-    // First: the VMM may still hold the files below open.
-    for cg in &cleanup.cgroups {
-        vmm_jail::remove_cgroup(cg);
-    }
     for m in &cleanup.mounts {
         let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -483,20 +481,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_vsock_socket_is_in_the_jail() {
+    fn vsock_socket_leaves_room_for_the_port_suffix() {
         let short = Path::new("/run/sandbox/c1");
-        assert_eq!(
-            vsock_socket(short),
-            short.join("jail").join(vmm_jail::VSOCK_NAME)
-        );
+        assert_eq!(vsock_socket(short), short.join(VSOCK_SOCKET));
         let deep = PathBuf::from(format!("/tmp/{}/root/c1", "d".repeat(90)));
         let socket = vsock_socket(&deep);
-        assert!(
-            socket.starts_with(vmm_jail::SHORT_JAIL_DIR),
-            "{}",
-            socket.display()
-        );
+        assert!(socket.starts_with(SHORT_SOCKET_DIR), "{}", socket.display());
         assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
+        assert_eq!(
+            socket,
+            vsock_socket(&deep),
+            "the same directory, the same socket"
+        );
+        assert_ne!(socket, vsock_socket(&deep.with_file_name("c2")));
     }
 
     #[test]
