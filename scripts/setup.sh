@@ -34,6 +34,17 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# The fuzz smoke in test.sh builds the targets in fuzz/ with cargo-fuzz (libFuzzer needs a
+# nightly compiler); both are kept if already there.
+if ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+  step "installing the nightly toolchain (fuzz targets)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  step "installing cargo-fuzz"
+  cargo install cargo-fuzz --locked
+fi
+
 step "building the guest kernel (cached)"
 guest-kernel-config/build.sh
 

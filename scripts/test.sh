@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test: formatting, lints, unit tests, the test guest and Linux boot on
-# /dev/kvm, and the end-to-end tests of the runtime. Expects scripts/setup.sh to have run.
+# /dev/kvm, the end-to-end tests of the runtime, and a short run of every fuzz target.
+# Expects scripts/setup.sh to have run.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -29,6 +30,11 @@ export SANDBOX_REQUIRE_GUEST_KERNEL=1
 status=0
 cargo test --workspace --exclude sandbox-tests --no-fail-fast -- --test-threads=1 || status=1
 cargo test -p sandbox-tests --no-fail-fast -- --test-threads=1 --skip ::vm || status=1
+
+step "fuzz smoke (every cargo-fuzz target for 5 s over its committed corpus)"
+# A target that crashes, hangs or leaks on what libFuzzer finds near its seeds fails the run;
+# the input is left in fuzz/artifacts/<target>/.
+fuzz/smoke.sh 5 || status=1
 
 step "VM tests (directly on hardware-assisted KVM, else in the nested test machine)"
 tests/nested/vm-tests.sh || status=1
