@@ -178,6 +178,14 @@ impl Drop for Dockerd {
     }
 }
 
+/// `docker run` with the runtime under test and no network (the private dockerd has no
+/// bridge), then `args`.
+fn sandboxed<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["run", "--runtime", "sandbox", "--network", "none"];
+    all.extend_from_slice(args);
+    all
+}
+
 /// `docker run`, its exit code, a detached container with `docker exec`, in `isolation`.
 fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     if let Some(why) = harness::unavailable() {
@@ -199,50 +207,24 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     let out = d.ok(&["load", "--input", archive.to_str().unwrap()]);
     assert!(out.contains(TAG), "{out}");
 
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
-        TAG,
-        "echo",
-        "hi",
-    ]);
+    let out = d.ok(&sandboxed(&["--rm", TAG, "echo", "hi"]));
     assert_eq!(out, "hi\n");
 
     // The exit code comes back through docker.
-    let o = d.docker(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
-        TAG,
-        "sh",
-        "-c",
-        "exit 7",
-    ]);
+    let o = d.docker(&sandboxed(&["--rm", TAG, "sh", "-c", "exit 7"]));
     assert_eq!(o.status.code(), Some(7), "{o:?}");
 
     // The files Docker binds in (hostname, hosts, resolv.conf) reach the container: in a VM
     // as copies the agent binds from.
-    let out = d.ok(&[
-        "run",
+    let out = d.ok(&sandboxed(&[
         "--rm",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
         "--hostname",
         "boxname",
         TAG,
         "sh",
         "-c",
         "cat /etc/hostname; grep -q localhost /etc/hosts && echo hosts-ok",
-    ]);
+    ]));
     assert_eq!(out, "boxname\nhosts-ok\n");
 
     // A bind-mounted directory (shared with a VM through virtio-fs): the container reads
@@ -252,40 +234,30 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     std::fs::create_dir_all(&shared).unwrap();
     std::fs::write(shared.join("from-host"), "host-line\n").unwrap();
     let volume = format!("{}:/data", shared.display());
-    let out = d.ok(&[
-        "run",
+    let out = d.ok(&sandboxed(&[
         "--rm",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
         "-v",
         &volume,
         TAG,
         "sh",
         "-c",
         "cat /data/from-host; echo from-container > /data/f",
-    ]);
+    ]));
     assert_eq!(out, "host-line\n");
     assert_eq!(
         std::fs::read_to_string(shared.join("f")).unwrap(),
         "from-container\n"
     );
     let read_only = format!("type=bind,source={},target=/ro,readonly", shared.display());
-    let o = d.docker(&[
-        "run",
+    let o = d.docker(&sandboxed(&[
         "--rm",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
         "--mount",
         &read_only,
         TAG,
         "sh",
         "-c",
         "cat /ro/from-host && echo nope > /ro/g",
-    ]);
+    ]));
     assert!(!o.status.success(), "a write to a readonly mount: {o:?}");
     assert_eq!(String::from_utf8_lossy(&o.stdout), "host-line\n");
     assert!(!shared.join("g").exists());
@@ -293,19 +265,14 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     // What a container wrote to its rootfs is the host's (in a VM: the rootfs is shared by
     // virtio-fs): `docker diff` lists it, `docker cp` copies it out, `docker commit` keeps it.
     let name = format!("commit-{isolation}");
-    d.ok(&[
-        "run",
+    d.ok(&sandboxed(&[
         "--name",
         &name,
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
         TAG,
         "sh",
         "-c",
         "echo committed-line > /committed-file",
-    ]);
+    ]));
     let diff = d.ok(&["diff", &name]);
     assert!(diff.contains("A /committed-file"), "{diff}");
     let copied = d.dir.join("copied-file");
@@ -320,33 +287,13 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     );
     let committed = format!("sandbox-e2e-committed:{isolation}");
     d.ok(&["commit", &name, &committed]);
-    let out = d.ok(&[
-        "run",
-        "--rm",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
-        &committed,
-        "cat",
-        "/committed-file",
-    ]);
+    let out = d.ok(&sandboxed(&["--rm", &committed, "cat", "/committed-file"]));
     assert_eq!(out, "committed-line\n");
     d.ok(&["rm", &name]);
     d.ok(&["rmi", &committed]);
 
     // The container really ran under the sandbox runtime: docker records it.
-    let id = d.ok(&[
-        "run",
-        "-d",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
-        TAG,
-        "sleep",
-        "300",
-    ]);
+    let id = d.ok(&sandboxed(&["-d", TAG, "sleep", "300"]));
     let id = id.trim();
     let rt = d.ok(&["inspect", "--format", "{{.HostConfig.Runtime}}", id]);
     assert_eq!(rt.trim(), "sandbox");
@@ -355,18 +302,13 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
     d.ok(&["rm", "-f", id]);
 
     // The quick start's next steps: logs, stop, start again, exec into the restarted one.
-    let id = d.ok(&[
-        "run",
+    let id = d.ok(&sandboxed(&[
         "-d",
-        "--runtime",
-        "sandbox",
-        "--network",
-        "none",
         TAG,
         "sh",
         "-c",
         "echo logged-line; exec sleep 300",
-    ]);
+    ]));
     let id = id.trim();
     let logged = |times: usize| {
         let deadline = Instant::now() + sandbox_tests::patience(Duration::from_secs(10));

@@ -5,17 +5,22 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 
+/// The program `env_var` names, when it is set: it is taken as given, or refused.
+fn from_env(env_var: &str) -> Option<Result<PathBuf>> {
+    let p = PathBuf::from(std::env::var_os(env_var)?);
+    Some(if p.is_file() {
+        Ok(p)
+    } else {
+        Err(Error::Other(format!(
+            "{env_var}={} does not name a file",
+            p.display()
+        )))
+    })
+}
+
 pub fn find(name: &str, env_var: &str) -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(env_var) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::Other(format!(
-                "{env_var}={} does not name a file",
-                p.display()
-            )))
-        };
+    if let Some(found) = from_env(env_var) {
+        return found;
     }
     if let Ok(exe) = std::env::current_exe() {
         if let Some(dir) = exe.parent() {
@@ -43,8 +48,8 @@ pub fn find(name: &str, env_var: &str) -> Result<PathBuf> {
 /// static build's cargo path beside it, or on PATH, so a dynamically linked development build
 /// next to `sandbox` does not hide the static one that set-up installed.
 pub fn find_guest_agent() -> Result<PathBuf> {
-    if std::env::var_os("SANDBOX_GUEST_AGENT").is_some() {
-        return find("sandbox-agent", "SANDBOX_GUEST_AGENT");
+    if let Some(found) = from_env("SANDBOX_GUEST_AGENT") {
+        return found;
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -74,5 +79,28 @@ pub fn find_guest_agent() -> Result<PathBuf> {
                  x86_64-unknown-linux-gnu, or set SANDBOX_GUEST_AGENT"
                     .into(),
             )
+        })
+}
+
+/// Where Debian's packages put virtiofsd: qemu-system-common's C one, the virtiofsd package's
+/// Rust one.
+const VIRTIOFSD_PATHS: &[&str] = &["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"];
+
+/// The virtiofsd that serves shared directories: $SANDBOX_VIRTIOFSD, else the first packaged
+/// one present.
+pub fn find_virtiofsd() -> Result<PathBuf> {
+    if let Some(found) = from_env("SANDBOX_VIRTIOFSD") {
+        return found;
+    }
+    VIRTIOFSD_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::Vm(format!(
+                "a shared directory in vm isolation needs virtiofsd, found at none of {} \
+                 (install qemu-system-common, or set SANDBOX_VIRTIOFSD)",
+                VIRTIOFSD_PATHS.join(", ")
+            ))
         })
 }

@@ -2,6 +2,7 @@
 //! that run the agent, stdio plumbing and teardown.
 
 pub mod binaries;
+pub mod child;
 pub mod console;
 pub mod foreground;
 pub mod host_hooks;

@@ -86,7 +86,7 @@ impl Backend {
     fn last_words(&self) -> String {
         match self {
             Backend::Native(_) => String::new(),
-            Backend::Vm(v) => v.last_words(),
+            Backend::Vm(v) => v.logs.last_words(),
         }
     }
 

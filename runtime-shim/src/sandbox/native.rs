@@ -64,15 +64,11 @@ fn spawn_agent(state_dir: &Path, orphan_inits: bool) -> Result<NativeAgent> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    // SAFETY: only async-signal-safe calls (sigprocmask, prctl, dup2, fcntl) between fork
+    // and exec.
     unsafe {
         cmd.pre_exec(move || {
-            // Signals we block for our own use must not stay blocked in the child.
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            super::child::reset_signals_and_die_with_parent()?;
             // dup2 clears close-on-exec on the copy; onto itself it does nothing, so clear
             // the flag by hand then.
             if listen_fd == LISTEN_FD {

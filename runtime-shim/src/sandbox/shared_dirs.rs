@@ -21,8 +21,6 @@ use oci_spec::runtime::Spec;
 use crate::error::{Error, IoContext, Result};
 
 /// Debian 12's (qemu-system-common), then the Rust virtiofsd's packaged path.
-const VIRTIOFSD_PATHS: &[&str] = &["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"];
-const VIRTIOFSD_ENV: &str = "SANDBOX_VIRTIOFSD";
 /// How long virtiofsd may take to listen. It takes milliseconds; the bound is for a host
 /// under emulation or heavy load, and only a broken start waits it out.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -105,60 +103,41 @@ pub fn share_mounts(spec: &Spec, shares: &[SharedDir]) -> Spec {
     spec
 }
 
-/// The virtiofsd to run: $SANDBOX_VIRTIOFSD, else the first packaged one present.
-pub fn find_virtiofsd() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os(VIRTIOFSD_ENV) {
-        let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(Error::Vm(format!(
-                "{VIRTIOFSD_ENV}={} does not name a file",
-                p.display()
-            )))
-        };
-    }
-    VIRTIOFSD_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            Error::Vm(format!(
-                "a directory bind mount in vm isolation needs virtiofsd, found at none of {} \
-                 (install qemu-system-common, or set {VIRTIOFSD_ENV})",
-                VIRTIOFSD_PATHS.join(", ")
-            ))
-        })
-}
-
 /// The virtiofsd processes of one VM; killed and reaped when dropped.
 #[derive(Default)]
-pub struct FsDaemons(Vec<Child>);
+pub struct FsDaemons {
+    children: Vec<Child>,
+    logs: Vec<PathBuf>,
+}
 
 impl FsDaemons {
-    /// Starts one virtiofsd per share, listening on `socket(share)`, logging to
-    /// `log(share)`, and waits until each listens. On an error the ones started are stopped.
-    pub fn start(
-        shares: &[SharedDir],
-        socket: impl Fn(&SharedDir) -> PathBuf,
-        log: impl Fn(&SharedDir) -> PathBuf,
-    ) -> Result<Self> {
+    /// Starts one virtiofsd per share, the one for `shares[i]` listening on `sockets[i]` and
+    /// logging into `log_dir`, and waits until each listens. On an error the ones started
+    /// are stopped.
+    pub fn start(shares: &[SharedDir], sockets: &[PathBuf], log_dir: &Path) -> Result<Self> {
         let mut daemons = FsDaemons::default();
         if shares.is_empty() {
             return Ok(daemons);
         }
-        let bin = find_virtiofsd()?;
-        for share in shares {
-            let child = start_one(&bin, share, &socket(share), &log(share))?;
-            daemons.0.push(child);
+        let bin = super::binaries::find_virtiofsd()?;
+        for (share, socket) in shares.iter().zip(sockets) {
+            let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
+            let child = start_one(&bin, share, socket, &log)?;
+            daemons.children.push(child);
+            daemons.logs.push(log);
         }
         Ok(daemons)
+    }
+
+    /// Where each virtiofsd writes what it says.
+    pub fn logs(&self) -> &[PathBuf] {
+        &self.logs
     }
 }
 
 impl Drop for FsDaemons {
     fn drop(&mut self) {
-        for child in &mut self.0 {
+        for child in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -187,12 +166,7 @@ fn start_one(bin: &Path, share: &SharedDir, socket: &Path, log_path: &Path) -> R
     // prepared before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            // virtiofsd must not outlive the process that owns the sandbox.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            super::child::reset_signals_and_die_with_parent()?;
             if let Some(dir) = &read_only {
                 read_only_view(dir)?;
             }
@@ -358,12 +332,12 @@ mod tests {
         let socket = tmp.path().join("vol0.sock");
         let daemons = FsDaemons::start(
             std::slice::from_ref(&share),
-            |_| socket.clone(),
-            |s| tmp.path().join(format!("{}.log", s.tag)),
+            std::slice::from_ref(&socket),
+            tmp.path(),
         )
         .unwrap();
         assert!(fs::metadata(&socket).unwrap().file_type().is_socket());
-        let pid = daemons.0[0].id();
+        let pid = daemons.children[0].id();
         // virtiofsd forks into its sandbox; the read-only view is in the namespace it was
         // started in, which its first process keeps.
         let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
@@ -396,8 +370,8 @@ mod tests {
         };
         let e = FsDaemons::start(
             std::slice::from_ref(&share),
-            |_| tmp.path().join("s.sock"),
-            |_| tmp.path().join("log"),
+            &[tmp.path().join("s.sock")],
+            tmp.path(),
         )
         .err()
         .expect("virtiofsd refuses a missing source")

@@ -74,23 +74,32 @@ pub struct VmInstance {
     pub endpoint: Endpoint,
     pub rootfs: RootfsSource,
     pub sandbox_config: SandboxConfig,
-    /// The VMM's own stderr and the guest's serial console, kept in the state directory.
-    pub vmm_log: PathBuf,
-    pub console_log: PathBuf,
+    pub logs: VmLogs,
     /// The virtiofsd serving each shared directory; they go when this is dropped.
     pub fs_daemons: FsDaemons,
 }
 
-impl VmInstance {
-    /// What the VMM and the guest said last, for an error about a VM that ended early: the
-    /// VMM's reason for its exit status, or the guest kernel's last words.
+/// Where the processes of one VM write what they say, kept in the state directory: read
+/// back when the VM ends early.
+#[derive(Clone, Debug)]
+pub struct VmLogs {
+    /// The VMM's own stderr: its reason for a non-zero exit status.
+    pub vmm: PathBuf,
+    /// The guest's serial console: the guest kernel's last words.
+    pub console: PathBuf,
+    /// Each virtiofsd's output: why a shared directory stopped answering.
+    pub virtiofsd: Vec<PathBuf>,
+}
+
+impl VmLogs {
+    /// The last lines of each log, for an error about a VM that ended early.
     pub fn last_words(&self) -> String {
         const TAIL_LINES: usize = 8;
         let mut out = String::new();
-        for (what, path) in [
-            ("sandbox-vmm", &self.vmm_log),
-            ("guest console", &self.console_log),
-        ] {
+        let named = [("sandbox-vmm", &self.vmm), ("guest console", &self.console)]
+            .into_iter()
+            .chain(self.virtiofsd.iter().map(|p| ("virtiofsd", p)));
+        for (what, path) in named {
             let text = fs::read_to_string(path).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(TAIL_LINES).collect();
             if !tail.is_empty() {
@@ -238,11 +247,7 @@ pub fn launch(
             cleanup.files.push(path.clone());
         }
     }
-    let fs_daemons = FsDaemons::start(
-        shares,
-        |s| fs_socket(dir, s),
-        |s| dir.join(format!("virtiofsd-{}.log", s.tag)),
-    )?;
+    let fs_daemons = FsDaemons::start(shares, &fs_sockets, dir)?;
     let fs_args: Vec<String> = shares
         .iter()
         .zip(&fs_sockets)
@@ -287,7 +292,7 @@ pub fn launch(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: prctl is async-signal-safe; the VMM must not outlive its monitor.
+    // SAFETY: only async-signal-safe calls (setns, sigprocmask, prctl) between fork and exec.
     let netns_fd = netns_file.as_ref().map(|f| f.as_raw_fd());
     unsafe {
         cmd.pre_exec(move || {
@@ -296,13 +301,7 @@ pub fn launch(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            // Signals we block for our own use must not stay blocked in the child.
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            super::child::reset_signals_and_die_with_parent()
         });
     }
     let child = cmd
@@ -315,8 +314,11 @@ pub fn launch(
             path: ROOTFS_MOUNT.into(),
         },
         sandbox_config,
-        vmm_log: log_path,
-        console_log: console,
+        logs: VmLogs {
+            vmm: log_path,
+            console,
+            virtiofsd: fs_daemons.logs().to_vec(),
+        },
         fs_daemons,
     })
 }

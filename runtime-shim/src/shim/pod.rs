@@ -151,6 +151,7 @@ impl Pod {
         let mut cleanup = Cleanup::default();
         let mut vm_shares = Vec::new();
         let mut fs_daemons = FsDaemons::default();
+        let mut vm_logs = None;
         let (child, endpoint, vm_rootfs, sandbox_cfg) = match isolation {
             Isolation::Native => {
                 let a = native::start_agent(dir)?;
@@ -167,6 +168,7 @@ impl Pod {
                     }
                 };
                 fs_daemons = v.fs_daemons;
+                vm_logs = Some(v.logs);
                 (v.child, v.endpoint, Some(v.rootfs), Some(v.sandbox_config))
             }
         };
@@ -174,7 +176,7 @@ impl Pod {
         // The child is reaped by the watcher thread, not through `Child`.
         drop(child);
         let ended = Arc::new(Mutex::new(None));
-        spawn_watcher(backend_pid, ended.clone());
+        spawn_watcher(backend_pid, vm_logs, ended.clone());
         let timeout = match isolation {
             Isolation::Native => Duration::from_secs(10),
             Isolation::Vm => Duration::from_secs(60),
@@ -248,12 +250,21 @@ impl Pod {
     }
 }
 
-fn spawn_watcher(pid: i32, ended: Arc<Mutex<Option<String>>>) {
+/// Waits for the back end process on a thread of its own and records how it ended; a VMM
+/// that ends with an error status has its and the guest's last words logged with it, before
+/// the state directory holding them goes.
+fn spawn_watcher(pid: i32, vm_logs: Option<vm::VmLogs>, ended: Arc<Mutex<Option<String>>>) {
     std::thread::spawn(move || {
         let why = loop {
             match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
                 Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
-                    break format!("back end process {pid} exited with status {code}")
+                    let mut why = format!("back end process {pid} exited with status {code}");
+                    if code != 0 {
+                        if let Some(logs) = &vm_logs {
+                            why.push_str(&logs.last_words());
+                        }
+                    }
+                    break why;
                 }
                 Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
                     break format!("back end process {pid} was killed by {sig}")
