@@ -234,10 +234,11 @@ fn assert_all_gone(c: &Containerd) {
         let state_left: Vec<_> = std::fs::read_dir(&c.shim_root)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
+        // Containers' rootfs, and what a VM pod's share held.
         let mounts: Vec<_> = c
             .mounts()
             .into_iter()
-            .filter(|m| m.ends_with("/rootfs"))
+            .filter(|m| m.ends_with("/rootfs") || m.contains(".pod/"))
             .collect();
         if shims.is_empty()
             && agents.is_empty()
@@ -392,6 +393,130 @@ fn containerd_pod_shares_one_sandbox() {
     c.remove("pod-a");
     c.remove("other");
     assert_all_gone(&c);
+}
+
+/// A second image for pods of two images: busybox again, its /etc/image-name saying this name.
+const APP_IMAGE: &str = "docker.io/library/app:sandbox-test";
+
+/// A pod of two images in one sandbox (in a VM: one VM, each container's rootfs and volumes
+/// bound into the pod's share): the pause container from one image, the app container from
+/// another with a host directory bound in; each sees its own image, the volume carries
+/// writes both ways, and removing the app leaves the pause container running.
+fn two_image_pod(c: &Containerd, opts: &str, in_vm: bool) {
+    c.import_image_named(APP_IMAGE);
+    let shared = c.dir.join("pod-shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("from-host"), "host-line\n").unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        shared.display()
+    );
+    c.ok(&run_args(
+        opts,
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=pod-b",
+            IMAGE,
+            "pod-b",
+            "sleep",
+            "600",
+        ],
+    ));
+    c.wait_task_status("pod-b", "RUNNING");
+    c.ok(&run_args(
+        opts,
+        &[
+            "-d",
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            "io.kubernetes.cri.sandbox-id=pod-b",
+            "--mount",
+            &mount,
+            APP_IMAGE,
+            "app-b",
+            "sh",
+            "-c",
+            "echo app-line > /data/from-app; exec sleep 601",
+        ],
+    ));
+    c.wait_task_status("app-b", "RUNNING");
+    let addr = c.socket.display().to_string();
+    let shims = c.processes_with(&["containerd-shim-sandbox-v2", &addr]);
+    assert_eq!(shims.len(), 1, "one shim for the pod, found {shims:?}");
+    if in_vm {
+        let root = c.shim_root.display().to_string();
+        let vmms = c.processes_with(&["sandbox-vmm", &root]);
+        assert_eq!(vmms.len(), 1, "one VM for the pod, found {vmms:?}");
+    }
+
+    let exec = |id: &str, exec_id: &str, cmd: &[&str]| {
+        let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(cmd);
+        c.ok(&args)
+    };
+    assert_eq!(
+        exec("pod-b", "n1", &["cat", "/etc/image-name"]),
+        format!("{IMAGE}\n")
+    );
+    assert_eq!(
+        exec("app-b", "n2", &["cat", "/etc/image-name"]),
+        format!("{APP_IMAGE}\n")
+    );
+    assert_eq!(
+        exec("app-b", "d1", &["cat", "/data/from-host"]),
+        "host-line\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-app")).unwrap(),
+        "app-line\n"
+    );
+    // The pause container sees neither the app's volume nor its image.
+    let o = c.ctr(&["task", "exec", "--exec-id", "d2", "pod-b", "ls", "/data"]);
+    assert!(!o.status.success(), "pause container has /data: {o:?}");
+
+    c.remove("app-b");
+    assert_eq!(
+        c.task_status("pod-b").map(|t| t.1).as_deref(),
+        Some("RUNNING")
+    );
+    assert_eq!(exec("pod-b", "s1", &["echo", "still here"]), "still here\n");
+    c.remove("pod-b");
+    assert_all_gone(c);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("from-host")).unwrap(),
+        "host-line\n",
+        "the volume outlives the pod"
+    );
+}
+
+mod containerd_two_image_pod {
+    use super::*;
+
+    #[test]
+    fn native() {
+        let Some(c) = setup("containerd_two_image_pod::native", "ctrd-pod2n") else {
+            return;
+        };
+        let opts = options_file(&c, "native.toml", "isolation = \"native\"\n");
+        two_image_pod(&c, &opts, false);
+    }
+
+    #[test]
+    fn vm() {
+        const TEST: &str = "containerd_two_image_pod::vm";
+        if !vm_or_skip(TEST) {
+            return;
+        }
+        let Some(c) = setup(TEST, "ctrd-pod2v") else {
+            return;
+        };
+        let opts = options_file(&c, "vm.toml", "isolation = \"vm\"\n");
+        two_image_pod(&c, &opts, true);
+    }
 }
 
 #[test]

@@ -193,11 +193,19 @@ disabled_plugins = [
     }
 
     pub fn import_image(&self) {
-        let archive = self.dir.join("busybox-oci.tar");
-        crate::image::write_oci_archive(&archive, IMAGE);
+        self.import_image_named(IMAGE);
+    }
+
+    /// Imports a busybox image named `name` (a full reference), whose /etc/image-name says
+    /// that name.
+    pub fn import_image_named(&self, name: &str) {
+        let archive = self
+            .dir
+            .join(format!("{}.tar", crate::image::sha256_hex(name.as_bytes())));
+        crate::image::write_oci_archive(&archive, name);
         self.ok(&["images", "import", archive.to_str().unwrap()]);
         let list = self.ok(&["images", "ls", "-q"]);
-        assert!(list.contains(IMAGE), "image not imported: {list}");
+        assert!(list.contains(name), "image not imported: {list}");
     }
 
     /// `ctr events`, written to `<dir>/events.log` until the child is killed.

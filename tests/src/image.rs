@@ -18,8 +18,9 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
-/// The single layer: /bin/busybox with links for a few applets, and the usual empty dirs.
-fn layer() -> Vec<u8> {
+/// The single layer: /bin/busybox with links for a few applets, the usual empty dirs, and
+/// /etc/image-name holding `name`, so that a container shows which image it runs.
+fn layer(name: &str) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for dir in ["bin", "tmp", "proc", "sys", "dev", "etc", "root"] {
         let mut h = tar::Header::new_gnu();
@@ -45,6 +46,12 @@ fn layer() -> Vec<u8> {
         b.append_link(&mut h, format!("bin/{a}"), "busybox")
             .unwrap();
     }
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o644);
+    h.set_size(name.len() as u64 + 1);
+    h.set_mtime(0);
+    b.append_data(&mut h, "etc/image-name", format!("{name}\n").as_bytes())
+        .unwrap();
     b.into_inner().unwrap()
 }
 
@@ -74,7 +81,7 @@ fn add_file(b: &mut tar::Builder<std::fs::File>, path: &str, data: &[u8]) {
 /// Writes an OCI image layout archive whose image is named `name` (a full reference such as
 /// `docker.io/library/busybox:sandbox-test`).
 pub fn write_oci_archive(path: &Path, name: &str) {
-    let layer = layer();
+    let layer = layer(name);
     let layer_digest = format!("sha256:{}", sha256_hex(&layer));
     let config = config(&layer_digest);
     let config_digest = format!("sha256:{}", sha256_hex(&config));
@@ -115,7 +122,7 @@ pub fn write_oci_archive(path: &Path, name: &str) {
 
 /// Writes a `docker save` archive of the image tagged `tag` (e.g. `busybox:sandbox-test`).
 pub fn write_docker_archive(path: &Path, tag: &str) {
-    let layer = layer();
+    let layer = layer(tag);
     let layer_digest = format!("sha256:{}", sha256_hex(&layer));
     let config = config(&layer_digest);
     let config_hex = sha256_hex(&config);

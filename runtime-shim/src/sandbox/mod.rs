@@ -11,6 +11,7 @@ pub mod link;
 pub mod monitor;
 pub mod native;
 pub mod network;
+pub mod pod_share;
 pub mod shared_dirs;
 pub mod stdio;
 pub mod vm;

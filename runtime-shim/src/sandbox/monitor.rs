@@ -216,8 +216,16 @@ fn set_up_container(
             shares = shared_dirs::shared_dirs(&bundle.spec, &bundle.dir)?;
             let copied = vm::copied_files(&bundle.spec, &shares)?;
             host_hooks = Some(HostHooks::of(&bundle.spec)?);
-            let vm = vm::launch(g, &dir, &bundle, &shares, &mut rec.cleanup)?;
-            let r = (vm.rootfs.clone(), Some(vm.sandbox_config.clone()), copied);
+            let vm = vm::launch(
+                g,
+                &dir,
+                &bundle,
+                vm::GuestRootfs::Bundle,
+                &shares,
+                &mut rec.cleanup,
+            )?;
+            let rootfs = vm.rootfs.clone().expect("a bundle's VM has its rootfs");
+            let r = (rootfs, Some(vm.sandbox_config.clone()), copied);
             *backend = Some(Backend::Vm(Box::new(vm)));
             r
         }

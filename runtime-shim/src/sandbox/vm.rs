@@ -19,6 +19,7 @@ use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
 use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
+use crate::sandbox::pod_share::PodShare;
 use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
 use crate::sandbox::{binaries, network};
 use crate::state::{Cleanup, TapRecord};
@@ -69,10 +70,21 @@ impl RootfsPath {
     }
 }
 
+/// Where the guest finds container root filesystems.
+pub enum GuestRootfs<'a> {
+    /// The bundle's own rootfs, by `--vm-rootfs` (one container per VM: the CLI).
+    Bundle,
+    /// A pod's share, into which each container's rootfs is bound as it is created (the
+    /// containerd shim).
+    Pod(&'a PodShare),
+}
+
 pub struct VmInstance {
     pub child: Child,
     pub endpoint: Endpoint,
-    pub rootfs: RootfsSource,
+    /// The bundle's rootfs in the guest; none for a pod, whose containers each get theirs
+    /// from the share.
+    pub rootfs: Option<RootfsSource>,
     pub sandbox_config: SandboxConfig,
     pub logs: VmLogs,
     /// The virtiofsd serving each shared directory; they go when this is dropped.
@@ -166,6 +178,7 @@ pub fn launch(
     g: &GlobalOpts,
     dir: &Path,
     bundle: &Bundle,
+    guest_rootfs: GuestRootfs,
     shares: &[SharedDir],
     cleanup: &mut Cleanup,
 ) -> Result<VmInstance> {
@@ -180,7 +193,17 @@ pub fn launch(
     let initrd = disk::agent_initramfs(&g.image_store)?;
     let mut shares = shares.to_vec();
     let mut disk_args = Vec::new();
-    let mut sandbox_config = if g.vm_rootfs.shares(&bundle.rootfs, &g.image_store) {
+    let mut rootfs = Some(RootfsSource::Directory {
+        path: ROOTFS_MOUNT.into(),
+    });
+    let mut sandbox_config = if let GuestRootfs::Pod(pod) = guest_rootfs {
+        shares.push(pod.shared_dir());
+        rootfs = None;
+        SandboxConfig {
+            storage: vec![PodShare::storage()],
+            ..Default::default()
+        }
+    } else if g.vm_rootfs.shares(&bundle.rootfs, &g.image_store) {
         shares.push(SharedDir {
             mount_index: None,
             tag: ROOTFS_TAG.into(),
@@ -310,9 +333,7 @@ pub fn launch(
     Ok(VmInstance {
         child,
         endpoint: Endpoint::guest_agent(socket),
-        rootfs: RootfsSource::Directory {
-            path: ROOTFS_MOUNT.into(),
-        },
+        rootfs,
         sandbox_config,
         logs: VmLogs {
             vmm: log_path,

@@ -211,7 +211,9 @@ pub fn delete(flags: &Flags) -> Result<(), LaunchError> {
     if UnixStream::connect(socket_path(&address)).is_err() {
         let _ = std::fs::remove_file(socket_path(&address));
         let root = super::options::ShimOptions::default().root;
-        let _ = std::fs::remove_dir_all(super::pod::state_dir(&root, &flags.namespace, &group));
+        let state_dir = super::pod::state_dir(&root, &flags.namespace, &group);
+        crate::sandbox::pod_share::PodShare::clear(&state_dir);
+        let _ = std::fs::remove_dir_all(state_dir);
     }
     let resp = containerd_shim::api::DeleteResponse {
         exit_status: 128 + libc::SIGKILL as u32,

@@ -8,13 +8,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::protocol::{Client, Endpoint, RootfsSource};
+use agent::protocol::{Client, Endpoint};
 use clap::Parser;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::Bundle;
 use crate::cli::GlobalOpts;
-use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
+use crate::sandbox::pod_share::PodShare;
+use crate::sandbox::shared_dirs::FsDaemons;
 use crate::sandbox::{native, vm};
 use crate::state::{Cleanup, Isolation};
 
@@ -29,12 +30,11 @@ pub struct Pod {
     pub backend_pid: i32,
     /// Set by the watcher when the back end process has ended.
     pub ended: Arc<Mutex<Option<String>>>,
-    /// Where the first container's rootfs is in the guest (vm isolation).
-    pub vm_rootfs: Option<RootfsSource>,
-    /// The first container's directory bind mounts, shared with the guest by virtio-fs.
-    pub vm_shares: Vec<SharedDir>,
-    /// Their virtiofsd processes, stopped with the pod.
-    _fs_daemons: FsDaemons,
+    /// The share that carries every container's rootfs and volumes into the VM (vm
+    /// isolation).
+    pub vm_share: Option<PodShare>,
+    /// Its virtiofsd, stopped with the pod.
+    fs_daemons: FsDaemons,
     cleanup: Cleanup,
     /// One control connection, one request at a time; waits use connections of their own.
     pub control: Mutex<Client>,
@@ -149,27 +149,29 @@ impl Pod {
 
     fn launch(g: &GlobalOpts, isolation: Isolation, dir: &Path, bundle: &Path) -> Result<Pod> {
         let mut cleanup = Cleanup::default();
-        let mut vm_shares = Vec::new();
+        let mut vm_share = None;
         let mut fs_daemons = FsDaemons::default();
         let mut vm_logs = None;
-        let (child, endpoint, vm_rootfs, sandbox_cfg) = match isolation {
+        let (child, endpoint, sandbox_cfg) = match isolation {
             Isolation::Native => {
                 let a = native::start_agent(dir)?;
-                (a.child, a.endpoint, None, None)
+                (a.child, a.endpoint, None)
             }
             Isolation::Vm => {
                 let b = Bundle::load(bundle)?;
-                vm_shares = shared_dirs::shared_dirs(&b.spec, &b.dir)?;
-                let v = match vm::launch(g, dir, &b, &vm_shares, &mut cleanup) {
+                let share = PodShare::create(dir)?;
+                let pod_rootfs = vm::GuestRootfs::Pod(&share);
+                let v = match vm::launch(g, dir, &b, pod_rootfs, &[], &mut cleanup) {
                     Ok(v) => v,
                     Err(e) => {
                         vm::release(&cleanup);
                         return Err(e.into());
                     }
                 };
+                vm_share = Some(share);
                 fs_daemons = v.fs_daemons;
                 vm_logs = Some(v.logs);
-                (v.child, v.endpoint, Some(v.rootfs), Some(v.sandbox_config))
+                (v.child, v.endpoint, Some(v.sandbox_config))
             }
         };
         let backend_pid = child.id() as i32;
@@ -202,9 +204,8 @@ impl Pod {
             dir: dir.to_path_buf(),
             backend_pid,
             ended,
-            vm_rootfs,
-            vm_shares,
-            _fs_daemons: fs_daemons,
+            vm_share,
+            fs_daemons,
             cleanup,
             control: Mutex::new(client),
         })
@@ -246,6 +247,9 @@ impl Pod {
         }
         kill_and_reap(self.backend_pid, &self.ended);
         vm::release(&self.cleanup);
+        // virtiofsd goes before the share it serves is unmounted.
+        drop(self.fs_daemons);
+        drop(self.vm_share);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use agent::protocol::{Client, CreateContainer, ExecRequest, ExitStatus, ProcessRef};
+use agent::protocol::{
+    Client, CopiedFile, CreateContainer, ExecRequest, ExitStatus, ProcessRef, RootfsSource,
+};
 use containerd_shim::api;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
@@ -19,8 +21,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
 use crate::bundle::Bundle;
-use crate::sandbox::{native, shared_dirs, vm};
-use crate::state::Isolation;
+use crate::sandbox::{native, vm};
 
 use super::error::{agent, Result, ShimError};
 use super::events::Events;
@@ -94,6 +95,14 @@ struct TaskEntry {
 struct State {
     pod: Option<Arc<Pod>>,
     tasks: HashMap<String, TaskEntry>,
+}
+
+/// A container as the pod's agent is to see it: in a VM its rootfs and volumes are the pod
+/// share's.
+struct AgentView<'a> {
+    rootfs: RootfsSource,
+    spec: &'a oci_spec::runtime::Spec,
+    copied_files: Vec<CopiedFile>,
 }
 
 pub struct Inner {
@@ -181,41 +190,59 @@ impl Service {
         if let Some(why) = pod.gone() {
             return Err(ShimError::SandboxGone(why));
         }
-        let first = self.lock().tasks.is_empty();
-        // Only the container the VM was started for has its directories shared.
-        let shares = match (pod.isolation, first) {
-            (Isolation::Vm, true) => pod.vm_shares.clone(),
-            _ => Vec::new(),
+        // In a VM the container's rootfs and volumes enter through the pod's share.
+        let Some(share) = &pod.vm_share else {
+            let view = AgentView {
+                rootfs: native::rootfs_source(&b.dir),
+                spec: &b.spec,
+                copied_files: Vec::new(),
+            };
+            return self.create_in(&pod, req, bundle, mounted, view);
         };
-        let rootfs = match pod.isolation {
-            Isolation::Native => native::rootfs_source(&b.dir),
-            Isolation::Vm => match (&pod.vm_rootfs, first) {
-                (Some(r), true) => r.clone(),
-                _ => {
-                    return Err(ShimError::Unimplemented(
-                        "adding a container with its own rootfs to a running VM (sandbox-vmm \
-                             has no disk hot-plug)",
-                    ))
-                }
-            },
-        };
+        let c = share.add(&req.id, &b)?;
+        let created = vm::copied_files(&b.spec, &c.shares)
+            .map_err(ShimError::from)
+            .and_then(|copied_files| {
+                let view = AgentView {
+                    rootfs: c.rootfs,
+                    spec: &c.spec,
+                    copied_files,
+                };
+                self.create_in(&pod, req, bundle, mounted, view)
+            });
+        if created.is_err() {
+            share.remove(&req.id);
+        }
+        created
+    }
+
+    /// Creates the container in the pod's agent, its rootfs and spec as the agent must see
+    /// them, and records the task.
+    fn create_in(
+        &self,
+        pod: &Arc<Pod>,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        mounted: bool,
+        view: AgentView,
+    ) -> Result<u32> {
+        let AgentView {
+            rootfs,
+            spec: guest_spec,
+            copied_files,
+        } = view;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let guest_spec = shared_dirs::share_mounts(&b.spec, &shares);
-        let mut spec = serde_json::to_value(&guest_spec)
+        let mut spec = serde_json::to_value(guest_spec)
             .map_err(|e| ShimError::Invalid(format!("spec: {e}")))?;
         if let Some(p) = spec.get_mut("process").and_then(|p| p.as_object_mut()) {
             // containerd decides about the terminal in the request.
             p.insert("terminal".into(), serde_json::Value::Bool(req.terminal));
         }
-        let copied_files = match pod.isolation {
-            Isolation::Native => Vec::new(),
-            Isolation::Vm => vm::copied_files(&b.spec, &shares)?,
-        };
         let pid = pod
             .call(|c| {
                 c.create_container(CreateContainer {
@@ -252,7 +279,7 @@ impl Service {
                 execs: HashMap::new(),
             },
         );
-        self.spawn_waiter(&pod, init);
+        self.spawn_waiter(pod, init);
         self.inner.events.send(
             topics::TASK_CREATE_EVENT_TOPIC,
             TaskCreate {
@@ -577,6 +604,9 @@ impl Service {
         };
         drop(st);
         self.inner.changed.notify_all();
+        if let Some(share) = pod.as_ref().and_then(|p| p.vm_share.as_ref()) {
+            share.remove(id);
+        }
         if t.rootfs_mounted {
             rootfs::unmount(&t.bundle);
         }
