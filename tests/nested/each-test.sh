@@ -7,6 +7,11 @@
 #
 # SANDBOX_TEST_TIMEOUT bounds each test (600 s); a test that runs past it is killed after
 # the processes and the logs of the sandboxes it left are printed, so the hang can be read.
+#
+# SANDBOX_RERUN_TRIPLE_FAULT=1 (vm-tests.sh sets it in the nested machine only): a test that
+# fails with a guest's triple fault (KVM_EXIT_SHUTDOWN) is run once more, and the line
+# "=== NAME: guest triple fault" says so. The nested machine's emulation of SVM corrupts
+# memory now and then (docs/testing.md); on hardware KVM a triple fault is always a failure.
 set -uo pipefail
 
 pattern=$1
@@ -27,24 +32,46 @@ report_hang() {
     done
 }
 
+out=$(mktemp /tmp/each-test.XXXXXX)
+trap 'rm -f "$out"' EXIT
+
+# Runs test $2 of executable $1, its output streamed and kept in $out; sets rc.
+run_one() {
+    local exe=$1 t=$2 start pid follower
+    : >"$out"
+    start=$(date +%s)
+    setsid "$exe" --exact "$t" --nocapture --test-threads=1 >"$out" 2>&1 &
+    pid=$!
+    tail -n +1 -f "$out" &
+    follower=$!
+    while kill -0 "$pid" 2>/dev/null && [ $(($(date +%s) - start)) -lt "$per_test" ]; do
+        sleep 1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        report_hang "$t"
+        kill -9 -- "-$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+        rc=124
+    else
+        wait "$pid"
+        rc=$?
+    fi
+    sleep 0.2
+    kill "$follower" 2>/dev/null
+    wait "$follower" 2>/dev/null
+    return 0
+}
+
 for exe in "$@"; do
     tests=$("$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep -E -- "$pattern")
     for t in $tests; do
         echo "=== $t ($(basename "$exe"))"
         start=$(date +%s)
-        setsid "$exe" --exact "$t" --nocapture --test-threads=1 &
-        pid=$!
-        while kill -0 "$pid" 2>/dev/null && [ $(($(date +%s) - start)) -lt "$per_test" ]; do
-            sleep 1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            report_hang "$t"
-            kill -9 -- "-$pid" 2>/dev/null
-            wait "$pid" 2>/dev/null
-            rc=124
-        else
-            wait "$pid"
-            rc=$?
+        run_one "$exe" "$t"
+        if [ $rc -ne 0 ] && [ "${SANDBOX_RERUN_TRIPLE_FAULT:-}" = 1 ] &&
+            grep -q 'KVM_EXIT_SHUTDOWN (triple fault)' "$out"; then
+            echo "=== $t: guest triple fault; running it once more"
+            run_one "$exe" "$t"
         fi
         secs=$(($(date +%s) - start))
         if [ $rc -eq 0 ]; then

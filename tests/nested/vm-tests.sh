@@ -54,6 +54,9 @@ esac
 "$repo/tests/nested/prepare.sh"
 # Everything in L1 is emulated: the tests' own wait bounds stretch to match.
 export SANDBOX_TEST_SLOWDOWN=${SANDBOX_TEST_SLOWDOWN:-20}
+# A guest's triple fault in L1 runs its test once more, counted below (see each-test.sh).
+export SANDBOX_RERUN_TRIPLE_FAULT=1
+triple_faults=0
 # L1 itself can stop under TCG (its vCPUs spin and its heartbeat ends; run.sh says so and
 # exits 125). Each such stop is reported and counted, and a fresh L1 runs the tests that had
 # not finished, the one that was running among them from its start, for as long as each L1
@@ -84,6 +87,7 @@ while :; do
         "$repo/tests/nested/each-test.sh" "$only" "${exes[@]}" | tee "$log"
     rc=${PIPESTATUS[0]}
     set -e
+    triple_faults=$((triple_faults + $(grep -c ': guest triple fault; running it once more$' "$log" || true)))
     left=()
     for t in "${remaining[@]}"; do
         if grep -qxF "=== $t: ok" <(sed 's/ ([0-9]*s)$//' "$log"); then
@@ -121,6 +125,6 @@ failed=$((failed + ${#remaining[@]}))
 for t in "${not_run[@]}"; do
     echo "NOT RUN in L1: $t (see tests/nested/vm-tests.sh and docs/testing.md)"
 done
-echo "vm-tests.sh: $total VM tests run, $stops L1 stops, ${#not_run[@]} not run in L1"
+echo "vm-tests.sh: $total VM tests run, $stops L1 stops, $triple_faults guest triple faults (run again), ${#not_run[@]} not run in L1"
 echo "vm: $passed passed, $failed failed"
 [ $failed -eq 0 ] && [ $passed -eq "$total" ]

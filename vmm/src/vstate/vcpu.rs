@@ -22,6 +22,17 @@ const EMULATION_FLAG_INSN_BYTES: u64 = 1;
 const INT3_OPCODE: u8 = 0xcc;
 const BREAKPOINT_VECTOR: u8 = 3;
 
+/// A shutdown reported at the reset vector says nothing about where the guest failed: on AMD,
+/// KVM re-initialises a vCPU that shut down before it returns to the VMM.
+fn reset_vector_note(rip: u64) -> &'static str {
+    if rip == 0xfff0 {
+        " (the reset vector: KVM on AMD resets a vCPU that shut down, so where the guest \
+         failed is not known)"
+    } else {
+        ""
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("KVM_CREATE_VCPU {id} failed: {source}")]
@@ -53,7 +64,7 @@ pub enum VcpuError {
     },
     #[error("KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x} on CPU {cpu}) at RIP {rip:#x}")]
     FailEntry { reason: u64, cpu: u32, rip: u64 },
-    #[error("KVM_EXIT_SHUTDOWN (triple fault) at RIP {rip:#x}")]
+    #[error("KVM_EXIT_SHUTDOWN (triple fault) at RIP {rip:#x}{}", reset_vector_note(*rip))]
     Shutdown { rip: u64 },
     #[error("unhandled vCPU exit {exit} at RIP {rip:#x}")]
     UnhandledExit { exit: String, rip: u64 },
@@ -409,8 +420,12 @@ mod tests {
             e.to_string(),
             "KVM_EXIT_INTERNAL_ERROR (emulation failure) at RIP 0xffffffff81000000, instruction bytes [f3 0f b8 c0]"
         );
-        assert!(VcpuError::Shutdown { rip: 0x10 }
+        assert_eq!(
+            VcpuError::Shutdown { rip: 0x10 }.to_string(),
+            "KVM_EXIT_SHUTDOWN (triple fault) at RIP 0x10"
+        );
+        assert!(VcpuError::Shutdown { rip: 0xfff0 }
             .to_string()
-            .contains("KVM_EXIT_SHUTDOWN (triple fault) at RIP 0x10"));
+            .contains("the reset vector"));
     }
 }
