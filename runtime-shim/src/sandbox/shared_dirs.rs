@@ -144,17 +144,59 @@ impl Drop for FsDaemons {
     }
 }
 
+/// The two virtiofsd implementations take different command lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    /// QEMU's C virtiofsd (Debian 12's qemu-system-common): `-o` options.
+    Qemu,
+    /// The Rust virtiofsd (virtio-fs/virtiofsd): long options, and `--readonly`.
+    Rust,
+}
+
+impl Flavor {
+    /// Told apart by `--version`: QEMU's says "virtiofsd version 7.2...", the Rust one
+    /// "virtiofsd 1.14.0". Asked once per binary and process.
+    fn of(bin: &Path) -> Flavor {
+        static SEEN: std::sync::Mutex<Vec<(PathBuf, Flavor)>> = std::sync::Mutex::new(Vec::new());
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, f)) = seen.iter().find(|(p, _)| p == bin) {
+            return *f;
+        }
+        let version = Command::new(bin)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let flavor = if version.starts_with("virtiofsd version") || version.is_empty() {
+            Flavor::Qemu
+        } else {
+            Flavor::Rust
+        };
+        seen.push((bin.to_path_buf(), flavor));
+        flavor
+    }
+}
+
 fn start_one(bin: &Path, share: &SharedDir, socket: &Path, log_path: &Path) -> Result<Child> {
     let _ = fs::remove_file(socket);
     let log = File::create(log_path).ctx("create", log_path)?;
     let mut cmd = Command::new(bin);
-    cmd.arg(format!("--socket-path={}", socket.display()))
-        .arg("-o")
-        .arg(format!("source={}", share.source.display()))
-        // cache=auto as Kata's default: the guest caches for a second, mmap works.
-        .args(["-o", "cache=auto", "-o", "sandbox=namespace"])
-        .args(["-o", "log_level=warn"])
-        .stdin(Stdio::null())
+    cmd.arg(format!("--socket-path={}", socket.display()));
+    // cache=auto as Kata's default: the guest caches for a second, mmap works.
+    match Flavor::of(bin) {
+        Flavor::Qemu => cmd
+            .arg("-o")
+            .arg(format!("source={}", share.source.display()))
+            .args(["-o", "cache=auto", "-o", "sandbox=namespace", "-o", "log_level=warn"]),
+        Flavor::Rust => cmd
+            .arg("--shared-dir")
+            .arg(&share.source)
+            .args(["--cache", "auto", "--sandbox", "namespace", "--log-level", "warn"])
+            .args(share.read_only.then_some("--readonly")),
+    };
+    cmd.stdin(Stdio::null())
         .stdout(log.try_clone().ctx("dup", log_path)?)
         .stderr(log);
     let read_only = share
@@ -338,12 +380,18 @@ mod tests {
         .unwrap();
         assert!(fs::metadata(&socket).unwrap().file_type().is_socket());
         let pid = daemons.children[0].id();
-        // virtiofsd forks into its sandbox; the read-only view is in the namespace it was
-        // started in, which its first process keeps.
+        // The read-only view is in the namespace virtiofsd was started in: QEMU's keeps it
+        // in its first process until a frontend connects (the volume mounted at its path),
+        // the Rust one has already made the volume its root (mounted at /). Either way the
+        // mount's root within its filesystem is the volume's path.
         let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
         let line = mountinfo
             .lines()
-            .find(|l| l.split(' ').nth(4) == Some(vol.to_str().unwrap()))
+            .find(|l| {
+                l.split(' ')
+                    .nth(3)
+                    .is_some_and(|root| vol.to_str().unwrap().ends_with(root) && root != "/")
+            })
             .unwrap_or_else(|| panic!("no mount of {} in {mountinfo}", vol.display()));
         assert!(
             line.split(' ')

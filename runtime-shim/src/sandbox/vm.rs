@@ -270,6 +270,12 @@ pub fn launch(
             cleanup.files.push(path.clone());
         }
     }
+    for path in fs_sockets.iter().filter(|p| !p.starts_with(dir)) {
+        // The Rust virtiofsd writes its pid beside its socket.
+        let mut pid_file = path.as_os_str().to_owned();
+        pid_file.push(".pid");
+        cleanup.files.push(pid_file.into());
+    }
     let fs_daemons = FsDaemons::start(shares, &fs_sockets, dir)?;
     let fs_args: Vec<String> = shares
         .iter()
