@@ -64,22 +64,8 @@ impl PodShare {
         let dir = share.host_dir();
         fs::create_dir_all(&dir).ctx("create", &dir)?;
         fs::create_dir_all(share.staging()).ctx("create", share.staging())?;
-        let made = mount(
-            Some(&dir),
-            &dir,
-            None::<&str>,
-            MsFlags::MS_BIND,
-            None::<&str>,
-        )
-        .and_then(|_| {
-            mount(
-                None::<&str>,
-                &dir,
-                None::<&str>,
-                MsFlags::MS_SHARED,
-                None::<&str>,
-            )
-        });
+        let made = bind_mount(&dir, &dir, MsFlags::empty())
+            .and_then(|_| change_mount(&dir, MsFlags::MS_SHARED));
         if let Err(e) = made {
             drop(share);
             return Err(Error::Vm(format!(
@@ -175,11 +161,9 @@ impl PodShare {
                 target.display()
             ))
         };
-        let rbind = MsFlags::MS_BIND | MsFlags::MS_REC;
         fs::create_dir(target).ctx("create", target)?;
         if !read_only {
-            return mount(Some(source), target, None::<&str>, rbind, None::<&str>)
-                .map_err(|e| fail("bind", e));
+            return bind_mount(source, target, MsFlags::MS_REC).map_err(|e| fail("bind", e));
         }
         let staged = self.staging().join(
             target
@@ -189,37 +173,19 @@ impl PodShare {
                 .replace('/', "_"),
         );
         fs::create_dir_all(&staged).ctx("create", &staged)?;
-        let result = mount(Some(source), &staged, None::<&str>, rbind, None::<&str>)
+        let result = bind_mount(source, &staged, MsFlags::MS_REC)
             .map_err(|e| fail("bind", e))
             .and_then(|_| {
                 // Private first: the read-only remount must not reach the source's peers.
-                mount(
-                    None::<&str>,
-                    &staged,
-                    None::<&str>,
-                    MsFlags::MS_PRIVATE,
-                    None::<&str>,
-                )
-                .and_then(|_| {
-                    mount(
-                        None::<&str>,
-                        &staged,
-                        None::<&str>,
-                        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
-                        None::<&str>,
-                    )
-                })
-                .map_err(|e| fail("make read-only", e))
+                change_mount(&staged, MsFlags::MS_PRIVATE)
+                    .and_then(|_| {
+                        let read_only = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                        change_mount(&staged, read_only)
+                    })
+                    .map_err(|e| fail("make read-only", e))
             })
             .and_then(|_| {
-                mount(
-                    Some(&staged),
-                    target,
-                    None::<&str>,
-                    MsFlags::MS_BIND,
-                    None::<&str>,
-                )
-                .map_err(|e| fail("bind", e))
+                bind_mount(&staged, target, MsFlags::empty()).map_err(|e| fail("bind", e))
             });
         let _ = umount2(&staged, MntFlags::MNT_DETACH);
         let _ = fs::remove_dir(&staged);
@@ -249,6 +215,18 @@ impl Drop for PodShare {
     fn drop(&mut self) {
         unmount_and_remove(&self.base);
     }
+}
+
+/// A bind mount of `source` onto `target`, with `extra` flags (MS_REC for what is mounted
+/// beneath it).
+fn bind_mount(source: &Path, target: &Path, extra: MsFlags) -> nix::Result<()> {
+    let flags = MsFlags::MS_BIND | extra;
+    mount(Some(source), target, None::<&str>, flags, None::<&str>)
+}
+
+/// A change of the mount at `target`: its propagation, or a remount.
+fn change_mount(target: &Path, flags: MsFlags) -> nix::Result<()> {
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
 }
 
 /// Detaches a share (which detaches everything bound beneath it), then removes its

@@ -189,11 +189,15 @@ fn start_one(bin: &Path, share: &SharedDir, socket: &Path, log_path: &Path) -> R
         Flavor::Qemu => cmd
             .arg("-o")
             .arg(format!("source={}", share.source.display()))
-            .args(["-o", "cache=auto", "-o", "sandbox=namespace", "-o", "log_level=warn"]),
+            .args(["-o", "cache=auto"])
+            .args(["-o", "sandbox=namespace"])
+            .args(["-o", "log_level=warn"]),
         Flavor::Rust => cmd
             .arg("--shared-dir")
             .arg(&share.source)
-            .args(["--cache", "auto", "--sandbox", "namespace", "--log-level", "warn"])
+            .args(["--cache", "auto"])
+            .args(["--sandbox", "namespace"])
+            .args(["--log-level", "warn"])
             .args(share.read_only.then_some("--readonly")),
     };
     cmd.stdin(Stdio::null())
