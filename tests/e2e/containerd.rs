@@ -231,6 +231,7 @@ fn assert_all_gone(c: &Containerd) {
         let root = c.shim_root.display().to_string();
         let agents = c.processes_with(&["sandbox-agent", &root]);
         let vmms = c.processes_with(&["sandbox-vmm", &root]);
+        let virtiofsds = c.processes_with(&["virtiofsd", &root]);
         let state_left: Vec<_> = std::fs::read_dir(&c.shim_root)
             .map(|d| d.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
@@ -243,6 +244,7 @@ fn assert_all_gone(c: &Containerd) {
         if shims.is_empty()
             && agents.is_empty()
             && vmms.is_empty()
+            && virtiofsds.is_empty()
             && state_left.is_empty()
             && mounts.is_empty()
         {
@@ -250,8 +252,8 @@ fn assert_all_gone(c: &Containerd) {
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "left behind: shims {shims:?}, agents {agents:?}, VMMs {vmms:?}, state {state_left:?}, \
-             mounts {mounts:?}"
+            "left behind: shims {shims:?}, agents {agents:?}, VMMs {vmms:?}, virtiofsd \
+             {virtiofsds:?}, state {state_left:?}, mounts {mounts:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }

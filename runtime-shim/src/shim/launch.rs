@@ -174,6 +174,15 @@ pub fn serve(flags: &Flags) -> Result<(), LaunchError> {
     let task: Arc<dyn containerd_shim::Task + Send + Sync> = Arc::new(service);
     // SAFETY: `start` put the listening socket on this fd for us alone.
     let listener = unsafe { OwnedFd::from_raw_fd(LISTENER_FD) };
+    // It crossed the exec without close-on-exec; the agent, the VMM and virtiofsd must not
+    // inherit it: a child holding it would accept connections meant for the shim, and keep
+    // the socket answering after the shim died, so that `delete` would take the pod for
+    // still served and leave its state behind.
+    nix::fcntl::fcntl(
+        &listener,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| io_err("close-on-exec on the listening socket")(e.into()))?;
     let mut server = Server::new()
         .add_listener(listener.into_raw_fd())?
         .register_service(create_task(task.clone()))

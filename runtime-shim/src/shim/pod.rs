@@ -178,18 +178,19 @@ impl Pod {
         // The child is reaped by the watcher thread, not through `Child`.
         drop(child);
         let ended = Arc::new(Mutex::new(None));
-        spawn_watcher(backend_pid, vm_logs, ended.clone());
+        spawn_watcher(backend_pid, vm_logs.clone(), ended.clone());
         let timeout = match isolation {
             Isolation::Native => Duration::from_secs(10),
             Isolation::Vm => Duration::from_secs(60),
         };
-        let connected = connect_while_alive(&endpoint, &ended, timeout).and_then(|mut c| {
-            if let Some(cfg) = sandbox_cfg {
-                c.create_sandbox(cfg)
-                    .map_err(agent("configure the sandbox"))?;
-            }
-            Ok(c)
-        });
+        let connected =
+            connect_while_alive(&endpoint, &ended, timeout, vm_logs.as_ref()).and_then(|mut c| {
+                if let Some(cfg) = sandbox_cfg {
+                    c.create_sandbox(cfg)
+                        .map_err(agent("configure the sandbox"))?;
+                }
+                Ok(c)
+            });
         let client = match connected {
             Ok(c) => c,
             Err(e) => {
@@ -308,10 +309,13 @@ fn kill_and_reap(pid: i32, ended: &Mutex<Option<String>>) {
     }
 }
 
+/// Connects to the agent within `timeout`, giving up early if the back end ends; a VM that
+/// does not answer in time has its logs' last lines (`vm_logs`) in the error.
 fn connect_while_alive(
     endpoint: &Endpoint,
     ended: &Mutex<Option<String>>,
     timeout: Duration,
+    vm_logs: Option<&vm::VmLogs>,
 ) -> Result<Client> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -327,8 +331,9 @@ fn connect_while_alive(
                 }
                 if Instant::now() >= deadline {
                     return Err(ShimError::Agent(format!(
-                        "no answer from the agent within {}s: {e}",
-                        timeout.as_secs()
+                        "no answer from the agent within {}s: {e}{}",
+                        timeout.as_secs(),
+                        vm_logs.map(vm::VmLogs::last_words).unwrap_or_default()
                     )));
                 }
                 std::thread::sleep(Duration::from_millis(5));
