@@ -209,7 +209,14 @@ vm_only!(
             .unwrap();
         let mut stdout = child.stdout.take().unwrap();
         let mut ready = [0u8; 6];
-        stdout.read_exact(&mut ready).unwrap();
+        if let Err(e) = stdout.read_exact(&mut ready) {
+            let o = child.wait_with_output().unwrap();
+            panic!(
+                "no ready line ({e}): run ended {}: {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
         assert_eq!(&ready, b"ready\n");
         // Its command line names the volume (its socket may be outside the state root).
         let daemons: Vec<i32> = processes_mentioning(vol.to_str().unwrap())

@@ -259,7 +259,7 @@ fn docker_run_with_sandbox_runtime(test: &str, isolation: &str) {
         "cat /ro/from-host && echo nope > /ro/g",
     ]));
     assert!(!o.status.success(), "a write to a readonly mount: {o:?}");
-    assert_eq!(String::from_utf8_lossy(&o.stdout), "host-line\n");
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "host-line\n", "{o:?}");
     assert!(!shared.join("g").exists());
 
     // What a container wrote to its rootfs is the host's (in a VM: the rootfs is shared by
