@@ -195,19 +195,9 @@ impl PodShare {
     /// Unbinds what [`add`](Self::add) bound for `id` and removes its (then empty)
     /// directories.
     pub fn remove(&self, id: &str) {
-        if crate::state::validate_id(id).is_err() {
-            return;
+        if crate::state::validate_id(id).is_ok() {
+            remove_container_dir(&self.host_dir().join(id));
         }
-        let dir = self.host_dir().join(id);
-        let Ok(entries) = fs::read_dir(&dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let target = entry.path();
-            while umount2(&target, MntFlags::MNT_DETACH).is_ok() {}
-            let _ = fs::remove_dir(&target);
-        }
-        let _ = fs::remove_dir(&dir);
     }
 }
 
@@ -229,16 +219,24 @@ fn change_mount(target: &Path, flags: MsFlags) -> nix::Result<()> {
     mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
 }
 
+/// Unmounts what is bound in a container's directory of the share, then removes its
+/// directories, each only if empty.
+fn remove_container_dir(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let target = entry.path();
+        while umount2(&target, MntFlags::MNT_DETACH).is_ok() {}
+        let _ = fs::remove_dir(&target);
+    }
+    let _ = fs::remove_dir(dir);
+}
+
 /// Detaches a share (which detaches everything bound beneath it), then removes its
 /// directories, each only if empty.
 fn unmount_and_remove(base: &Path) {
     let share = base.join("share");
     while umount2(&share, MntFlags::MNT_DETACH).is_ok() {}
     for entry in fs::read_dir(&share).into_iter().flatten().flatten() {
-        for sub in fs::read_dir(entry.path()).into_iter().flatten().flatten() {
-            let _ = fs::remove_dir(sub.path());
-        }
-        let _ = fs::remove_dir(entry.path());
+        remove_container_dir(&entry.path());
     }
     for dir in [share, base.join("staging"), base.to_path_buf()] {
         let _ = fs::remove_dir(dir);
@@ -248,17 +246,9 @@ fn unmount_and_remove(base: &Path) {
 /// `spec` with each shared directory bind taken from the container's directory `guest` in
 /// the guest's mount of the share; its options stay as the spec gave them.
 fn guest_mounts(spec: &Spec, shares: &[SharedDir], guest: &Path) -> Spec {
-    let mut spec = spec.clone();
-    let Some(mut mounts) = spec.mounts().clone() else {
-        return spec;
-    };
-    for share in shares {
-        if let Some(m) = share.mount_index.and_then(|i| mounts.get_mut(i)) {
-            m.set_source(Some(guest.join(&share.tag)));
-        }
-    }
-    spec.set_mounts(Some(mounts));
-    spec
+    shared_dirs::rewrite_shared_mounts(spec, shares, |share, m| {
+        m.set_source(Some(guest.join(&share.tag)));
+    })
 }
 
 #[cfg(test)]

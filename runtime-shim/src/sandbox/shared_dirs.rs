@@ -16,11 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount, Spec};
 
 use crate::error::{Error, IoContext, Result};
 
-/// Debian 12's (qemu-system-common), then the Rust virtiofsd's packaged path.
 /// How long virtiofsd may take to listen. It takes milliseconds; the bound is for a host
 /// under emulation or heavy load, and only a broken start waits it out.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,14 +79,7 @@ pub fn shared_dirs(spec: &Spec, bundle_dir: &Path) -> Result<Vec<SharedDir>> {
 /// The spec with each shared bind mount turned into a mount of its virtio-fs tag; the other
 /// options (ro, nosuid, propagation, ...) stay as the spec gave them.
 pub fn share_mounts(spec: &Spec, shares: &[SharedDir]) -> Spec {
-    let mut spec = spec.clone();
-    let Some(mut mounts) = spec.mounts().clone() else {
-        return spec;
-    };
-    for share in shares {
-        let Some(m) = share.mount_index.and_then(|i| mounts.get_mut(i)) else {
-            continue;
-        };
+    rewrite_shared_mounts(spec, shares, |share, m| {
         m.set_typ(Some("virtiofs".into()));
         m.set_source(Some(PathBuf::from(&share.tag)));
         let options: Vec<String> = m
@@ -98,6 +90,23 @@ pub fn share_mounts(spec: &Spec, shares: &[SharedDir]) -> Spec {
             .cloned()
             .collect();
         m.set_options(Some(options));
+    })
+}
+
+/// The spec with `rewrite` applied to the mount each share stands for.
+pub fn rewrite_shared_mounts(
+    spec: &Spec,
+    shares: &[SharedDir],
+    mut rewrite: impl FnMut(&SharedDir, &mut Mount),
+) -> Spec {
+    let mut spec = spec.clone();
+    let Some(mut mounts) = spec.mounts().clone() else {
+        return spec;
+    };
+    for share in shares {
+        if let Some(m) = share.mount_index.and_then(|i| mounts.get_mut(i)) {
+            rewrite(share, m);
+        }
     }
     spec.set_mounts(Some(mounts));
     spec
@@ -120,9 +129,10 @@ impl FsDaemons {
             return Ok(daemons);
         }
         let bin = super::binaries::find_virtiofsd()?;
+        let flavor = Flavor::of(&bin);
         for (share, socket) in shares.iter().zip(sockets) {
             let log = log_dir.join(format!("virtiofsd-{}.log", share.tag));
-            let child = start_one(&bin, share, socket, &log)?;
+            let child = start_one(&bin, flavor, share, socket, &log)?;
             daemons.children.push(child);
             daemons.logs.push(log);
         }
@@ -179,13 +189,19 @@ impl Flavor {
     }
 }
 
-fn start_one(bin: &Path, share: &SharedDir, socket: &Path, log_path: &Path) -> Result<Child> {
+fn start_one(
+    bin: &Path,
+    flavor: Flavor,
+    share: &SharedDir,
+    socket: &Path,
+    log_path: &Path,
+) -> Result<Child> {
     let _ = fs::remove_file(socket);
     let log = File::create(log_path).ctx("create", log_path)?;
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--socket-path={}", socket.display()));
     // cache=auto as Kata's default: the guest caches for a second, mmap works.
-    match Flavor::of(bin) {
+    match flavor {
         Flavor::Qemu => cmd
             .arg("-o")
             .arg(format!("source={}", share.source.display()))

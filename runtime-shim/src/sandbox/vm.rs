@@ -71,6 +71,7 @@ impl RootfsPath {
 }
 
 /// Where the guest finds container root filesystems.
+#[derive(Clone, Copy)]
 pub enum GuestRootfs<'a> {
     /// The bundle's own rootfs, by `--vm-rootfs` (one container per VM: the CLI).
     Bundle,
@@ -193,12 +194,14 @@ pub fn launch(
     let initrd = disk::agent_initramfs(&g.image_store)?;
     let mut shares = shares.to_vec();
     let mut disk_args = Vec::new();
-    let mut rootfs = Some(RootfsSource::Directory {
-        path: ROOTFS_MOUNT.into(),
-    });
+    let rootfs = match guest_rootfs {
+        GuestRootfs::Bundle => Some(RootfsSource::Directory {
+            path: ROOTFS_MOUNT.into(),
+        }),
+        GuestRootfs::Pod(_) => None,
+    };
     let mut sandbox_config = if let GuestRootfs::Pod(pod) = guest_rootfs {
         shares.push(pod.shared_dir());
-        rootfs = None;
         SandboxConfig {
             storage: vec![PodShare::storage()],
             ..Default::default()
