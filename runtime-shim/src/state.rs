@@ -139,9 +139,12 @@ pub struct Cleanup {
     /// Host mounts made for the container (the overlay rootfs of `sandbox run --image`).
     #[serde(default)]
     pub mounts: Vec<PathBuf>,
-    /// Directories made for the container (generated bundles).
+    /// Directories made for the container (generated bundles, the VMM's jail).
     #[serde(default)]
     pub dirs: Vec<PathBuf>,
+    /// cgroups made for the VMM; what is left in them is killed before they are removed.
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

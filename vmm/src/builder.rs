@@ -73,6 +73,8 @@ pub struct VmmBuilder {
     vcpu_thread_init: Option<VcpuThreadInit>,
     start: Instant,
     memory_slots: Option<JoinHandle<Result<(), VmError>>>,
+    /// vCPUs configured by `load`, for `start`.
+    loaded: Option<Vec<Vcpu>>,
 }
 
 /// Called with the vCPU id on each vCPU thread before it runs the guest.
@@ -122,6 +124,7 @@ impl VmmBuilder {
             vcpu_thread_init: None,
             start,
             memory_slots: Some(memory_slots),
+            loaded: None,
         })
     }
 
@@ -175,14 +178,25 @@ impl VmmBuilder {
         self.cmdline_extra.push(param.into());
     }
 
-    /// Loads the guest, configures the vCPUs and starts them.
-    pub fn start(mut self) -> Result<Vmm, BuildError> {
-        let vcpus = self.load_and_configure()?;
+    /// Loads the guest (the last files opened by path: kernel, initrd) and configures the
+    /// vCPUs without starting them; afterwards the process has no thread but the caller's
+    /// (the jail needs that point). `start` does it if this was not called.
+    pub fn load(&mut self) -> Result<(), BuildError> {
+        if self.loaded.is_none() {
+            self.loaded = Some(self.load_and_configure()?);
+        }
         if let Some(slots) = self.memory_slots.take() {
             slots
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         }
+        Ok(())
+    }
+
+    /// Loads the guest, configures the vCPUs (unless `load` did) and starts them.
+    pub fn start(mut self) -> Result<Vmm, BuildError> {
+        self.load()?;
+        let vcpus = self.loaded.take().unwrap_or_default();
         log::debug!(
             "guest loaded and vCPUs configured after {} us",
             self.start.elapsed().as_micros()

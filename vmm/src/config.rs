@@ -14,6 +14,7 @@ use crate::devices::virtio::block::{BlockConfig, BlockConfigError};
 use crate::devices::virtio::fs::{FsConfig, FsConfigError};
 use crate::devices::virtio::net::{NetConfig, NetConfigError};
 use crate::devices::virtio::vsock::{VsockConfig, VsockConfigError};
+use crate::jail::{JailConfig, JailConfigError};
 use crate::vstate::memory::MemoryBacking;
 
 pub const DEFAULT_VCPUS: u8 = 1;
@@ -120,6 +121,9 @@ pub struct VmConfig {
     /// Per-thread seccomp filters; off only for debugging.
     #[serde(default = "default_true")]
     pub seccomp: bool,
+    /// Confine the process once its devices are open (`jail.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<JailConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +162,10 @@ pub enum ConfigError {
     Fs { index: usize, source: FsConfigError },
     #[error("virtio-fs tag `{0}` is given to more than one device")]
     DuplicateFsTag(String),
+    #[error("{0}")]
+    Jail(JailConfigError),
+    #[error("vsock: with a jail the socket path must be relative to the jail directory (guest connections open `PATH_<port>` after the VMM is confined to it), not {0}")]
+    VsockOutsideJail(String),
 }
 
 impl VmConfig {
@@ -176,6 +184,7 @@ impl VmConfig {
             fs: Vec::new(),
             rng: false,
             seccomp: true,
+            jail: None,
         }
     }
 
@@ -227,6 +236,16 @@ impl VmConfig {
                 .map_err(|source| ConfigError::Fs { index, source })?;
             if self.fs[..index].iter().any(|other| other.tag == fs.tag) {
                 return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
+            }
+        }
+        if let Some(jail) = &self.jail {
+            jail.validate().map_err(ConfigError::Jail)?;
+            if let Some(vsock) = &self.vsock {
+                if !crate::jail::is_inside_jail(&vsock.path) {
+                    return Err(ConfigError::VsockOutsideJail(
+                        vsock.path.display().to_string(),
+                    ));
+                }
             }
         }
         Ok(())
@@ -389,6 +408,41 @@ mod tests {
         assert!(matches!(bad_cid.validate(), Err(ConfigError::Vsock(_))));
         assert!(parse(r#"{"kernel": "k", "nets": [{"tap": "t", "mac": "x"}]}"#).is_err());
         assert!(parse(r#"{"kernel": "k", "vsock": {"cid": 3}}"#).is_err());
+    }
+
+    #[test]
+    fn jail_in_json() {
+        let cfg = parse(
+            r#"{"kernel": "k", "vsock": {"cid": 3, "path": "vsock.sock"},
+                "jail": {"dir": "/run/j", "uid": 65534, "gid": 65534,
+                         "cgroup": "/sys/fs/cgroup/sandbox/x", "memory_max_mib": 300}}"#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        let jail = cfg.jail.as_ref().unwrap();
+        assert_eq!(jail.dir, PathBuf::from("/run/j"));
+        assert_eq!(jail.memory_max_mib, Some(300));
+        assert_eq!(jail.cpu_max_percent, None);
+        let again = parse(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(again, cfg);
+
+        let e = parse(r#"{"kernel": "k", "jail": {"dir": "/j", "uid": 1, "gid": 1, "root": "/"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("root"), "{e}");
+        let root = parse(r#"{"kernel": "k", "jail": {"dir": "/j", "uid": 0, "gid": 1}}"#).unwrap();
+        let e = root.validate().unwrap_err().to_string();
+        assert!(e.contains("uid 0 is not an unprivileged id"), "{e}");
+        let outside = parse(
+            r#"{"kernel": "k", "vsock": {"cid": 3, "path": "/run/v.sock"},
+                "jail": {"dir": "/j", "uid": 1, "gid": 1}}"#,
+        )
+        .unwrap();
+        let e = outside.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("relative to the jail directory") && e.contains("/run/v.sock"),
+            "{e}"
+        );
     }
 
     #[test]

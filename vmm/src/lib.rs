@@ -9,6 +9,7 @@
 //! - `devices`: the buses and the devices on them.
 //! - `builder`: puts a VM together from a `config::VmConfig`.
 //! - `check`: `sandbox-vmm check`.
+//! - `jail`: confining the process once its devices are open.
 
 pub mod arch;
 pub mod builder;
@@ -17,6 +18,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod hypervisor;
+pub mod jail;
 pub mod loader;
 pub mod logger;
 pub mod seccomp;

@@ -18,6 +18,7 @@ use vmm::devices::virtio::event_loop::EventLoopHandle;
 use vmm::devices::virtio::fs::FsConfig;
 use vmm::devices::virtio::net::NetConfig;
 use vmm::devices::virtio::vsock::VsockConfig;
+use vmm::jail::{self, JailConfig};
 use vmm::seccomp::{self, Filters, StartGate, ThreadKind};
 use vmm::{check, exit_code, logger, VmExit, VmmBuilder};
 
@@ -90,6 +91,16 @@ struct RunArgs {
     #[arg(long, value_name = "on|off", num_args = 0..=1, default_missing_value = "on",
           value_parser = parse_on_off)]
     rng: Option<bool>,
+    /// Once its devices are open, confine the process: join the cgroup C (after writing its
+    /// memory.max, default guest memory + 128 MiB, and cpu.max, default one CPU per vCPU
+    /// plus one), make D the root of a private mount namespace, and drop to UID/GID with
+    /// no_new_privs. Needs root. Relative paths (the --vsock path must be one) are taken
+    /// relative to D.
+    #[arg(
+        long,
+        value_name = "dir=D,uid=UID,gid=GID[,cgroup=C][,mem-max-mib=N][,cpu-max-pct=P]"
+    )]
+    jail: Option<JailConfig>,
     /// Do not install the per-thread seccomp filters (debugging only).
     #[arg(long)]
     no_seccomp: bool,
@@ -138,6 +149,9 @@ impl RunArgs {
             config.vsock = self.vsock;
         }
         config.fs.extend(self.fs);
+        if self.jail.is_some() {
+            config.jail = self.jail;
+        }
         if let Some(rng) = self.rng {
             config.rng = rng;
         }
@@ -178,9 +192,20 @@ fn build_vm(
     config: &VmConfig,
     start: Instant,
 ) -> Result<(vmm::Vmm, EventLoopHandle), Box<dyn std::error::Error>> {
+    if let Some(jail) = &config.jail {
+        config.validate()?;
+        jail::prepare(&jail.dir)?;
+    }
     let mut builder = VmmBuilder::new(config, start)?;
     let mut virtio = VirtioDevices::new()?;
     virtio.attach_configured(&mut builder, config)?;
+    if let Some(jail) = &config.jail {
+        // Everything opened by path is open after this (KVM, serial file, disks, TAPs, the
+        // vsock listener, then kernel and initrd), and no other thread runs: the device loop
+        // and the vCPUs start inside the jail, sharing its root.
+        builder.load()?;
+        jail::enter(&jail.spec(config.mem_mib, config.vcpus))?;
+    }
     if !config.seccomp {
         let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
         return match builder.start() {

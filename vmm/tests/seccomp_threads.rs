@@ -1,49 +1,12 @@
 //! Every thread of a running `sandbox-vmm` is under its seccomp filter (and none is with
 //! `--no-seccomp`), checked from /proc while a guest that spins forever keeps the VM up.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const LOAD_ADDR: u64 = 0x10_0000;
-
-/// A minimal x86_64 ELF kernel whose entry point is `jmp $`.
-fn spinning_kernel(path: &Path) {
-    let code = [0xeb, 0xfe];
-    let mut elf = Vec::new();
-    // ELF header.
-    elf.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    elf.extend_from_slice(&[0; 8]);
-    elf.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    elf.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
-    elf.extend_from_slice(&1u32.to_le_bytes());
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
-    elf.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
-    elf.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
-    elf.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    elf.extend_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    elf.extend_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    elf.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
-    elf.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
-    elf.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
-                                                // One PT_LOAD segment with the code right after the program header.
-    let offset = 64 + 56u64;
-    elf.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    elf.extend_from_slice(&5u32.to_le_bytes()); // R+X
-    elf.extend_from_slice(&offset.to_le_bytes());
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    elf.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    elf.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    elf.extend_from_slice(&0x1000u64.to_le_bytes());
-    elf.extend_from_slice(&code);
-    std::fs::File::create(path)
-        .unwrap()
-        .write_all(&elf)
-        .unwrap();
-}
+mod test_guest_support;
+use test_guest_support::spinning_kernel;
 
 struct Vm {
     child: Child,

@@ -388,6 +388,12 @@ pub fn teardown(store: &StateStore, id: &str) {
         }
         vm::release(&rec.cleanup);
     }
+    // Named after the state directory: found even where the monitor died before recording
+    // them.
+    crate::sandbox::vmm_jail::release(
+        &store.dir(id),
+        std::path::Path::new(crate::sandbox::vmm_jail::CGROUP_ROOT),
+    );
     let _ = store.remove(id);
 }
 
@@ -396,5 +402,38 @@ fn wait_gone(p: Option<HostProcess>, limit: Duration) {
     let deadline = Instant::now() + limit;
     while p.alive() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::vmm_jail;
+    use std::fs;
+
+    #[test]
+    fn teardown_removes_a_jail_no_record_names() {
+        // Deep enough that the jail lives outside the state directory, under
+        // SHORT_JAIL_DIR, where removing the state directory would not reach it.
+        let root = std::env::temp_dir().join(format!(
+            "teardown-{}-{}/root",
+            std::process::id(),
+            "d".repeat(90)
+        ));
+        let store = StateStore::new(&root);
+        let dir = store.claim("c1").unwrap();
+        let jail = vmm_jail::jail_dir(&dir);
+        assert!(
+            jail.starts_with(vmm_jail::SHORT_JAIL_DIR),
+            "{}",
+            jail.display()
+        );
+        // What a monitor that died after making the jail, before saving the record, leaves.
+        fs::create_dir_all(&jail).unwrap();
+        fs::write(jail.join(vmm_jail::VSOCK_NAME), b"").unwrap();
+        teardown(&store, "c1");
+        assert!(!jail.exists(), "{}", jail.display());
+        assert!(!store.exists("c1"));
+        fs::remove_dir_all(root.parent().unwrap()).unwrap();
     }
 }

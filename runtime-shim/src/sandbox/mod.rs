@@ -15,3 +15,4 @@ pub mod pod_share;
 pub mod shared_dirs;
 pub mod stdio;
 pub mod vm;
+pub mod vmm_jail;

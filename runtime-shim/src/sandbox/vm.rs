@@ -21,12 +21,11 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
 use crate::sandbox::pod_share::PodShare;
 use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
-use crate::sandbox::{binaries, network};
+use crate::sandbox::{binaries, network, vmm_jail};
 use crate::state::{Cleanup, TapRecord};
 
-pub const VSOCK_SOCKET: &str = "vsock.sock";
-/// Where vsock sockets go whose state directory is too deep for a unix socket address.
-const SHORT_SOCKET_DIR: &str = "/run/sandbox-vsock";
+/// Where virtiofsd sockets go whose state directory is too deep for a unix socket address.
+const SHORT_SOCKET_DIR: &str = "/run/sandbox-fs";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
 const GUEST_CID: u32 = 3;
 const DEFAULT_VCPUS: u64 = 1;
@@ -127,36 +126,23 @@ impl VmLogs {
     }
 }
 
-/// The VMM's vsock socket for the sandbox whose state is in `dir`; see [`socket_path`].
+/// The VMM's vsock socket for the sandbox whose state is in `dir`: in its jail directory,
+/// where the VMM still finds the `_<port>` sockets of guest-initiated connections once it is
+/// confined to it.
 pub fn vsock_socket(dir: &Path) -> PathBuf {
-    socket_path(
-        dir,
-        VSOCK_SOCKET,
-        vmm::devices::virtio::vsock::config::MAX_PATH_LEN,
-    )
+    vmm_jail::jail_dir(dir).join(vmm_jail::VSOCK_NAME)
 }
 
-/// The vhost-user socket of a shared directory's virtiofsd.
+/// The vhost-user socket of a shared directory's virtiofsd: in the state directory when the
+/// path fits a unix socket address, else in SHORT_SOCKET_DIR under a name derived from `dir`
+/// (state roots can be deep).
 fn fs_socket(dir: &Path, share: &SharedDir) -> PathBuf {
-    socket_path(
-        dir,
-        &format!("{}.sock", share.tag),
-        vmm::devices::virtio::fs::config::MAX_SOCKET_PATH_LEN,
-    )
-}
-
-/// A unix socket `name` of the sandbox whose state is in `dir`: inside it when the path fits
-/// in `max_len` bytes (what a unix socket address leaves the user of the path), else in
-/// SHORT_SOCKET_DIR under a name derived from `dir` (state roots can be deep).
-fn socket_path(dir: &Path, name: &str, max_len: usize) -> PathBuf {
-    let inside = dir.join(name);
-    if inside.as_os_str().len() <= max_len {
+    let name = format!("{}.sock", share.tag);
+    let inside = dir.join(&name);
+    if inside.as_os_str().len() <= vmm::devices::virtio::fs::config::MAX_SOCKET_PATH_LEN {
         return inside;
     }
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    let hash: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-    Path::new(SHORT_SOCKET_DIR).join(format!("{hash}-{name}"))
+    Path::new(SHORT_SOCKET_DIR).join(format!("{}-{name}", vmm_jail::hash_of(dir)))
 }
 
 /// Refuses vm isolation where this host's KVM cannot run our guests (kvm-pvm, no KVM), or
@@ -263,9 +249,15 @@ pub fn launch(
         .kind
         .cpu_template()
         .map(str::to_string);
-    let socket = vsock_socket(dir);
+    // Recorded before they exist, so that a failure half way still removes them.
+    cleanup.dirs.push(vmm_jail::jail_dir(dir));
+    cleanup
+        .cgroups
+        .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
+    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT))?;
+    let socket = jail.vsock_socket();
     let fs_sockets: Vec<PathBuf> = shares.iter().map(|s| fs_socket(dir, s)).collect();
-    for path in std::iter::once(&socket).chain(&fs_sockets) {
+    for path in &fs_sockets {
         if !path.starts_with(dir) {
             let parent = Path::new(SHORT_SOCKET_DIR);
             fs::create_dir_all(parent).ctx("create", parent)?;
@@ -280,6 +272,7 @@ pub fn launch(
         cleanup.files.push(pid_file.into());
     }
     let fs_daemons = FsDaemons::start(shares, &fs_sockets, dir)?;
+    // The VMM connects to these before it enters its jail, so they may be anywhere.
     let fs_args: Vec<String> = shares
         .iter()
         .zip(&fs_sockets)
@@ -309,7 +302,9 @@ pub fn launch(
         .arg(format!("file:{}", console.display()))
         .args(&disk_args)
         .arg("--vsock")
-        .arg(format!("cid={GUEST_CID},path={}", socket.display()))
+        .arg(format!("cid={GUEST_CID},path={}", vmm_jail::VSOCK_NAME))
+        .arg("--jail")
+        .arg(jail.arg())
         .args(
             nic_arg
                 .iter()
@@ -494,6 +489,10 @@ pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
 
 /// Removes per-container files recorded for cleanup.
 pub fn release(cleanup: &Cleanup) {
+    // First: the VMM may still hold the files below open.
+    for cg in &cleanup.cgroups {
+        vmm_jail::remove_cgroup(cg);
+    }
     for m in &cleanup.mounts {
         let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
     }
@@ -513,19 +512,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vsock_socket_leaves_room_for_the_port_suffix() {
+    fn the_vsock_socket_is_in_the_jail() {
         let short = Path::new("/run/sandbox/c1");
-        assert_eq!(vsock_socket(short), short.join(VSOCK_SOCKET));
+        assert_eq!(
+            vsock_socket(short),
+            short.join("jail").join(vmm_jail::VSOCK_NAME)
+        );
         let deep = PathBuf::from(format!("/tmp/{}/root/c1", "d".repeat(90)));
         let socket = vsock_socket(&deep);
-        assert!(socket.starts_with(SHORT_SOCKET_DIR), "{}", socket.display());
-        assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
-        assert_eq!(
-            socket,
-            vsock_socket(&deep),
-            "the same directory, the same socket"
+        assert!(
+            socket.starts_with(vmm_jail::SHORT_JAIL_DIR),
+            "{}",
+            socket.display()
         );
-        assert_ne!(socket, vsock_socket(&deep.with_file_name("c2")));
+        assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
     }
 
     #[test]

@@ -180,7 +180,18 @@ pub(super) fn rules(
             // Only unix sockets: the vsock host side.
             map.insert(libc::SYS_socket, one_of(0, &[libc::AF_UNIX as u64])?);
         }
-        ThreadKind::Main => {}
+        ThreadKind::Main => {
+            // Every VMM runs as the same jail uid, so the kernel would let one signal
+            // another: only this process's own threads (the vCPU kick). The filter is
+            // therefore for the process that builds it.
+            map.insert(
+                libc::SYS_tgkill,
+                vec![SeccompRule::new(vec![arg_eq(
+                    0,
+                    u64::from(std::process::id()),
+                )?])?],
+            );
+        }
     }
     Ok(map)
 }

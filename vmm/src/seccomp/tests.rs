@@ -246,3 +246,43 @@ fn lists_have_no_set_up_syscalls() {
         }
     }
 }
+
+#[test]
+fn the_main_thread_signals_only_its_own_process() {
+    // SAFETY: the child builds and installs its own filter (the rule names the pid of the
+    // process that builds it), makes raw syscalls and leaves with _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = match build(ThreadKind::Main) {
+            Ok(filter) => {
+                let applied = seccompiler::apply_filter(&filter.refusals)
+                    .and_then(|()| seccompiler::apply_filter(&filter.allow_list));
+                if applied.is_err() {
+                    99
+                } else {
+                    // SAFETY: signal 0 only checks that the target exists.
+                    let own = unsafe {
+                        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), 0)
+                    };
+                    if own != 0 {
+                        98
+                    } else {
+                        // SAFETY: as above; the filter is expected to kill us first.
+                        unsafe {
+                            libc::syscall(libc::SYS_tgkill, libc::getppid(), libc::getppid(), 0)
+                        };
+                        0
+                    }
+                }
+            }
+            Err(_) => 97,
+        };
+        // SAFETY: terminating the forked child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(killed_by_sigsys(status), "status {status:#x}");
+}
