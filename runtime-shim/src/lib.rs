@@ -4,7 +4,9 @@
 pub mod bundle;
 pub mod cli;
 pub mod compare;
+pub mod config;
 pub mod error;
+pub mod host_probe;
 pub mod image;
 pub mod logging;
 pub mod sandbox;

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use crate::cli::LogFormat;
+use crate::config::LogFormat;
 
 struct Logger {
     file: Option<Mutex<std::fs::File>>,

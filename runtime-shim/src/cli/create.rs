@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::sandbox::launch::{create_container, CreateOptions};
 
@@ -32,7 +32,7 @@ pub struct CreateArgs {
     pub id: String,
 }
 
-pub fn run(g: &GlobalOpts, a: CreateArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: CreateArgs) -> Result<()> {
     create_container(
         g,
         &CreateOptions {

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 
 #[derive(Args, Debug)]
@@ -13,6 +13,6 @@ pub struct DeleteArgs {
     pub id: String,
 }
 
-pub fn run(g: &GlobalOpts, a: DeleteArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: DeleteArgs) -> Result<()> {
     crate::sandbox::launch::delete_container(g, &a.id, a.force)
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::link;
 use crate::state::{StateStore, Status};
@@ -21,7 +21,7 @@ pub struct EventsArgs {
     pub id: String,
 }
 
-pub fn run(g: &GlobalOpts, a: EventsArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: EventsArgs) -> Result<()> {
     let store = StateStore::new(&g.root);
     let rec = store.load(&a.id)?;
     rec.require_live("report events of")?;

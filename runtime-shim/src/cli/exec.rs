@@ -8,7 +8,7 @@ use agent::protocol::ProcessRef;
 use clap::Args;
 
 use crate::bundle::Bundle;
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::{foreground, launch, link};
 use crate::state::{StateStore, Status};
@@ -52,7 +52,7 @@ pub struct ExecArgs {
     pub command: Vec<String>,
 }
 
-pub fn run(g: &GlobalOpts, a: ExecArgs) -> Result<i32> {
+pub fn run(g: &RuntimeConfig, a: ExecArgs) -> Result<i32> {
     let store = StateStore::new(&g.root);
     let rec = store.load(&a.id)?;
     let status = rec.live_status();

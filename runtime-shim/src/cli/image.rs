@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::image::{busybox, import, ImageStore};
 
@@ -28,7 +28,7 @@ pub enum ImageCommand {
     },
 }
 
-pub fn run(g: &GlobalOpts, c: ImageCommand) -> Result<()> {
+pub fn run(g: &RuntimeConfig, c: ImageCommand) -> Result<()> {
     let store = ImageStore::new(&g.image_store);
     match c {
         ImageCommand::Import { file, name } => {

@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::signal::parse_signal;
 
@@ -17,7 +17,7 @@ pub struct KillArgs {
     pub signal: String,
 }
 
-pub fn run(g: &GlobalOpts, a: KillArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: KillArgs) -> Result<()> {
     let sig = parse_signal(&a.signal)?;
     crate::sandbox::launch::kill_container(g, &a.id, sig, a.all)
 }

@@ -2,7 +2,8 @@
 
 use clap::Args;
 
-use crate::cli::{GlobalOpts, ListFormat};
+use crate::cli::ListFormat;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::state::StateStore;
 
@@ -15,7 +16,7 @@ pub struct ListArgs {
     pub quiet: bool,
 }
 
-pub fn run(g: &GlobalOpts, a: ListArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: ListArgs) -> Result<()> {
     let store = StateStore::new(&g.root);
     let mut states = Vec::new();
     for id in store.ids()? {

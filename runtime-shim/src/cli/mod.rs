@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::{self, LogFormat, Logging, RootfsPath, RuntimeConfig};
 use crate::state::Isolation;
 
 pub mod check;
@@ -42,7 +43,7 @@ pub struct GlobalOpts {
     #[arg(
         long,
         global = true,
-        default_value = "/run/sandbox",
+        default_value = config::DEFAULT_ROOT,
         env = "SANDBOX_ROOT"
     )]
     pub root: PathBuf,
@@ -62,15 +63,15 @@ pub struct GlobalOpts {
     #[arg(
         long = "allow-slow-kvm",
         global = true,
-        env = "SANDBOX_ALLOW_SLOW_KVM",
-        value_parser = parse_switch
+        env = config::ALLOW_SLOW_KVM_ENV,
+        value_parser = config::parse_switch
     )]
     pub allow_slow_kvm: bool,
     /// Where imported images and cached rootfs disk images live.
     #[arg(
         long = "image-store",
         global = true,
-        default_value = "/var/lib/sandbox/images",
+        default_value = config::DEFAULT_IMAGE_STORE,
         env = "SANDBOX_IMAGE_STORE"
     )]
     pub image_store: PathBuf,
@@ -83,10 +84,10 @@ pub struct GlobalOpts {
         long = "vm-rootfs",
         global = true,
         value_enum,
-        default_value_t = crate::sandbox::vm::RootfsPath::Auto,
+        default_value_t = RootfsPath::Auto,
         env = "SANDBOX_VM_ROOTFS"
     )]
-    pub vm_rootfs: crate::sandbox::vm::RootfsPath,
+    pub vm_rootfs: RootfsPath,
     /// Accepted for runc compatibility; cgroups are managed by the agent.
     #[arg(long = "systemd-cgroup", global = true, hide = true)]
     pub systemd_cgroup: bool,
@@ -98,25 +99,21 @@ pub struct GlobalOpts {
     pub criu: Option<PathBuf>,
 }
 
-/// A yes/no environment variable's value, as callers that cannot pass flags set it.
-fn parse_switch(value: &str) -> std::result::Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
-        _ => Err(format!("{value:?} is not one of true, false, 1, 0")),
-    }
-}
-
 impl GlobalOpts {
-    pub fn isolation(&self) -> Isolation {
-        self.isolation.unwrap_or(Isolation::Vm)
+    pub fn runtime_config(&self) -> RuntimeConfig {
+        RuntimeConfig {
+            root: self.root.clone(),
+            image_store: self.image_store.clone(),
+            isolation: self.isolation.unwrap_or(Isolation::Vm),
+            allow_slow_kvm: self.allow_slow_kvm,
+            vm_rootfs: self.vm_rootfs,
+            logging: Logging {
+                file: self.log.clone(),
+                format: self.log_format,
+                debug: self.debug,
+            },
+        }
     }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -170,7 +167,7 @@ pub enum Command {
 }
 
 pub fn dispatch(cli: Cli) -> crate::error::Result<i32> {
-    let g = cli.global;
+    let g = cli.global.runtime_config();
     match cli.command {
         Command::Create(a) => create::run(&g, a).map(|_| 0),
         Command::Start(a) => start::run(&g, a).map(|_| 0),
@@ -201,15 +198,25 @@ mod tests {
     use clap::CommandFactory;
 
     #[test]
-    fn allow_slow_kvm_values() {
-        for (value, want) in [("true", true), ("1", true), ("TRUE", true)] {
-            assert_eq!(parse_switch(value), Ok(want), "{value}");
-        }
-        for (value, want) in [("false", false), ("0", false), ("False", false)] {
-            assert_eq!(parse_switch(value), Ok(want), "{value}");
-        }
-        for value in ["", "yes", "2", "maybe"] {
-            assert!(parse_switch(value).is_err(), "{value}");
+    fn a_runtime_config_survives_its_flags() {
+        let wanted = RuntimeConfig {
+            root: "/tmp/state root,with=odd".into(),
+            image_store: "/tmp/images".into(),
+            isolation: Isolation::Native,
+            allow_slow_kvm: true,
+            vm_rootfs: RootfsPath::Shared,
+            logging: Logging {
+                file: Some("/tmp/log".into()),
+                format: LogFormat::Json,
+                debug: true,
+            },
+        };
+        for config in [wanted.clone(), RuntimeConfig::default()] {
+            let mut argv: Vec<std::ffi::OsString> = vec!["sandbox".into()];
+            argv.extend(config.to_args());
+            argv.push("list".into());
+            let parsed = Cli::try_parse_from(argv).unwrap().global.runtime_config();
+            assert_eq!(parsed, config);
         }
     }
 

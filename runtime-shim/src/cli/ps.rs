@@ -6,7 +6,8 @@ use std::process::Command;
 
 use clap::Args;
 
-use crate::cli::{GlobalOpts, ListFormat};
+use crate::cli::ListFormat;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::link;
 use crate::state::{Isolation, StateStore};
@@ -21,7 +22,7 @@ pub struct PsArgs {
     pub ps_args: Vec<String>,
 }
 
-pub fn run(g: &GlobalOpts, a: PsArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: PsArgs) -> Result<()> {
     let rec = StateStore::new(&g.root).load(&a.id)?;
     rec.require_live("list processes of")?;
     let mut client = link::connect(&rec)?;

@@ -11,7 +11,7 @@ use oci_spec::runtime::{
 };
 
 use crate::bundle::Bundle;
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{busybox, ImageStore};
 use crate::sandbox::foreground;
@@ -87,7 +87,7 @@ impl RunArgs {
 // On the paths that return early the monitor is either waited for or deliberately left running
 // (detached), and it is reparented when we exit.
 #[allow(clippy::zombie_processes)]
-pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
+pub fn run(g: &RuntimeConfig, a: RunArgs) -> Result<i32> {
     let id =
         a.id.clone()
             .unwrap_or_else(|| crate::state::generated_id("run"));
@@ -121,7 +121,7 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
         .unwrap_or(false);
 
     let sigs = foreground::block_forwarded();
-    if !a.detach && g.isolation() == Isolation::Native {
+    if !a.detach && g.isolation == Isolation::Native {
         // The agent leaves a native container's init to the nearest subreaper above it:
         // that is us, so we reap it and exit with its status, as `runc run` does.
         foreground::become_subreaper();
@@ -189,8 +189,8 @@ pub fn run(g: &GlobalOpts, a: RunArgs) -> Result<i32> {
 
 /// Writes a bundle under `<root>/.bundles/<id>`: the spec from the given bundle, or a fresh
 /// one for an image or rootfs, with the command-line options applied.
-fn make_bundle(g: &GlobalOpts, a: &RunArgs, id: &str, cleanup: &mut Cleanup) -> Result<PathBuf> {
-    let isolation = g.isolation();
+fn make_bundle(g: &RuntimeConfig, a: &RunArgs, id: &str, cleanup: &mut Cleanup) -> Result<PathBuf> {
+    let isolation = g.isolation;
     let dir = g.root.join(".bundles").join(id);
     std::fs::create_dir_all(&dir).ctx("create bundle", &dir)?;
     cleanup.dirs.push(dir.clone());

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use oci_spec::runtime::Spec;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 
 #[derive(Args, Debug)]
@@ -15,7 +15,7 @@ pub struct SpecArgs {
     pub bundle: PathBuf,
 }
 
-pub fn run(_g: &GlobalOpts, a: SpecArgs) -> Result<()> {
+pub fn run(_g: &RuntimeConfig, a: SpecArgs) -> Result<()> {
     let path = a.bundle.join("config.json");
     if path.exists() {
         return Err(Error::Usage(format!("{} already exists", path.display())));

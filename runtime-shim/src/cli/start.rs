@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 
 #[derive(Args, Debug)]
@@ -10,6 +10,6 @@ pub struct StartArgs {
     pub id: String,
 }
 
-pub fn run(g: &GlobalOpts, a: StartArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: StartArgs) -> Result<()> {
     crate::sandbox::launch::start_container(g, &a.id)
 }

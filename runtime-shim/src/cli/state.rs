@@ -2,7 +2,7 @@
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::state::StateStore;
 
@@ -11,7 +11,7 @@ pub struct StateArgs {
     pub id: String,
 }
 
-pub fn run(g: &GlobalOpts, a: StateArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: StateArgs) -> Result<()> {
     let rec = StateStore::new(&g.root).load(&a.id)?;
     println!(
         "{}",

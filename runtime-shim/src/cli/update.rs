@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::link;
 use crate::state::StateStore;
@@ -19,7 +19,7 @@ pub struct UpdateArgs {
     pub id: String,
 }
 
-pub fn run(g: &GlobalOpts, a: UpdateArgs) -> Result<()> {
+pub fn run(g: &RuntimeConfig, a: UpdateArgs) -> Result<()> {
     let rec = StateStore::new(&g.root).load(&a.id)?;
     rec.require_live("update")?;
     let mut text = Vec::new();

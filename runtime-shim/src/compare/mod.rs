@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::image::{busybox, ImageStore};
 use crate::state::Isolation;
@@ -76,7 +76,7 @@ pub struct Report {
     pub vm: Column,
 }
 
-pub fn run(g: &GlobalOpts, a: CompareArgs) -> Result<i32> {
+pub fn run(g: &RuntimeConfig, a: CompareArgs) -> Result<i32> {
     // What would make the report unwritable is found before minutes of probing, not after.
     if let Some(path) = &a.report {
         let dir = match path.parent() {
@@ -133,14 +133,14 @@ pub fn run(g: &GlobalOpts, a: CompareArgs) -> Result<i32> {
 }
 
 fn compare(
-    g: &GlobalOpts,
+    g: &RuntimeConfig,
     a: &CompareArgs,
     image: &str,
     lower: &std::path::Path,
     work: &std::path::Path,
 ) -> Result<Report> {
     let rootfs = probe::copy_rootfs(lower, &work.join("rootfs"))?;
-    let kvm = crate::cli::check::kvm_report();
+    let kvm = crate::host_probe::kvm_report();
     let uts = nix::sys::utsname::uname().map_err(|e| Error::sys("uname", e))?;
     let base = probe::spec_for(&rootfs, "compare", scripts::NOTHING, &Shape::default())?;
     let mut command = String::from("sandbox compare");
@@ -187,7 +187,7 @@ fn compare(
 /// and a missing KVM, and an unidentified KVM unless --allow-slow-kvm), then the guest pieces
 /// `sandbox check` looks for, so the column says what is missing instead of failing probe by
 /// probe.
-fn vm_ready(g: &GlobalOpts) -> Result<()> {
+fn vm_ready(g: &RuntimeConfig) -> Result<()> {
     crate::sandbox::vm::preflight(g)?;
     let kernel = crate::sandbox::vm::kernel_path();
     if !kernel.is_file() {
@@ -204,7 +204,7 @@ fn vm_ready(g: &GlobalOpts) -> Result<()> {
 
 /// Runs every probe in one isolation. A probe that fails is recorded and the others go on.
 fn column(
-    g: &GlobalOpts,
+    g: &RuntimeConfig,
     iso: Isolation,
     work: &std::path::Path,
     rootfs: &std::path::Path,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::Spec;
 use serde_json::{json, Value};
 
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::state::{Isolation, StateStore};
 
@@ -172,7 +172,7 @@ pub fn spec_for(rootfs: &Path, hostname: &str, script: &str, shape: &Shape) -> R
 
 /// Runs `sandbox run --bundle DIR ID` for a probe and watches its host processes.
 pub fn run(
-    g: &GlobalOpts,
+    g: &RuntimeConfig,
     isolation: Isolation,
     work: &Path,
     id: &str,
@@ -186,15 +186,7 @@ pub fn run(
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("find own executable", "/proc/self/exe", e))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--root")
-        .arg(&g.root)
-        .arg("--isolation")
-        .arg(isolation.to_string())
-        .arg("--image-store")
-        .arg(&g.image_store);
-    if g.allow_slow_kvm {
-        cmd.arg("--allow-slow-kvm");
-    }
+    cmd.args(g.with_isolation(isolation).to_args());
     cmd.arg("run")
         .arg("--bundle")
         .arg(&bundle)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use agent::protocol::ProcessRef;
 
 use crate::bundle::Bundle;
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::host_hooks::HostHooks;
 use crate::sandbox::{link, native, vm};
@@ -39,7 +39,7 @@ pub struct CreateOptions {
 
 /// Creates the container and returns the pid it reports (see
 /// [`ContainerRecord::reported_pid`]) and its monitor (as a child when `foreground`).
-pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Option<Child>)> {
+pub fn create_container(g: &RuntimeConfig, o: &CreateOptions) -> Result<(i32, Option<Child>)> {
     validate_id(&o.id)?;
     let store = StateStore::new(&g.root);
     if store.exists(&o.id) {
@@ -47,7 +47,7 @@ pub fn create_container(g: &GlobalOpts, o: &CreateOptions) -> Result<(i32, Optio
     }
     // Check everything the caller can get wrong before anything is created.
     let bundle = Bundle::load(&o.bundle)?;
-    let isolation = g.isolation();
+    let isolation = g.isolation;
     if isolation == Isolation::Vm {
         vm::preflight(g)?;
     }
@@ -174,31 +174,17 @@ fn has_mount_namespace(spec: &oci_spec::runtime::Spec) -> bool {
 }
 
 /// Starts `sandbox __monitor ARGS` in its own session and waits for its verdict on fd 3.
-pub fn spawn_monitor(g: &GlobalOpts, args: &[OsString], stdin_null: bool) -> Result<(i32, Child)> {
+pub fn spawn_monitor(
+    g: &RuntimeConfig,
+    args: &[OsString],
+    stdin_null: bool,
+) -> Result<(i32, Child)> {
     let exe = std::env::current_exe()
         .map_err(|e| Error::io("find own executable", "/proc/self/exe", e))?;
     let (rd, wr): (OwnedFd, OwnedFd) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("--root").arg(&g.root);
-    cmd.arg("--isolation").arg(g.isolation().to_string());
-    cmd.arg("--image-store").arg(&g.image_store);
-    if g.allow_slow_kvm {
-        cmd.arg("--allow-slow-kvm");
-    }
-    if let Some(path) = clap::ValueEnum::to_possible_value(&g.vm_rootfs) {
-        cmd.arg("--vm-rootfs").arg(path.get_name());
-    }
-    if let Some(log) = &g.log {
-        cmd.arg("--log").arg(log);
-        cmd.arg("--log-format").arg(match g.log_format {
-            crate::cli::LogFormat::Json => "json",
-            crate::cli::LogFormat::Text => "text",
-        });
-    }
-    if g.debug {
-        cmd.arg("--debug");
-    }
+    cmd.args(g.to_args());
     cmd.args(args);
     if stdin_null {
         cmd.stdin(std::process::Stdio::null());
@@ -249,7 +235,7 @@ pub fn spawn_monitor(g: &GlobalOpts, args: &[OsString], stdin_null: bool) -> Res
     }
 }
 
-pub fn start_container(g: &GlobalOpts, id: &str) -> Result<()> {
+pub fn start_container(g: &RuntimeConfig, id: &str) -> Result<()> {
     let store = StateStore::new(&g.root);
     let _lock = store.lock(id)?;
     let mut rec = store.load(id)?;
@@ -282,7 +268,7 @@ pub fn start_container(g: &GlobalOpts, id: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn kill_container(g: &GlobalOpts, id: &str, signal: i32, all: bool) -> Result<()> {
+pub fn kill_container(g: &RuntimeConfig, id: &str, signal: i32, all: bool) -> Result<()> {
     let store = StateStore::new(&g.root);
     let rec = store.load(id)?;
     rec.require_live("kill")?;
@@ -292,7 +278,7 @@ pub fn kill_container(g: &GlobalOpts, id: &str, signal: i32, all: bool) -> Resul
         .map_err(link::agent_err("signal container"))
 }
 
-pub fn delete_container(g: &GlobalOpts, id: &str, force: bool) -> Result<()> {
+pub fn delete_container(g: &RuntimeConfig, id: &str, force: bool) -> Result<()> {
     validate_id(id)?;
     let store = StateStore::new(&g.root);
     if !store.exists(id) {

@@ -23,7 +23,7 @@ use agent::protocol::{
 use clap::{Args, ValueEnum};
 
 use crate::bundle::Bundle;
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::sandbox::console::{self, HostPty};
 use crate::sandbox::host_hooks::HostHooks;
@@ -114,7 +114,7 @@ impl Backend {
     }
 }
 
-pub fn run(g: &GlobalOpts, a: MonitorArgs) -> Result<i32> {
+pub fn run(g: &RuntimeConfig, a: MonitorArgs) -> Result<i32> {
     // SAFETY: the launcher put the write end of the ready pipe on this fd for us alone.
     let ready = unsafe { File::from_raw_fd(READY_FD) };
     // The back end must not inherit it, or the launcher would never see the pipe close.
@@ -135,7 +135,7 @@ fn report(mut ready: File, outcome: &Result<()>) {
     };
 }
 
-fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32> {
+fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<i32> {
     let store = StateStore::new(&g.root);
     let id = a.id.clone();
     // SIGWINCH is taken by a dedicated thread; block it before any thread exists.
@@ -195,7 +195,7 @@ fn monitor_container(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32
 type Running = (Client, Plumbing, Option<HostPty>);
 
 fn set_up_container(
-    g: &GlobalOpts,
+    g: &RuntimeConfig,
     store: &StateStore,
     a: &MonitorArgs,
     backend: &mut Option<Backend>,
@@ -465,7 +465,7 @@ pub fn exit_like(status: ExitStatus) -> i32 {
     status.shell_code()
 }
 
-fn monitor_exec(g: &GlobalOpts, a: &MonitorArgs, ready: File) -> Result<i32> {
+fn monitor_exec(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<i32> {
     block_sigwinch();
     let store = StateStore::new(&g.root);
     let exec_id = a.exec_id.clone().unwrap_or_default();

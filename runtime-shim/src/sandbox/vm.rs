@@ -16,19 +16,29 @@ use agent::protocol::{
 };
 
 use crate::bundle::Bundle;
-use crate::cli::GlobalOpts;
+use crate::config::RuntimeConfig;
 use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
 use crate::sandbox::pod_share::PodShare;
 use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
 use crate::sandbox::{binaries, network, vmm_jail};
 use crate::state::{Cleanup, TapRecord};
+use vmm::config::SerialOutput;
+use vmm::devices::virtio::block::BlockConfig;
+use vmm::devices::virtio::fs::FsConfig;
+use vmm::devices::virtio::net::NetConfig;
+use vmm::devices::virtio::vsock::VsockConfig;
+use vmm::VmConfig;
 
 /// Where virtiofsd sockets go whose state directory is too deep for a unix socket address.
 const SHORT_SOCKET_DIR: &str = "/run/sandbox-fs";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
-const GUEST_CID: u32 = 3;
-const DEFAULT_VCPUS: u64 = 1;
+const GUEST_CID: u64 = 3;
+const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init";
+/// The VMM's configuration, in the state directory (`sandbox-vmm --config`).
+const VMM_CONFIG: &str = "vmm.json";
+const DEFAULT_VCPUS: u8 = 1;
+const MAX_VCPUS: u64 = 32;
 const DEFAULT_MEM_MIB: u64 = 256;
 /// Memory for the guest kernel and agent on top of the container's own limit.
 const GUEST_OVERHEAD_MIB: u64 = 64;
@@ -39,35 +49,6 @@ const ROOTFS_TAG: &str = "rootfs";
 const LOWER_MOUNT: &str = "/run/sandbox/lower";
 const UPPER_MOUNT: &str = "/run/sandbox/upper";
 const ROOTFS_MOUNT: &str = "/run/sandbox/rootfs";
-
-/// How a container's rootfs reaches the guest (`--vm-rootfs`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum RootfsPath {
-    /// `image` for a rootfs inside the image store, `shared` otherwise.
-    #[default]
-    Auto,
-    /// A content-cached read-only ext4 image and a writable disk, joined by overlayfs in the
-    /// guest: the rootfs directory is never written.
-    Image,
-    /// The rootfs directory through virtio-fs: no image to build, and the host sees what the
-    /// container writes.
-    Shared,
-}
-
-impl RootfsPath {
-    /// Whether `rootfs` is shared with the guest. The image store's unpacked images are
-    /// shared by every container of that image, so they keep the image path under `auto`.
-    pub fn shares(self, rootfs: &Path, image_store: &Path) -> bool {
-        match self {
-            RootfsPath::Image => false,
-            RootfsPath::Shared => true,
-            RootfsPath::Auto => {
-                let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-                !canonical(rootfs).starts_with(canonical(image_store))
-            }
-        }
-    }
-}
 
 /// Where the guest finds container root filesystems.
 #[derive(Clone, Copy)]
@@ -149,9 +130,9 @@ fn fs_socket(dir: &Path, share: &SharedDir) -> PathBuf {
 /// may run them only in software unless the user allowed that. Decided from the host's KVM
 /// module, never from a timing, so the same host gets the same answer every time. Never falls
 /// back to native isolation.
-pub fn preflight(g: &GlobalOpts) -> Result<()> {
-    let kvm = crate::cli::check::kvm_report();
-    crate::cli::check::vm_isolation_policy(&kvm.kind, g.allow_slow_kvm).map_err(Error::Vm)
+pub fn preflight(g: &RuntimeConfig) -> Result<()> {
+    let kvm = crate::host_probe::kvm_report();
+    crate::host_probe::vm_isolation_policy(&kvm.kind, g.allow_slow_kvm).map_err(Error::Vm)
 }
 
 pub fn kernel_path() -> PathBuf {
@@ -162,7 +143,7 @@ pub fn kernel_path() -> PathBuf {
 
 /// Builds (or reuses) the disks, starts a virtiofsd per shared directory, then the VMM.
 pub fn launch(
-    g: &GlobalOpts,
+    g: &RuntimeConfig,
     dir: &Path,
     bundle: &Bundle,
     guest_rootfs: GuestRootfs,
@@ -179,7 +160,7 @@ pub fn launch(
     let vmm = binaries::find("sandbox-vmm", "SANDBOX_VMM")?;
     let initrd = disk::agent_initramfs(&g.image_store)?;
     let mut shares = shares.to_vec();
-    let mut disk_args = Vec::new();
+    let mut disks = Vec::new();
     let rootfs = match guest_rootfs {
         GuestRootfs::Bundle => Some(RootfsSource::Directory {
             path: ROOTFS_MOUNT.into(),
@@ -210,20 +191,23 @@ pub fn launch(
         let upper = dir.join("upper.img");
         disk::writable_layer(&upper, UPPER_DISK_MIB)?;
         cleanup.files.push(upper.clone());
-        for disk in [
-            format!("path={},ro=on", lower.display()),
-            format!("path={}", upper.display()),
-        ] {
-            disk_args.push("--disk".to_string());
-            disk_args.push(disk);
-        }
+        disks.push(BlockConfig {
+            path: lower,
+            read_only: true,
+            id: None,
+        });
+        disks.push(BlockConfig {
+            path: upper,
+            read_only: false,
+            id: None,
+        });
         guest_storage()
     };
     let shares = &shares[..];
 
     // The network namespace CNI prepared: a TAP behind its veth, the VMM inside it.
     let mut netns_file = None;
-    let mut nic_arg = None;
+    let mut nets = Vec::new();
     if let Some(netns) = network::spec_netns(&bundle.spec) {
         let id = dir
             .file_name()
@@ -237,7 +221,14 @@ pub fn launch(
             veth: Some(nic.veth.clone()),
         });
         netns_file = Some(File::open(&netns).ctx("open network namespace", &netns)?);
-        nic_arg = Some(format!("tap={tap},mac={}", nic.mac));
+        let mac = nic
+            .mac
+            .parse()
+            .map_err(|e| Error::Vm(format!("the network namespace's veth: {e}")))?;
+        nets.push(NetConfig {
+            tap,
+            mac: Some(mac),
+        });
         sandbox_config.interfaces.push(nic.interface);
         sandbox_config.routes = nic.routes;
     }
@@ -245,10 +236,7 @@ pub fn launch(
     let (vcpus, mem_mib) = vm_size(&bundle.spec);
     // The CPU model for this host's kind of KVM (`minimal` where guest kernel code may be
     // emulated and newer instructions would fail to emulate), the same on every launch.
-    let cpu_template = crate::cli::check::kvm_report()
-        .kind
-        .cpu_template()
-        .map(str::to_string);
+    let cpu_template = crate::host_probe::kvm_report().kind.cpu_template();
     // Recorded before they exist, so that a failure half way still removes them.
     cleanup.dirs.push(vmm_jail::jail_dir(dir));
     cleanup
@@ -272,50 +260,44 @@ pub fn launch(
         cleanup.files.push(pid_file.into());
     }
     let fs_daemons = FsDaemons::start(shares, &fs_sockets, dir)?;
-    // The VMM connects to these before it enters its jail, so they may be anywhere.
-    let fs_args: Vec<String> = shares
-        .iter()
-        .zip(&fs_sockets)
-        .flat_map(|(s, sock)| {
-            [
-                "--fs".to_string(),
-                format!("tag={},socket={}", s.tag, sock.display()),
-            ]
-        })
-        .collect();
     let console = dir.join("console.log");
+    let config = VmConfig {
+        initrd: Some(initrd),
+        cmdline: Some(GUEST_CMDLINE.into()),
+        vcpus,
+        mem_mib,
+        serial: SerialOutput::File(console.clone()),
+        cpu_template,
+        disks,
+        nets,
+        // Relative: the VMM opens `<path>_<port>` for guest-initiated connections once it
+        // is confined to its jail directory.
+        vsock: Some(VsockConfig {
+            cid: GUEST_CID,
+            path: vmm_jail::VSOCK_NAME.into(),
+        }),
+        // The VMM connects to these before it enters its jail, so they may be anywhere.
+        fs: shares
+            .iter()
+            .zip(&fs_sockets)
+            .map(|(s, sock)| FsConfig {
+                tag: s.tag.clone(),
+                socket: sock.clone(),
+            })
+            .collect(),
+        jail: Some(jail.config()),
+        ..VmConfig::new(kernel)
+    };
+    let config_path = dir.join(VMM_CONFIG);
+    let json = serde_json::to_vec_pretty(&config)
+        .map_err(|e| Error::Vm(format!("cannot write the VM's configuration: {e}")))?;
+    crate::state::write_atomic(&config_path, &json)?;
     let log_path = dir.join("vmm.log");
     let log = File::create(&log_path).ctx("create", &log_path)?;
     let log2 = log.try_clone().ctx("dup", &log_path)?;
     let mut cmd = Command::new(&vmm);
-    cmd.arg("--kernel")
-        .arg(&kernel)
-        .arg("--initrd")
-        .arg(&initrd)
-        .arg("--cmdline")
-        .arg("console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init")
-        .arg("--vcpus")
-        .arg(vcpus.to_string())
-        .arg("--mem-mib")
-        .arg(mem_mib.to_string())
-        .arg("--serial")
-        .arg(format!("file:{}", console.display()))
-        .args(&disk_args)
-        .arg("--vsock")
-        .arg(format!("cid={GUEST_CID},path={}", vmm_jail::VSOCK_NAME))
-        .arg("--jail")
-        .arg(jail.arg())
-        .args(
-            nic_arg
-                .iter()
-                .flat_map(|n| ["--net".to_string(), n.clone()]),
-        )
-        .args(&fs_args)
-        .args(
-            cpu_template
-                .iter()
-                .flat_map(|t| ["--cpu-template".to_string(), t.clone()]),
-        )
+    cmd.arg("--config")
+        .arg(&config_path)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
@@ -467,7 +449,7 @@ fn guest_storage() -> SandboxConfig {
 
 /// vCPUs and memory from the spec's limits: CPU quota/period rounded up, the memory limit
 /// plus room for the guest kernel; defaults where the spec sets none.
-pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
+pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u8, u64) {
     let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     let vcpus = res
         .and_then(|r| r.cpu().as_ref())
@@ -475,8 +457,7 @@ pub fn vm_size(spec: &oci_spec::runtime::Spec) -> (u64, u64) {
             (Some(q), Some(p)) if q > 0 && p > 0 => Some((q as u64).div_ceil(p)),
             _ => None,
         })
-        .unwrap_or(DEFAULT_VCPUS)
-        .clamp(1, 32);
+        .map_or(DEFAULT_VCPUS, |n| n.clamp(1, MAX_VCPUS) as u8);
     let mem = res
         .and_then(|r| r.memory().as_ref())
         .and_then(|m| m.limit())
@@ -510,6 +491,7 @@ pub fn release(cleanup: &Cleanup) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RootfsPath;
 
     #[test]
     fn the_vsock_socket_is_in_the_jail() {

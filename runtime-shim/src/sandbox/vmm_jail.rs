@@ -70,13 +70,16 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// The `--jail` argument.
-    pub fn arg(&self) -> String {
-        let mut arg = format!("dir={},uid={VMM_UID},gid={VMM_GID}", self.dir.display());
-        if let Some(cg) = &self.cgroup {
-            arg.push_str(&format!(",cgroup={}", cg.display()));
+    /// The VMM's side of it (`VmConfig::jail`); the limits follow from the VM's size.
+    pub fn config(&self) -> vmm::jail::JailConfig {
+        vmm::jail::JailConfig {
+            dir: self.dir.clone(),
+            uid: VMM_UID,
+            gid: VMM_GID,
+            cgroup: self.cgroup.clone(),
+            memory_max_mib: None,
+            cpu_max_percent: None,
         }
-        arg
     }
 
     pub fn vsock_socket(&self) -> PathBuf {
@@ -256,9 +259,11 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!((meta.uid(), meta.gid()), (VMM_UID, VMM_GID));
         assert_eq!(meta.mode() & 0o777, 0o700);
+        let config = jail.config();
+        assert_eq!(config.dir, jail.dir);
         assert_eq!(
-            jail.arg(),
-            format!("dir={},uid=65534,gid=65534", jail.dir.display())
+            (config.uid, config.gid, config.cgroup),
+            (65534, 65534, None)
         );
         assert_eq!(jail.vsock_socket(), state.join("jail/vsock.sock"));
         fs::write(jail.dir.join("vsock.sock"), b"").unwrap();

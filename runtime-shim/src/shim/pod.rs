@@ -9,11 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agent::protocol::{Client, Endpoint};
-use clap::Parser;
 use sha2::{Digest, Sha256};
 
 use crate::bundle::Bundle;
-use crate::cli::GlobalOpts;
+use crate::config::{self, RuntimeConfig};
 use crate::sandbox::pod_share::PodShare;
 use crate::sandbox::shared_dirs::FsDaemons;
 use crate::sandbox::{native, vm};
@@ -48,28 +47,18 @@ pub fn state_dir(root: &Path, namespace: &str, group: &str) -> PathBuf {
     root.join(hex)
 }
 
-/// GlobalOpts for the runtime's launchers, built through its own parser so its defaults hold.
-fn global_opts(opts: &ShimOptions, isolation: Isolation) -> Result<GlobalOpts> {
-    #[derive(Parser)]
-    struct Wrapper {
-        #[command(flatten)]
-        g: GlobalOpts,
-    }
-    let mut args = vec![
-        "containerd-shim-sandbox-v2".to_string(),
-        "--isolation".into(),
-        isolation.to_string(),
-        "--image-store".into(),
-        opts.image_store.display().to_string(),
-        "--root".into(),
-        opts.root.display().to_string(),
-    ];
-    if opts.allow_slow_kvm {
-        args.push("--allow-slow-kvm".into());
-    }
-    Wrapper::try_parse_from(args)
-        .map(|w| w.g)
-        .map_err(|e| ShimError::Options(e.to_string()))
+/// The runtime configuration the launchers get for a pod of `isolation`: the shim's options,
+/// and slow KVM allowed by the shim's environment too, as for the `sandbox` CLI.
+fn runtime_config(opts: &ShimOptions, isolation: Isolation) -> Result<RuntimeConfig> {
+    let allowed_by_environment =
+        config::slow_kvm_allowed_by_environment().map_err(ShimError::Options)?;
+    Ok(RuntimeConfig {
+        root: opts.root.clone(),
+        image_store: opts.image_store.clone(),
+        isolation,
+        allow_slow_kvm: opts.allow_slow_kvm || allowed_by_environment,
+        ..RuntimeConfig::default()
+    })
 }
 
 /// Runs jobs on one thread that lives as long as the shim. The agent and the VMM are started
@@ -127,7 +116,7 @@ impl Pod {
         bundle: &Path,
     ) -> Result<Pod> {
         let dir = state_dir(&opts.root, namespace, group);
-        let g = global_opts(opts, isolation)?;
+        let g = runtime_config(opts, isolation)?;
         if isolation == Isolation::Vm {
             // Refuse before anything is made where this host's KVM cannot run the VM.
             vm::preflight(&g)?;
@@ -136,7 +125,7 @@ impl Pod {
         std::fs::create_dir_all(&dir)
             .map_err(|e| ShimError::Agent(format!("cannot create {}: {e}", dir.display())))?;
         let (d, b) = (dir.clone(), bundle.to_path_buf());
-        let launched = on_launcher(move || Self::launch(&g, isolation, &d, &b))
+        let launched = on_launcher(move || Self::launch(&g, &d, &b))
             .unwrap_or_else(|| Err(ShimError::Agent("the launcher thread is gone".into())));
         match launched {
             Ok(pod) => Ok(pod),
@@ -147,7 +136,8 @@ impl Pod {
         }
     }
 
-    fn launch(g: &GlobalOpts, isolation: Isolation, dir: &Path, bundle: &Path) -> Result<Pod> {
+    fn launch(g: &RuntimeConfig, dir: &Path, bundle: &Path) -> Result<Pod> {
+        let isolation = g.isolation;
         let mut cleanup = Cleanup::default();
         let mut vm_share = None;
         let mut fs_daemons = FsDaemons::default();
@@ -356,13 +346,15 @@ mod tests {
     }
 
     #[test]
-    fn global_opts_take_the_shim_options() {
+    fn the_runtime_config_takes_the_shim_options() {
         let o = ShimOptions {
             allow_slow_kvm: true,
+            image_store: "/tmp/images".into(),
             ..Default::default()
         };
-        let g = global_opts(&o, Isolation::Native).unwrap();
-        assert_eq!(g.isolation(), Isolation::Native);
+        let g = runtime_config(&o, Isolation::Native).unwrap();
+        assert_eq!(g.image_store, o.image_store);
+        assert_eq!(g.isolation, Isolation::Native);
         assert!(g.allow_slow_kvm);
         assert_eq!(g.root, o.root);
     }
