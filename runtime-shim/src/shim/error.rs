@@ -2,6 +2,7 @@
 //! errdefs expect (a missing task is NotFound, a task in the wrong state FailedPrecondition),
 //! so clients such as `ctr` print the cause rather than a generic failure.
 
+use agent::protocol::{ErrorCode, ProtocolError};
 use containerd_shim::protos::ttrpc::{self, Code};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,20 @@ pub enum ShimError {
     SandboxGone(String),
     #[error("agent: {0}")]
     Agent(String),
+    /// The agent answered with an error: its kind decides the code containerd gets.
+    #[error("agent: {what}: {message}")]
+    AgentReply {
+        what: &'static str,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The agent did not answer, or not in the protocol.
+    #[error("agent: {what}: {source}")]
+    AgentConnection {
+        what: &'static str,
+        #[source]
+        source: ProtocolError,
+    },
     #[error(transparent)]
     Runtime(#[from] crate::error::Error),
 }
@@ -66,8 +81,46 @@ impl ShimError {
             ShimError::Invalid(_) | ShimError::Options(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::SandboxGone(_) => Code::UNAVAILABLE,
+            ShimError::AgentReply { code, .. } => code_of_reply(*code),
+            ShimError::AgentConnection { source, .. } => code_of_connection(source),
             _ => Code::INTERNAL,
         }
+    }
+}
+
+/// The errdefs kind of an agent's error reply, as containerd's runc shim reports the same
+/// failure of runc.
+fn code_of_reply(code: ErrorCode) -> Code {
+    match code {
+        ErrorCode::NotFound => Code::NOT_FOUND,
+        ErrorCode::AlreadyExists => Code::ALREADY_EXISTS,
+        ErrorCode::InvalidState | ErrorCode::VersionMismatch => Code::FAILED_PRECONDITION,
+        ErrorCode::InvalidParams | ErrorCode::Malformed | ErrorCode::UnknownMethod => {
+            Code::INVALID_ARGUMENT
+        }
+        ErrorCode::Unsupported => Code::UNIMPLEMENTED,
+        ErrorCode::Engine | ErrorCode::Sandbox | ErrorCode::Internal => Code::INTERNAL,
+    }
+}
+
+/// A connection that failed or went quiet is the sandbox being unavailable; an agent that
+/// answered outside the protocol is an internal failure.
+fn code_of_connection(e: &ProtocolError) -> Code {
+    match e {
+        ProtocolError::Timeout { .. } => Code::DEADLINE_EXCEEDED,
+        ProtocolError::Io(_)
+        | ProtocolError::Closed
+        | ProtocolError::TruncatedFrame
+        | ProtocolError::Broken(_)
+        | ProtocolError::VsockConnect { .. } => Code::UNAVAILABLE,
+        ProtocolError::Remote(reply) | ProtocolError::Refused(reply) => code_of_reply(reply.code),
+        ProtocolError::FrameTooLarge { .. }
+        | ProtocolError::Encode(_)
+        | ProtocolError::Decode(_)
+        | ProtocolError::VersionMismatch { .. }
+        | ProtocolError::IdMismatch { .. }
+        | ProtocolError::UnexpectedResponse { .. }
+        | ProtocolError::TooMany { .. } => Code::INTERNAL,
     }
 }
 
@@ -78,10 +131,14 @@ impl From<ShimError> for ttrpc::Error {
 }
 
 /// Turns an agent protocol failure into a shim error naming the operation.
-pub fn agent(what: &'static str) -> impl Fn(agent::protocol::ProtocolError) -> ShimError {
+pub fn agent(what: &'static str) -> impl Fn(ProtocolError) -> ShimError {
     move |e| match e.remote() {
-        Some(reply) => ShimError::Agent(format!("{what}: {}", reply.message)),
-        None => ShimError::Agent(format!("{what}: {e}")),
+        Some(reply) => ShimError::AgentReply {
+            what,
+            code: reply.code,
+            message: reply.message.clone(),
+        },
+        None => ShimError::AgentConnection { what, source: e },
     }
 }
 
@@ -103,6 +160,65 @@ mod tests {
                 assert!(s.message().contains("\"x\""));
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn reply(code: ErrorCode) -> ProtocolError {
+        ProtocolError::Remote(agent::protocol::ErrorReply::new(code, "said the agent"))
+    }
+
+    #[test]
+    fn agent_replies_keep_their_kind() {
+        for (code, want) in [
+            (ErrorCode::NotFound, Code::NOT_FOUND),
+            (ErrorCode::AlreadyExists, Code::ALREADY_EXISTS),
+            (ErrorCode::InvalidState, Code::FAILED_PRECONDITION),
+            (ErrorCode::VersionMismatch, Code::FAILED_PRECONDITION),
+            (ErrorCode::InvalidParams, Code::INVALID_ARGUMENT),
+            (ErrorCode::Malformed, Code::INVALID_ARGUMENT),
+            (ErrorCode::UnknownMethod, Code::INVALID_ARGUMENT),
+            (ErrorCode::Unsupported, Code::UNIMPLEMENTED),
+            (ErrorCode::Engine, Code::INTERNAL),
+            (ErrorCode::Sandbox, Code::INTERNAL),
+            (ErrorCode::Internal, Code::INTERNAL),
+        ] {
+            let e = agent("start")(reply(code));
+            assert_eq!(e.code(), want, "{code:?}");
+            assert_eq!(e.to_string(), "agent: start: said the agent");
+        }
+    }
+
+    #[test]
+    fn a_silent_or_broken_agent_is_unavailable_and_a_garbling_one_internal() {
+        let timeout = ProtocolError::Timeout {
+            method: "wait",
+            waited: std::time::Duration::from_secs(5),
+        };
+        let reset = ProtocolError::Io(std::io::ErrorKind::ConnectionReset.into());
+        for (e, want) in [
+            (timeout, Code::DEADLINE_EXCEEDED),
+            (ProtocolError::Closed, Code::UNAVAILABLE),
+            (reset, Code::UNAVAILABLE),
+            (ProtocolError::TruncatedFrame, Code::UNAVAILABLE),
+            (
+                ProtocolError::FrameTooLarge {
+                    len: 1 << 30,
+                    max: 1 << 20,
+                },
+                Code::INTERNAL,
+            ),
+            (
+                ProtocolError::IdMismatch {
+                    expected: 1,
+                    got: Some(7),
+                },
+                Code::INTERNAL,
+            ),
+        ] {
+            let text = e.to_string();
+            let shim = agent("wait")(e);
+            assert_eq!(shim.code(), want, "{text}");
+            assert_eq!(shim.to_string(), format!("agent: wait: {text}"));
         }
     }
 }
