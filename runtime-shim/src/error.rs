@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid container id {0:?}: use 1-1024 characters from [A-Za-z0-9_.-], not starting with '.' or '-'")]
+    #[error("invalid container id {0:?}: use {rule}", rule = agent::engine::ID_RULE)]
     InvalidId(String),
     #[error("container {0:?} already exists")]
     AlreadyExists(String),

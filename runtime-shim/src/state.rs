@@ -377,17 +377,9 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 pub fn validate_id(id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 1024
-        && !id.starts_with('.')
-        && !id.starts_with('-')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidId(id.to_string()))
+    match agent::engine::id_problem(id) {
+        None => Ok(()),
+        Some(_) => Err(Error::InvalidId(id.to_string())),
     }
 }
 

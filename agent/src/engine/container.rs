@@ -123,23 +123,13 @@ pub struct Container {
 }
 
 fn check_id(id: &str) -> Result<(), EngineError> {
-    let bad = |problem: &str| {
-        Err(EngineError::InvalidId {
+    match super::id::id_problem(id) {
+        None => Ok(()),
+        Some(problem) => Err(EngineError::InvalidId {
             id: id.to_string(),
             problem: problem.to_string(),
-        })
-    };
-    if id.is_empty() || id.len() > 1024 {
-        return bad("must be 1-1024 characters");
+        }),
     }
-    if id.starts_with('.')
-        || !id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
-    {
-        return bad("may only contain letters, digits, `_`, `-` and `.` (not first)");
-    }
-    Ok(())
 }
 
 impl Container {

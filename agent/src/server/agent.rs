@@ -117,21 +117,13 @@ fn parse_signal(signal: i32) -> Result<Signal, ErrorReply> {
     Signal::try_from(signal).map_err(|_| invalid(format!("signal {signal}: not a signal number")))
 }
 
-/// Ids become directory names under the agent's root, so they are held to the characters
-/// of the OCI runtime's container ids.
 fn check_id(what: &str, id: &str) -> Result<(), ErrorReply> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(format!(
-            "{what} {id:?}: must be 1 to 128 of [A-Za-z0-9_.-], not starting with '.'"
-        )))
+    match crate::engine::id_problem(id) {
+        None => Ok(()),
+        Some(problem) => Err(invalid(format!(
+            "{what} {id:?}: {problem} ({})",
+            crate::engine::ID_RULE
+        ))),
     }
 }
 
