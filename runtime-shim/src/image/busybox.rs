@@ -48,9 +48,10 @@ pub fn build_default(store: &ImageStore, busybox: &Path) -> Result<ImageConfig> 
         user: String::new(),
         source: format!("built-in from {}", busybox.display()),
         created: crate::timefmt::now_rfc3339(),
+        // Given by the store when it commits the image.
+        id: String::new(),
     };
-    store.commit(&staging, &cfg)?;
-    Ok(cfg)
+    store.commit(&staging, &cfg)
 }
 
 fn populate(rootfs: &Path, busybox: &Path) -> Result<()> {

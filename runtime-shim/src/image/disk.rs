@@ -1,6 +1,7 @@
-//! Disk images for vm isolation, built with the host's tools and cached by content under the
-//! image store: `ext4/<tree-hash>.img` (a rootfs, shared read-only by every container of that
-//! rootfs) and `initramfs/<agent-hash>.cpio` (the guest's /init). Each is built under a
+//! Disk images for vm isolation, built with the host's tools and cached under the image
+//! store: `ext4/id-<image id>.img` for an image of the store and `ext4/<tree-hash>.img` for any
+//! other rootfs (each shared read-only by every container of that rootfs), and
+//! `initramfs/<agent-hash>.cpio` (the guest's /init). Each is built under a
 //! temporary name and renamed into place, so a crash never leaves a half image in the cache.
 
 use std::fs;
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use crate::error::{Error, IoContext, Result};
+use crate::image::store::{ImageStore, EXT4_DIR};
 use crate::image::tree_hash::{hash_file, hash_tree};
 use crate::sandbox::binaries;
 
@@ -22,23 +24,32 @@ pub fn progress(msg: &str) {
     }
 }
 
-/// The cached read-only ext4 image of `rootfs`, built on first use.
+/// The cached read-only ext4 image of `rootfs`, built on first use. An image of the store is
+/// found by its id, which changes with every import, so nothing per start grows with the
+/// image; any other directory is hashed, since it may have changed since its image was built.
 pub fn rootfs_image(store: &Path, rootfs: &Path) -> Result<PathBuf> {
-    progress(&format!("hashing rootfs {}", rootfs.display()));
-    let hash = hash_tree(rootfs)?;
-    let dir = store.join("ext4");
-    fs::create_dir_all(&dir).ctx("create", &dir)?;
-    let img = dir.join(format!("{hash}.img"));
+    let images = ImageStore::new(store);
+    let img = match images.id_of_rootfs(rootfs) {
+        Some(id) => images.ext4_of_id(&id),
+        None => {
+            progress(&format!("hashing rootfs {}", rootfs.display()));
+            let hash = hash_tree(rootfs)?;
+            store.join(EXT4_DIR).join(format!("{hash}.img"))
+        }
+    };
+    let dir = img.parent().expect("a file in the ext4 cache");
+    fs::create_dir_all(dir).ctx("create", dir)?;
     if img.is_file() {
         return Ok(img);
     }
+    let name = img.file_stem().unwrap_or_default().to_string_lossy();
     let size_mib = tree_bytes(rootfs) / (1 << 20) * 13 / 10 + 64;
     progress(&format!(
         "building rootfs image {} ({size_mib} MiB) from {}",
         img.display(),
         rootfs.display()
     ));
-    let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let built = mkfs_ext4(&tmp, size_mib, Some(rootfs));
     if let Err(e) = built {
         let _ = fs::remove_file(&tmp);
@@ -193,6 +204,7 @@ pub fn ensure_static(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::image::store::ImageConfig;
 
     fn scratch(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("sandbox-disk-{name}-{}", std::process::id()));
@@ -226,6 +238,40 @@ mod tests {
         let img2 = rootfs_image(&store, &rootfs).unwrap();
         assert_ne!(img2, img);
         assert_eq!(debugfs(&img, "cat /etc/hello"), "from the host\n");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_stored_image_is_cached_by_its_id_and_uncached_when_replaced() {
+        let d = scratch("by-id");
+        let store_root = d.join("store");
+        let store = ImageStore::new(&store_root);
+        let import = |text: &[u8]| {
+            let staging = store.staging("img").unwrap();
+            fs::write(staging.join("rootfs/hello"), text).unwrap();
+            let cfg = ImageConfig {
+                name: "img".into(),
+                ..Default::default()
+            };
+            store.commit(&staging, &cfg).unwrap()
+        };
+        let first = import(b"one\n");
+        let rootfs = store.rootfs("img").unwrap();
+        let img = rootfs_image(&store_root, &rootfs).unwrap();
+        assert_eq!(img, store.ext4_of_id(&first.id));
+        assert_eq!(debugfs(&img, "cat /hello"), "one\n");
+        // Found by id, not by reading the tree: a changed tree (which a stored image never
+        // is) still gets the image of its id.
+        fs::write(rootfs.join("hello"), b"changed\n").unwrap();
+        assert_eq!(rootfs_image(&store_root, &rootfs).unwrap(), img);
+        // Imported again: a new id, a new image, and the old one gone from the cache.
+        let second = import(b"two\n");
+        assert_ne!(second.id, first.id);
+        assert!(!img.exists());
+        let img2 = rootfs_image(&store_root, &rootfs).unwrap();
+        assert_eq!(debugfs(&img2, "cat /hello"), "two\n");
+        store.remove("img").unwrap();
+        assert!(!img2.exists());
         fs::remove_dir_all(&d).unwrap();
     }
 

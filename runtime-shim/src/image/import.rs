@@ -94,10 +94,9 @@ fn import_in(
         return Err(e);
     }
     let cfg = image_config(&name, &image.config, file);
-    if let Err(e) = store.commit(&staging, &cfg) {
+    let cfg = store.commit(&staging, &cfg).inspect_err(|_| {
         let _ = remove_tree(&staging);
-        return Err(e);
-    }
+    })?;
     progress(&format!("imported {name}"));
     Ok(cfg)
 }
@@ -579,6 +578,8 @@ fn image_config(name: &str, config: &ImageConfiguration, file: &Path) -> ImageCo
         user: c.and_then(|c| c.user().clone()).unwrap_or_default(),
         source: file.display().to_string(),
         created: crate::timefmt::now_rfc3339(),
+        // Given by the store when it commits the image.
+        id: String::new(),
     }
 }
 

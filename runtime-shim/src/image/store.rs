@@ -29,6 +29,11 @@ pub struct ImageConfig {
     pub source: String,
     #[serde(default)]
     pub created: String,
+    /// This store's id of the unpacked image, new on every import: its cached disk image is
+    /// named after it, so that a start finds that image without reading the tree. Empty in
+    /// images imported before ids existed.
+    #[serde(default)]
+    pub id: String,
 }
 
 pub struct ImageStore {
@@ -37,6 +42,8 @@ pub struct ImageStore {
 
 /// Where images live under the store (the rest of it holds cached disk images).
 const IMAGES_DIR: &str = "images";
+/// Cached read-only ext4 images of rootfs trees (`image::disk`).
+pub const EXT4_DIR: &str = "ext4";
 
 impl ImageStore {
     pub fn new(root: impl Into<PathBuf>) -> Self {
@@ -127,20 +134,75 @@ impl ImageStore {
         Ok(tmp)
     }
 
-    pub fn commit(&self, staging: &Path, cfg: &ImageConfig) -> Result<()> {
-        let data = serde_json::to_vec_pretty(cfg).map_err(|e| Error::Other(e.to_string()))?;
+    /// Moves a staged image into place under a new id, replacing (and uncaching) an image of
+    /// the same name.
+    pub fn commit(&self, staging: &Path, cfg: &ImageConfig) -> Result<ImageConfig> {
+        let cfg = ImageConfig {
+            id: new_image_id(&cfg.name),
+            ..cfg.clone()
+        };
+        let data = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Other(e.to_string()))?;
         write_atomic(&staging.join("image.json"), &data)?;
         let final_dir = self.dir_of(&cfg.name)?;
         if final_dir.exists() {
+            self.uncache(&cfg.name);
             remove_tree(&final_dir)?;
         }
-        fs::rename(staging, &final_dir).ctx("move image into place", &final_dir)
+        fs::rename(staging, &final_dir).ctx("move image into place", &final_dir)?;
+        Ok(cfg)
     }
 
     pub fn remove(&self, name: &str) -> Result<()> {
         self.get(name)?;
+        self.uncache(name);
         remove_tree(&self.dir_of(name)?)
     }
+
+    /// The cached ext4 image of the image `id`.
+    pub fn ext4_of_id(&self, id: &str) -> PathBuf {
+        self.root.join(EXT4_DIR).join(format!("id-{id}.img"))
+    }
+
+    /// The id of the image whose unpacked tree `rootfs` is, if it is one of this store's.
+    pub fn id_of_rootfs(&self, rootfs: &Path) -> Option<String> {
+        let canonical = fs::canonicalize(rootfs).ok()?;
+        if canonical.file_name()? != "rootfs" {
+            return None;
+        }
+        let dir = canonical.parent()?;
+        if dir.parent()? != fs::canonicalize(self.root.join(IMAGES_DIR)).ok()? {
+            return None;
+        }
+        let text = fs::read(dir.join("image.json")).ok()?;
+        let cfg: ImageConfig = serde_json::from_slice(&text).ok()?;
+        Some(cfg.id).filter(|id| !id.is_empty() && validate_id(id))
+    }
+
+    /// Drops the cached disk image of `name`'s current version: no later start can use it.
+    fn uncache(&self, name: &str) {
+        if let Ok(old) = self.get(name) {
+            if validate_id(&old.id) {
+                let _ = fs::remove_file(self.ext4_of_id(&old.id));
+            }
+        }
+    }
+}
+
+/// A fresh id: unique per import (the name, the time, this process), hex so that it is a
+/// safe file name.
+fn new_image_id(name: &str) -> String {
+    use sha2::Digest;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seed = format!("{name}\0{}\0{}", now.as_nanos(), std::process::id());
+    let digest = sha2::Sha256::digest(seed.as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What an id read back from image.json must look like to become part of a file name.
+fn validate_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 pub fn validate_name(name: &str) -> Result<()> {
