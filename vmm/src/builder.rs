@@ -1,12 +1,12 @@
-//! Builds a VM from a `VmConfig`: KVM, memory, legacy devices, then (after the caller
-//! attached any MMIO devices) the kernel, boot structures and vCPU threads.
+//! Builds a VM from a `VmConfig`: KVM, memory, legacy devices, then the virtio devices the
+//! config names (through the device manager, `attach_virtio_devices`), then the kernel, boot
+//! structures and vCPU threads.
 //!
-//! Adding an MMIO device:
 //! ```ignore
 //! let mut builder = VmmBuilder::new(&config, start)?;
-//! let slot = builder.attach_mmio_device(device.clone())?;   // bus range + cmdline param
-//! builder.vm().register_irqfd(&irq_evt, slot.irq)?;          // device -> guest interrupt
-//! builder.vm().register_mmio_ioevent_datamatch(&queue_evt, slot.addr + 0x50, 0)?;
+//! let mut virtio = VirtioDevices::new()?;
+//! builder.attach_virtio_devices(&mut virtio)?;   // MMIO slots, irqfds, ioeventfds
+//! let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
 //! let vmm = builder.start()?;
 //! ```
 
@@ -19,7 +19,8 @@ use kvm_ioctls::Kvm;
 use crate::arch::x86_64::boot_params::{self, BootInfo, BootParamsError};
 use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::config::{ConfigError, VmConfig};
-use crate::device_manager::{self, DeviceError, LegacyDevices, MmioAllocator, MmioSlot};
+use crate::device_manager::virtio::{AttachError, VirtioDevices, VmParts};
+use crate::device_manager::{self, DeviceManagerError, LegacyDevices, MmioDeviceManager, MmioSlot};
 use crate::devices::bus::{Bus, BusDevice};
 use crate::devices::legacy::SerialDevice;
 use crate::hypervisor::{self, KvmError};
@@ -46,7 +47,7 @@ pub enum BuildError {
     #[error("VM: {0}")]
     Vm(#[from] VmError),
     #[error("devices: {0}")]
-    Device(#[from] DeviceError),
+    Device(#[from] DeviceManagerError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error("boot parameters: {0}")]
@@ -65,8 +66,7 @@ pub struct VmmBuilder {
     vm: Arc<Vm>,
     memory: GuestMemory,
     pio_bus: Bus,
-    mmio_bus: Bus,
-    mmio_slots: MmioAllocator,
+    mmio: MmioDeviceManager,
     cmdline_extra: Vec<String>,
     stop: StopHandle,
     legacy: LegacyDevices,
@@ -77,8 +77,7 @@ pub struct VmmBuilder {
     loaded: Option<Vec<Vcpu>>,
 }
 
-/// Called with the vCPU id on each vCPU thread before it runs the guest.
-pub type VcpuThreadInit = Arc<dyn Fn(u8) -> Result<(), String> + Send + Sync>;
+pub use crate::vstate::vcpu::VcpuThreadInit;
 
 impl VmmBuilder {
     /// `start` is when the process started; the boot-complete port reports time since then.
@@ -116,8 +115,7 @@ impl VmmBuilder {
             vm,
             memory,
             pio_bus,
-            mmio_bus: Bus::new(),
-            mmio_slots: MmioAllocator::default(),
+            mmio: MmioDeviceManager::default(),
             cmdline_extra: Vec::new(),
             stop,
             legacy,
@@ -165,12 +163,18 @@ impl VmmBuilder {
         &mut self,
         device: Arc<Mutex<dyn BusDevice>>,
     ) -> Result<MmioSlot, BuildError> {
-        let slot = self.mmio_slots.allocate()?;
-        self.mmio_bus
-            .insert(device, slot.addr, slot.len)
-            .map_err(DeviceError::from)?;
-        self.cmdline_extra.push(slot.cmdline_param());
-        Ok(slot)
+        Ok(self.mmio.place(device)?)
+    }
+
+    /// Has the device manager attach every virtio device the config names.
+    pub fn attach_virtio_devices(&mut self, virtio: &mut VirtioDevices) -> Result<(), AttachError> {
+        let mut parts = VmParts {
+            mmio: &mut self.mmio,
+            vm: &self.vm,
+            memory: &self.memory,
+            stop: &self.stop,
+        };
+        virtio.attach_configured(&mut parts, &self.config)
     }
 
     /// Adds a parameter to the kernel command line.
@@ -227,7 +231,8 @@ impl VmmBuilder {
     /// The configured command line, then what devices added, then the CPU template's
     /// parameter for Linux.
     pub fn kernel_cmdline(&self) -> Result<linux_loader::cmdline::Cmdline, BuildError> {
-        let mut extra = self.cmdline_extra.clone();
+        let mut extra = self.mmio.cmdline_params().to_vec();
+        extra.extend(self.cmdline_extra.iter().cloned());
         if let Some(param) = self.config.cpu_template.linux_cmdline() {
             // A clearcpuid= the user gave wins: Linux reads only the first one.
             if !self.config.cmdline().contains("clearcpuid=") {
@@ -273,7 +278,7 @@ impl VmmBuilder {
         };
         let mut vcpus = Vec::with_capacity(usize::from(self.config.vcpus));
         for id in 0..self.config.vcpus {
-            let mut vcpu = Vcpu::new(&self.vm, id, self.pio_bus.clone(), self.mmio_bus.clone())?;
+            let mut vcpu = Vcpu::new(&self.vm, id, self.pio_bus.clone(), self.mmio.bus().clone())?;
             vcpu.configure(&boot)?;
             vcpus.push(vcpu);
         }

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use vmm::arch::x86_64::cpu_template::CpuTemplate;
 use vmm::config::{SerialOutput, VmConfig};
-use vmm::devices::virtio::attach::VirtioDevices;
+use vmm::device_manager::virtio::VirtioDevices;
 use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::event_loop::EventLoopHandle;
 use vmm::devices::virtio::fs::FsConfig;
@@ -198,7 +198,7 @@ fn build_vm(
     }
     let mut builder = VmmBuilder::new(config, start)?;
     let mut virtio = VirtioDevices::new()?;
-    virtio.attach_configured(&mut builder, config)?;
+    builder.attach_virtio_devices(&mut virtio)?;
     if let Some(jail) = &config.jail {
         // Everything opened by path is open after this (KVM, serial file, disks, TAPs, the
         // vsock listener, then kernel and initrd), and no other thread runs: the device loop

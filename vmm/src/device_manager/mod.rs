@@ -1,5 +1,6 @@
-//! Hands out virtio-mmio slots (address window + interrupt line) and wires the legacy
-//! devices onto the port I/O bus.
+//! The devices of a VM being built: the legacy devices on the port I/O bus, and virtio
+//! devices each in a virtio-mmio slot (address window + interrupt line) of the MMIO bus
+//! (`virtio.rs`). The builder calls it; it knows nothing of the builder.
 
 use std::fs::File;
 use std::io::Write;
@@ -11,12 +12,14 @@ use crate::arch::x86_64::layout::{
     VIRTIO_MMIO_SLOT_SIZE, VIRTIO_MMIO_START,
 };
 use crate::config::SerialOutput;
-use crate::devices::bus::{Bus, BusError};
+use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{
     i8042, port_sink, serial, BootComplete, PortSink, SerialDevice, I8042,
 };
 use crate::vstate::stop::{StopHandle, VmExit};
 use crate::vstate::vm::{Vm, VmError};
+
+pub mod virtio;
 
 /// A device's place on the MMIO bus and its interrupt line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +42,7 @@ impl MmioSlot {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub enum DeviceManagerError {
     #[error("no free virtio-mmio slot left (address window or interrupt lines exhausted)")]
     NoMmioSlot,
     #[error("bus: {0}")]
@@ -72,11 +75,11 @@ impl Default for MmioAllocator {
 }
 
 impl MmioAllocator {
-    pub fn allocate(&mut self) -> Result<MmioSlot, DeviceError> {
+    pub fn allocate(&mut self) -> Result<MmioSlot, DeviceManagerError> {
         if self.next_irq > IRQ_DEVICE_LAST
             || self.next_addr + VIRTIO_MMIO_SLOT_SIZE > VIRTIO_MMIO_END
         {
-            return Err(DeviceError::NoMmioSlot);
+            return Err(DeviceManagerError::NoMmioSlot);
         }
         let slot = MmioSlot {
             addr: self.next_addr,
@@ -89,13 +92,45 @@ impl MmioAllocator {
     }
 }
 
-fn serial_out(output: &SerialOutput) -> Result<Box<dyn Write + Send>, DeviceError> {
+/// The MMIO bus and its slots, and the command-line parameters that announce them.
+#[derive(Default)]
+pub struct MmioDeviceManager {
+    bus: Bus,
+    slots: MmioAllocator,
+    cmdline: Vec<String>,
+}
+
+impl MmioDeviceManager {
+    /// What vCPUs dispatch MMIO exits to.
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    /// `virtio_mmio.device=` for each placed device, in slot order.
+    pub fn cmdline_params(&self) -> &[String] {
+        &self.cmdline
+    }
+
+    /// Places `device` in the next slot and announces it on the command line; the caller
+    /// wires the slot's interrupt and notification eventfds.
+    pub fn place(
+        &mut self,
+        device: Arc<Mutex<dyn BusDevice>>,
+    ) -> Result<MmioSlot, DeviceManagerError> {
+        let slot = self.slots.allocate()?;
+        self.bus.insert(device, slot.addr, slot.len)?;
+        self.cmdline.push(slot.cmdline_param());
+        Ok(slot)
+    }
+}
+
+fn serial_out(output: &SerialOutput) -> Result<Box<dyn Write + Send>, DeviceManagerError> {
     Ok(match output {
         SerialOutput::Stdout => Box::new(std::io::stdout()),
         SerialOutput::None => Box::new(std::io::sink()),
         SerialOutput::File(path) => {
             Box::new(
-                File::create(path).map_err(|source| DeviceError::SerialFile {
+                File::create(path).map_err(|source| DeviceManagerError::SerialFile {
                     path: path.clone(),
                     source,
                 })?,
@@ -115,8 +150,9 @@ pub fn attach_legacy_devices(
     serial_output: &SerialOutput,
     stop: &StopHandle,
     start: Instant,
-) -> Result<LegacyDevices, DeviceError> {
-    let serial = SerialDevice::new(serial_out(serial_output)?).map_err(DeviceError::Serial)?;
+) -> Result<LegacyDevices, DeviceManagerError> {
+    let serial =
+        SerialDevice::new(serial_out(serial_output)?).map_err(DeviceManagerError::Serial)?;
     vm.register_irqfd(serial.interrupt_evt(), IRQ_SERIAL_COM1)?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(serial.clone(), serial::COM1_PORT, serial::COM_PORT_LEN)?;
@@ -170,7 +206,10 @@ mod tests {
         for _ in 0..n {
             alloc.allocate().unwrap();
         }
-        assert!(matches!(alloc.allocate(), Err(DeviceError::NoMmioSlot)));
+        assert!(matches!(
+            alloc.allocate(),
+            Err(DeviceManagerError::NoMmioSlot)
+        ));
     }
 
     #[test]

@@ -8,20 +8,20 @@ use std::sync::{Arc, Mutex};
 use event_manager::MutEventSubscriber;
 use log::info;
 
-use super::block::{Block, BlockError};
-use super::event_loop::{DeviceEventLoop, EventLoopError, EventLoopHandle};
-use super::fs::{Fs, FsError};
-use super::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
-use super::net::device::NetError;
-use super::net::Net;
-use super::rng::Rng;
-use super::vsock::{Vsock, VsockError};
-use super::VirtioDevice;
-use crate::builder::{BuildError, VmmBuilder};
+use super::{DeviceManagerError, MmioDeviceManager, MmioSlot};
 use crate::config::VmConfig;
-use crate::device_manager::MmioSlot;
+use crate::devices::virtio::block::{Block, BlockError};
+use crate::devices::virtio::event_loop::{DeviceEventLoop, EventLoopError, EventLoopHandle};
+use crate::devices::virtio::fs::{Fs, FsError};
+use crate::devices::virtio::mmio::{MmioError, MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::device::NetError;
+use crate::devices::virtio::net::Net;
+use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::{Vsock, VsockError};
+use crate::devices::virtio::VirtioDevice;
+use crate::vstate::memory::GuestMemory;
 use crate::vstate::stop::{StopHandle, VmExit};
-use crate::vstate::vm::VmError;
+use crate::vstate::vm::{Vm, VmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -64,7 +64,7 @@ pub enum AttachError {
     Slot {
         device: String,
         #[source]
-        source: Box<BuildError>,
+        source: DeviceManagerError,
     },
     #[error("{device}: {source}")]
     Kvm {
@@ -81,6 +81,15 @@ pub enum AttachError {
 pub struct AttachedDevice {
     pub name: String,
     pub slot: MmioSlot,
+}
+
+/// What placing a virtio device needs of the VM being built.
+pub struct VmParts<'a> {
+    pub mmio: &'a mut MmioDeviceManager,
+    pub vm: &'a Vm,
+    pub memory: &'a GuestMemory,
+    /// Device backends hold this to end the VM on a fatal error.
+    pub stop: &'a StopHandle,
 }
 
 /// The virtio devices of one VM and the event loop that will serve them.
@@ -105,7 +114,7 @@ impl VirtioDevices {
     /// directories, then the entropy device) so that a guest sees the same layout for the same configuration.
     pub fn attach_configured(
         &mut self,
-        builder: &mut VmmBuilder,
+        parts: &mut VmParts<'_>,
         config: &VmConfig,
     ) -> Result<(), AttachError> {
         for (index, disk) in config.disks.iter().enumerate() {
@@ -114,7 +123,7 @@ impl VirtioDevices {
                 path: disk.path.display().to_string(),
                 source,
             })?;
-            self.attach(builder, &format!("virtio-blk{index}"), block)?;
+            self.attach(parts, &format!("virtio-blk{index}"), block)?;
         }
         for (index, nic) in config.nets.iter().enumerate() {
             let net = Net::from_config(nic).map_err(|source| AttachError::Net {
@@ -122,27 +131,26 @@ impl VirtioDevices {
                 tap: nic.tap.clone(),
                 source,
             })?;
-            self.attach(builder, &format!("virtio-net{index}"), net)?;
+            self.attach(parts, &format!("virtio-net{index}"), net)?;
         }
         if let Some(vsock_config) = &config.vsock {
             let vsock = Vsock::new(vsock_config).map_err(|source| AttachError::Vsock {
                 path: vsock_config.path.display().to_string(),
                 source,
             })?;
-            self.attach(builder, "virtio-vsock", vsock)?;
+            self.attach(parts, "virtio-vsock", vsock)?;
         }
         for (index, fs_config) in config.fs.iter().enumerate() {
-            let fs =
-                Fs::new(fs_config, builder.stop_handle()).map_err(|source| AttachError::Fs {
-                    index,
-                    tag: fs_config.tag.clone(),
-                    source,
-                })?;
-            self.attach(builder, &format!("virtio-fs{index}"), fs)?;
+            let fs = Fs::new(fs_config, parts.stop.clone()).map_err(|source| AttachError::Fs {
+                index,
+                tag: fs_config.tag.clone(),
+                source,
+            })?;
+            self.attach(parts, &format!("virtio-fs{index}"), fs)?;
         }
         if config.rng {
             let rng = Rng::new().map_err(AttachError::Rng)?;
-            self.attach(builder, "virtio-rng", rng)?;
+            self.attach(parts, "virtio-rng", rng)?;
         }
         Ok(())
     }
@@ -150,7 +158,7 @@ impl VirtioDevices {
     /// Places one device in the VM; see the module comment.
     pub fn attach<D>(
         &mut self,
-        builder: &mut VmmBuilder,
+        parts: &mut VmParts<'_>,
         name: &str,
         device: D,
     ) -> Result<MmioSlot, AttachError>
@@ -159,18 +167,19 @@ impl VirtioDevices {
     {
         let device = Arc::new(Mutex::new(device));
         let transport =
-            MmioTransport::new(builder.memory().clone(), device.clone()).map_err(|source| {
+            MmioTransport::new(parts.memory.clone(), device.clone()).map_err(|source| {
                 AttachError::Transport {
                     device: name.to_string(),
                     source,
                 }
             })?;
         let transport = Arc::new(Mutex::new(transport));
-        let slot = builder
-            .attach_mmio_device(transport.clone())
+        let slot = parts
+            .mmio
+            .place(transport.clone())
             .map_err(|source| AttachError::Slot {
                 device: name.to_string(),
-                source: Box::new(source),
+                source,
             })?;
         let kvm_err = |source| AttachError::Kvm {
             device: name.to_string(),
@@ -178,13 +187,13 @@ impl VirtioDevices {
         };
         {
             let t = transport.lock().unwrap_or_else(|e| e.into_inner());
-            builder
-                .vm()
+            parts
+                .vm
                 .register_irqfd(t.interrupt().irq_evt(), slot.irq)
                 .map_err(kvm_err)?;
             for (index, evt) in t.queue_evts().iter().enumerate() {
-                builder
-                    .vm()
+                parts
+                    .vm
                     .register_mmio_ioevent_datamatch(
                         evt,
                         slot.addr + QUEUE_NOTIFY_OFFSET,

@@ -33,6 +33,9 @@ fn reset_vector_note(rip: u64) -> &'static str {
     }
 }
 
+/// Called with the vCPU id on each vCPU thread before it runs the guest.
+pub type VcpuThreadInit = std::sync::Arc<dyn Fn(u8) -> Result<(), String> + Send + Sync>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
     #[error("KVM_CREATE_VCPU {id} failed: {source}")]
@@ -226,7 +229,7 @@ impl Vcpu {
     pub fn spawn(
         self,
         stop: StopHandle,
-        init: Option<crate::builder::VcpuThreadInit>,
+        init: Option<VcpuThreadInit>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         install_kick_handler()?;
         let id = self.id;

@@ -2,7 +2,6 @@
 //!
 //! - [`device`]: the [`VirtioDevice`] contract between transport and device, the interrupt
 //!   abstraction, and how devices get their events on the device event-loop thread.
-//! - [`attach`]: wiring devices into a VM (MMIO slot, irqfd, ioeventfds, event loop).
 //! - [`chain`]: validation of the descriptor chains a guest hands over.
 //! - [`block`]: virtio-blk on raw image files.
 //! - [`event_loop`]: the device event-loop thread that serves all devices.
@@ -12,7 +11,6 @@
 //! - [`test_utils`]: the driver's side of a virtqueue in plain guest memory, for device tests
 //!   and benchmarks.
 
-pub mod attach;
 pub mod block;
 pub mod chain;
 pub mod device;
