@@ -87,19 +87,30 @@ impl ExitSlot {
 }
 
 impl Reaper {
-    /// Starts the reaping thread.
-    pub fn start() -> Arc<Reaper> {
-        let reaper = Arc::new(Reaper {
+    fn new() -> Arc<Reaper> {
+        Arc::new(Reaper {
             state: Mutex::new(State::default()),
             spawned: Condvar::new(),
             engine_waits: Mutex::new(HashMap::new()),
-        });
+        })
+    }
+
+    /// Starts the reaping thread.
+    pub fn start() -> Arc<Reaper> {
+        let reaper = Reaper::new();
         let r = reaper.clone();
         thread::Builder::new()
             .name("reaper".into())
             .spawn(move || r.run())
             .expect("spawn the reaper thread");
         reaper
+    }
+
+    /// A reaper without its thread: a unit test's agent must not `waitpid(-1)` away the
+    /// children of the other tests in the process.
+    #[cfg(test)]
+    pub(super) fn unstarted() -> Arc<Reaper> {
+        Reaper::new()
     }
 
     /// To be called before spawning a process: wakes the thread and returns the mark to
