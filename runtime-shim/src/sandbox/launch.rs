@@ -190,19 +190,12 @@ pub fn spawn_monitor(
         cmd.stdin(std::process::Stdio::null());
     }
     let wr_fd = wr.as_raw_fd();
-    // SAFETY: setsid and dup2 are async-signal-safe.
+    // SAFETY: only the async-signal-safe helpers of `child` between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            // Signals we block for our own use must not stay blocked in the child.
-            let empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::dup2(wr_fd, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            super::child::unblock_signals();
+            super::child::new_session()?;
+            super::child::pass_fd(wr_fd, READY_FD)
         });
     }
     let mut child = cmd

@@ -64,21 +64,11 @@ fn spawn_agent(state_dir: &Path, orphan_inits: bool) -> Result<NativeAgent> {
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: only async-signal-safe calls (sigprocmask, prctl, dup2, fcntl) between fork
-    // and exec.
+    // SAFETY: only the async-signal-safe helpers of `child` between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             super::child::reset_signals_and_die_with_parent()?;
-            // dup2 clears close-on-exec on the copy; onto itself it does nothing, so clear
-            // the flag by hand then.
-            if listen_fd == LISTEN_FD {
-                if libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(listen_fd, LISTEN_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            super::child::pass_fd(listen_fd, LISTEN_FD)
         });
     }
     let child = cmd.spawn();

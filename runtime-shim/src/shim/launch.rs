@@ -131,21 +131,12 @@ fn spawn_server(
         },
     );
     let fd = listener.as_raw_fd();
-    // SAFETY: setsid and dup2 are async-signal-safe; the listener stays open until exec.
+    // SAFETY: only the async-signal-safe helpers of `sandbox::child` between fork and exec;
+    // the listener stays open until exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if fd == LISTENER_FD {
-                // dup2 onto itself would keep close-on-exec set.
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, LISTENER_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
+            crate::sandbox::child::new_session()?;
+            crate::sandbox::child::pass_fd(fd, LISTENER_FD)
         });
     }
     let child = cmd.spawn().map_err(io_err("start the shim server"))?;
