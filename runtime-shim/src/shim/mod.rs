@@ -10,9 +10,11 @@ pub mod io;
 pub mod launch;
 pub mod options;
 pub mod pod;
+mod process;
 pub mod rootfs;
 pub mod service;
 pub mod stats;
+mod tasks;
 
 /// The binary's entry point; returns the process exit status.
 pub fn main() -> i32 {

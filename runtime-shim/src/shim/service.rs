@@ -1,6 +1,7 @@
 //! The containerd task service: containerd's task requests turned into agent requests on the
-//! pod's sandbox, the state containerd asks about (status, pids, exit codes), and the task
-//! events it expects.
+//! pod's sandbox, and the task events containerd expects. The state containerd asks about
+//! (status, pids, exit codes) is the task table's ([`super::tasks`]); a request the table
+//! refuses never reaches the agent.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,6 @@ use containerd_shim::api;
 use containerd_shim::protos::events::task::{
     TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
-use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
-use containerd_shim::protos::protobuf::EnumOrUnknown;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
@@ -25,77 +24,16 @@ use crate::sandbox::{native, vm};
 
 use super::error::{agent, Result, ShimError};
 use super::events::Events;
-use super::io::{self, Pumps, StdioPaths};
+use super::io::{self, StdioPaths};
 use super::options::ShimOptions;
 use super::pod::Pod;
+use super::process::{now, process_ref, Exec, Exit, Proc};
 use super::rootfs;
 use super::stats;
+use super::tasks::{State, TaskEntry};
 
 /// How long the exit of a process waits for its output to reach the fifos.
 const DRAIN_LIMIT: Duration = Duration::from_secs(2);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum ProcStatus {
-    Created,
-    Running,
-    Stopped,
-}
-
-impl ProcStatus {
-    fn name(self) -> &'static str {
-        match self {
-            ProcStatus::Created => "created",
-            ProcStatus::Running => "running",
-            ProcStatus::Stopped => "stopped",
-        }
-    }
-
-    fn api(self) -> api::Status {
-        match self {
-            ProcStatus::Created => api::Status::CREATED,
-            ProcStatus::Running => api::Status::RUNNING,
-            ProcStatus::Stopped => api::Status::STOPPED,
-        }
-    }
-}
-
-struct Proc {
-    pid: u32,
-    status: ProcStatus,
-    exit: Option<(u32, Timestamp)>,
-    stdio: StdioPaths,
-    pumps: Option<Pumps>,
-}
-
-impl Proc {
-    fn new(stdio: StdioPaths) -> Proc {
-        Proc {
-            pid: 0,
-            status: ProcStatus::Created,
-            exit: None,
-            stdio,
-            pumps: None,
-        }
-    }
-}
-
-struct Exec {
-    spec: serde_json::Value,
-    proc: Proc,
-}
-
-struct TaskEntry {
-    bundle: PathBuf,
-    rootfs_mounted: bool,
-    init: Proc,
-    execs: HashMap<String, Exec>,
-}
-
-#[derive(Default)]
-struct State {
-    pod: Option<Arc<Pod>>,
-    tasks: HashMap<String, TaskEntry>,
-}
 
 /// A container as the pod's agent is to see it: in a VM its rootfs and volumes are the pod
 /// share's.
@@ -118,10 +56,6 @@ pub struct Inner {
 #[derive(Clone)]
 pub struct Service {
     inner: Arc<Inner>,
-}
-
-fn now() -> Timestamp {
-    containerd_shim::util::timestamp().unwrap_or_default()
 }
 
 fn exit_code(s: ExitStatus) -> u32 {
@@ -147,12 +81,7 @@ impl Service {
     }
 
     fn pod(&self) -> Result<Arc<Pod>> {
-        let st = self.lock();
-        let pod = st
-            .pod
-            .clone()
-            .ok_or_else(|| ShimError::SandboxGone("no sandbox has been created".into()))?;
-        Ok(pod)
+        self.lock().pod()
     }
 
     fn create(&self, req: &api::CreateTaskRequest) -> Result<u32> {
@@ -162,9 +91,7 @@ impl Service {
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented("restoring from a checkpoint"));
         }
-        if self.lock().tasks.contains_key(&req.id) {
-            return Err(ShimError::TaskExists(req.id.clone()));
-        }
+        self.lock().ensure_new_task(&req.id)?;
         let bundle = PathBuf::from(&req.bundle);
         let mounted = rootfs::mount_all(&bundle, &req.rootfs)?;
         match self.create_mounted(req, &bundle, mounted) {
@@ -270,14 +197,9 @@ impl Service {
         let mut proc = Proc::new(stdio.clone());
         proc.pid = pid;
         proc.pumps = Some(pumps);
-        self.lock().tasks.insert(
+        self.lock().insert_task(
             req.id.clone(),
-            TaskEntry {
-                bundle: bundle.to_path_buf(),
-                rootfs_mounted: mounted,
-                init: proc,
-                execs: HashMap::new(),
-            },
+            TaskEntry::new(bundle.to_path_buf(), mounted, proc),
         );
         self.spawn_waiter(pod, init);
         self.inner.events.send(
@@ -347,32 +269,6 @@ impl Service {
         Ok(pod)
     }
 
-    fn proc_mut<'a>(st: &'a mut State, id: &str, exec_id: &str) -> Result<&'a mut Proc> {
-        let t = st
-            .tasks
-            .get_mut(id)
-            .ok_or_else(|| ShimError::NoTask(id.to_string()))?;
-        if exec_id.is_empty() {
-            Ok(&mut t.init)
-        } else {
-            t.execs
-                .get_mut(exec_id)
-                .map(|e| &mut e.proc)
-                .ok_or_else(|| ShimError::NoExec {
-                    id: id.to_string(),
-                    exec_id: exec_id.to_string(),
-                })
-        }
-    }
-
-    fn pref(id: &str, exec_id: &str) -> ProcessRef {
-        if exec_id.is_empty() {
-            ProcessRef::init(id)
-        } else {
-            ProcessRef::exec(id, exec_id)
-        }
-    }
-
     /// Waits for the process on a connection of its own; records its exit once its output
     /// is delivered, then tells containerd.
     fn spawn_waiter(&self, pod: &Arc<Pod>, p: ProcessRef) {
@@ -390,7 +286,7 @@ impl Service {
             let exec_id = p.exec_id.clone().unwrap_or_default();
             let pumps = {
                 let mut st = svc.lock();
-                Self::proc_mut(&mut st, &p.container_id, &exec_id)
+                st.proc_mut(&p.container_id, &exec_id)
                     .ok()
                     .and_then(|pr| pr.pumps.take())
             };
@@ -401,12 +297,13 @@ impl Service {
             let at = now();
             let pid = {
                 let mut st = svc.lock();
-                let Ok(pr) = Self::proc_mut(&mut st, &p.container_id, &exec_id) else {
+                let Ok(pr) = st.proc_mut(&p.container_id, &exec_id) else {
                     return;
                 };
-                pr.status = ProcStatus::Stopped;
-                pr.exit = Some((exit_code(status), at.clone()));
-                pr.pid
+                pr.record_exit(Exit {
+                    code: exit_code(status),
+                    at: at.clone(),
+                })
             };
             svc.inner.changed.notify_all();
             svc.inner.events.send(
@@ -458,25 +355,13 @@ impl Service {
     fn start(&self, id: &str, exec_id: &str) -> Result<u32> {
         let pod = self.pod()?;
         if exec_id.is_empty() {
-            {
-                let mut st = self.lock();
-                let p = Self::proc_mut(&mut st, id, "")?;
-                if p.status != ProcStatus::Created {
-                    return Err(ShimError::WrongState {
-                        what: format!("task {id:?}"),
-                        state: p.status.name(),
-                        action: "start",
-                    });
-                }
-            }
+            self.lock().proc(id, "")?.ensure_startable(id, "")?;
             pod.call(|c| c.start_container(id))
                 .map_err(agent("start container"))?;
             let pid = {
                 let mut st = self.lock();
-                let p = Self::proc_mut(&mut st, id, "")?;
-                if p.status == ProcStatus::Created {
-                    p.status = ProcStatus::Running;
-                }
+                let p = st.proc_mut(id, "")?;
+                p.mark_started();
                 p.pid
             };
             self.inner.events.send(
@@ -489,25 +374,7 @@ impl Service {
             );
             return Ok(pid);
         }
-        let (spec, stdio) = {
-            let mut st = self.lock();
-            let t = st
-                .tasks
-                .get_mut(id)
-                .ok_or_else(|| ShimError::NoTask(id.to_string()))?;
-            let e = t.execs.get(exec_id).ok_or_else(|| ShimError::NoExec {
-                id: id.to_string(),
-                exec_id: exec_id.to_string(),
-            })?;
-            if e.proc.status != ProcStatus::Created {
-                return Err(ShimError::WrongState {
-                    what: format!("exec {exec_id:?} of task {id:?}"),
-                    state: e.proc.status.name(),
-                    action: "start",
-                });
-            }
-            (e.spec.clone(), e.proc.stdio.clone())
-        };
+        let (spec, stdio) = self.lock().exec_to_start(id, exec_id)?;
         let pid = pod
             .call(|c| {
                 c.exec(ExecRequest {
@@ -531,13 +398,7 @@ impl Service {
                 return Err(e);
             }
         };
-        {
-            let mut st = self.lock();
-            let p = Self::proc_mut(&mut st, id, exec_id)?;
-            p.pid = pid;
-            p.status = ProcStatus::Running;
-            p.pumps = Some(pumps);
-        }
+        self.lock().proc_mut(id, exec_id)?.exec_started(pid, pumps);
         self.spawn_waiter(&pod, pref);
         self.inner.events.send(
             topics::TASK_EXEC_STARTED_EVENT_TOPIC,
@@ -554,38 +415,16 @@ impl Service {
     fn delete(&self, id: &str, exec_id: &str) -> Result<api::DeleteResponse> {
         let mut st = self.lock();
         if !exec_id.is_empty() {
-            let p = Self::proc_mut(&mut st, id, exec_id)?;
-            if p.status == ProcStatus::Running {
-                return Err(ShimError::WrongState {
-                    what: format!("exec {exec_id:?} of task {id:?}"),
-                    state: p.status.name(),
-                    action: "delete",
-                });
-            }
-            let (code, at) = p.exit.clone().unwrap_or((0, now()));
-            let pid = p.pid;
-            if let Some(t) = st.tasks.get_mut(id) {
-                t.execs.remove(exec_id);
-            }
+            let p = st.remove_exec(id, exec_id)?;
+            let exit = p.exit_or(0);
             return Ok(api::DeleteResponse {
-                pid,
-                exit_status: code,
-                exited_at: Some(at).into(),
+                pid: p.pid,
+                exit_status: exit.code,
+                exited_at: Some(exit.at).into(),
                 ..Default::default()
             });
         }
-        let t = st
-            .tasks
-            .get(id)
-            .ok_or_else(|| ShimError::NoTask(id.to_string()))?;
-        if t.init.status == ProcStatus::Running {
-            return Err(ShimError::WrongState {
-                what: format!("task {id:?}"),
-                state: "running",
-                action: "delete",
-            });
-        }
-        let force = t.init.status == ProcStatus::Created;
+        let force = st.task_to_delete(id)?;
         let pod = st.pod.clone();
         drop(st);
         if let Some(pod) = &pod {
@@ -598,11 +437,7 @@ impl Service {
                 }
             }
         }
-        let mut st = self.lock();
-        let Some(t) = st.tasks.remove(id) else {
-            return Err(ShimError::NoTask(id.to_string()));
-        };
-        drop(st);
+        let t = self.lock().remove_task(id)?;
         self.inner.changed.notify_all();
         if let Some(share) = pod.as_ref().and_then(|p| p.vm_share.as_ref()) {
             share.remove(id);
@@ -610,22 +445,22 @@ impl Service {
         if t.rootfs_mounted {
             rootfs::unmount(&t.bundle);
         }
-        let (code, at) = t.init.exit.clone().unwrap_or((137, now()));
+        let exit = t.init.exit_or(137);
         self.inner.events.send(
             topics::TASK_DELETE_EVENT_TOPIC,
             TaskDelete {
                 container_id: id.to_string(),
                 pid: t.init.pid,
-                exit_status: code,
-                exited_at: Some(at.clone()).into(),
+                exit_status: exit.code,
+                exited_at: Some(exit.at.clone()).into(),
                 id: id.to_string(),
                 ..Default::default()
             },
         );
         Ok(api::DeleteResponse {
             pid: t.init.pid,
-            exit_status: code,
-            exited_at: Some(at).into(),
+            exit_status: exit.code,
+            exited_at: Some(exit.at).into(),
             ..Default::default()
         })
     }
@@ -639,37 +474,16 @@ impl Service {
         if req.exec_id.is_empty() {
             return Err(ShimError::Invalid("exec id is empty".into()));
         }
-        let mut st = self.lock();
-        let t = st
-            .tasks
-            .get_mut(&req.id)
-            .ok_or_else(|| ShimError::NoTask(req.id.clone()))?;
-        if t.init.status != ProcStatus::Running {
-            return Err(ShimError::WrongState {
-                what: format!("task {:?}", req.id),
-                state: t.init.status.name(),
-                action: "exec in it",
-            });
-        }
-        if t.execs.contains_key(&req.exec_id) {
-            return Err(ShimError::ExecExists {
-                id: req.id.clone(),
-                exec_id: req.exec_id.clone(),
-            });
-        }
-        t.execs.insert(
-            req.exec_id.clone(),
-            Exec {
-                spec,
-                proc: Proc::new(StdioPaths {
-                    stdin: req.stdin.clone(),
-                    stdout: req.stdout.clone(),
-                    stderr: req.stderr.clone(),
-                    terminal: req.terminal,
-                }),
-            },
-        );
-        drop(st);
+        let exec = Exec {
+            spec,
+            proc: Proc::new(StdioPaths {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+            }),
+        };
+        self.lock().add_exec(&req.id, &req.exec_id, exec)?;
         self.inner.events.send(
             topics::TASK_EXEC_ADDED_EVENT_TOPIC,
             TaskExecAdded {
@@ -682,24 +496,13 @@ impl Service {
     }
 
     fn kill(&self, req: &api::KillRequest) -> Result<()> {
-        let status = {
-            let mut st = self.lock();
-            Self::proc_mut(&mut st, &req.id, &req.exec_id)?.status
+        let pod = {
+            let st = self.lock();
+            st.proc(&req.id, &req.exec_id)?
+                .ensure_signallable(&req.id, &req.exec_id)?;
+            st.pod()?
         };
-        if status == ProcStatus::Stopped {
-            return Err(ShimError::Finished(
-                Self::pref(&req.id, &req.exec_id).to_string(),
-            ));
-        }
-        if status == ProcStatus::Created && !req.exec_id.is_empty() {
-            return Err(ShimError::WrongState {
-                what: format!("exec {:?} of task {:?}", req.exec_id, req.id),
-                state: "created",
-                action: "signal",
-            });
-        }
-        let pod = self.pod()?;
-        let pref = Self::pref(&req.id, &req.exec_id);
+        let pref = process_ref(&req.id, &req.exec_id);
         pod.call(|c| c.signal(pref.clone(), req.signal as i32, req.all))
             .map_err(agent("signal"))
     }
@@ -707,11 +510,10 @@ impl Service {
     fn wait(&self, id: &str, exec_id: &str) -> Result<api::WaitResponse> {
         let mut st = self.lock();
         loop {
-            let p = Self::proc_mut(&mut st, id, exec_id)?;
-            if let Some((code, at)) = &p.exit {
+            if let Some(exit) = &st.proc(id, exec_id)?.exit {
                 return Ok(api::WaitResponse {
-                    exit_status: *code,
-                    exited_at: Some(at.clone()).into(),
+                    exit_status: exit.code,
+                    exited_at: Some(exit.at.clone()).into(),
                     ..Default::default()
                 });
             }
@@ -723,61 +525,21 @@ impl Service {
         }
     }
 
-    fn state(&self, id: &str, exec_id: &str) -> Result<api::StateResponse> {
-        let mut st = self.lock();
-        let bundle = st
-            .tasks
-            .get(id)
-            .map(|t| t.bundle.display().to_string())
-            .unwrap_or_default();
-        let p = Self::proc_mut(&mut st, id, exec_id)?;
-        let (code, at) = p
-            .exit
-            .clone()
-            .map(|(c, t)| (c, Some(t)))
-            .unwrap_or((0, None));
-        Ok(api::StateResponse {
-            id: id.to_string(),
-            bundle,
-            pid: p.pid,
-            status: EnumOrUnknown::new(p.status.api()),
-            stdin: p.stdio.stdin.clone(),
-            stdout: p.stdio.stdout.clone(),
-            stderr: p.stdio.stderr.clone(),
-            terminal: p.stdio.terminal,
-            exit_status: code,
-            exited_at: at.into(),
-            exec_id: exec_id.to_string(),
-            ..Default::default()
-        })
-    }
-
     fn running_task(&self, id: &str) -> Result<Arc<Pod>> {
-        let status = {
-            let mut st = self.lock();
-            Self::proc_mut(&mut st, id, "")?.status
-        };
-        if status == ProcStatus::Stopped {
-            return Err(ShimError::WrongState {
-                what: format!("task {id:?}"),
-                state: "stopped",
-                action: "query or change it",
-            });
-        }
-        self.pod()
+        let st = self.lock();
+        st.proc(id, "")?.ensure_not_stopped(id)?;
+        st.pod()
     }
 
     fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
         let mut st = self.lock();
-        let p = Self::proc_mut(&mut st, id, exec_id)?;
+        let p = st.proc_mut(id, exec_id)?;
         log::debug!(
             "close io {id}/{exec_id} stdin={stdin} pumps={}",
             p.pumps.is_some()
         );
         if stdin {
-            if let Some(pumps) = p.pumps.as_mut() {
-                pumps.close_stdin();
-            }
+            p.close_stdin();
         }
         Ok(())
     }
@@ -786,7 +548,7 @@ impl Service {
     fn shutdown(&self) {
         let pod = {
             let mut st = self.lock();
-            if !st.tasks.is_empty() {
+            if st.has_tasks() {
                 return;
             }
             st.pod.take()
@@ -862,7 +624,7 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        Ok(Service::state(self, &req.id, &req.exec_id)?)
+        Ok(self.lock().state_response(&req.id, &req.exec_id)?)
     }
 
     fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
@@ -906,7 +668,7 @@ impl containerd_shim::Task for Service {
             .map_err(|_| ShimError::Invalid(format!("terminal height {}", req.height)))?;
         let cols = u16::try_from(req.width)
             .map_err(|_| ShimError::Invalid(format!("terminal width {}", req.width)))?;
-        let pref = Service::pref(&req.id, &req.exec_id);
+        let pref = process_ref(&req.id, &req.exec_id);
         pod.call(|c| c.resize_tty(pref.clone(), rows, cols))
             .map_err(agent("resize terminal"))?;
         Ok(api::Empty::new())
@@ -943,10 +705,7 @@ impl containerd_shim::Task for Service {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = {
-            let st = self.lock();
-            st.tasks.get(&req.id).map(|t| t.init.pid).unwrap_or(0)
-        };
+        let task_pid = self.lock().init_pid(&req.id);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
