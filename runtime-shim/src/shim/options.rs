@@ -4,7 +4,7 @@
 //! containerd hands a non-runc runtime its options as `runtimeoptions.v1.Options`
 //! (`TypeUrl`, `ConfigPath`, `ConfigBody`), both from the CRI runtime handler's `options`
 //! table and from `ctr run --runtime-config-path`. The shim reads `ConfigBody`, else the
-//! file named by `ConfigPath`, as `key = value` lines (a TOML subset):
+//! file named by `ConfigPath`, as TOML:
 //!
 //! ```toml
 //! isolation = "native"               # or "vm" (the default)
@@ -22,6 +22,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+
+use serde::Deserialize;
 
 use crate::state::Isolation;
 
@@ -84,31 +86,30 @@ impl ShimOptions {
         Ok(opts)
     }
 
-    /// Applies `key = value` lines; unknown keys and malformed values are errors.
+    /// Applies an options file (TOML); unknown keys and malformed values are errors naming
+    /// the line.
     pub fn apply_config(&mut self, text: &str) -> Result<()> {
-        for (n, raw) in text.lines().enumerate() {
-            let line = strip_comment(raw).trim();
-            if line.is_empty() {
-                continue;
-            }
-            let bad = |why: String| ShimError::Options(format!("line {}: {why}", n + 1));
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| bad(format!("{line:?} is not key = value")))?;
-            let key = key.trim();
-            let value = value.trim();
-            match key {
-                "isolation" => {
-                    self.isolation = parse_isolation(&unquote(value).map_err(bad)?).map_err(bad)?
-                }
-                "allow_isolation_annotation" => {
-                    self.allow_isolation_annotation = parse_bool(value).map_err(bad)?
-                }
-                "allow_slow_kvm" => self.allow_slow_kvm = parse_bool(value).map_err(bad)?,
-                "root" => self.root = PathBuf::from(unquote(value).map_err(bad)?),
-                "image_store" => self.image_store = PathBuf::from(unquote(value).map_err(bad)?),
-                other => return Err(bad(format!("unknown option {other:?}"))),
-            }
+        let file: OptionsFile = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map(|n| format!("line {n}: ")).unwrap_or_default();
+            ShimError::Options(format!("{at}{}", e.message().trim_end()))
+        })?;
+        if let Some(isolation) = file.isolation {
+            self.isolation = isolation;
+        }
+        if let Some(allow) = file.allow_isolation_annotation {
+            self.allow_isolation_annotation = allow;
+        }
+        if let Some(allow) = file.allow_slow_kvm {
+            self.allow_slow_kvm = allow;
+        }
+        if let Some(root) = file.root {
+            self.root = root;
+        }
+        if let Some(store) = file.image_store {
+            self.image_store = store;
         }
         if !self.root.is_absolute() {
             return Err(ShimError::Options(format!(
@@ -140,33 +141,25 @@ impl ShimOptions {
     }
 }
 
-fn strip_comment(line: &str) -> &str {
-    // A '#' inside quotes is part of the value.
-    let mut quoted = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '"' => quoted = !quoted,
-            '#' if !quoted => return &line[..i],
-            _ => {}
-        }
-    }
-    line
+/// The options file, as the keys of the module comment.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptionsFile {
+    #[serde(default, deserialize_with = "isolation_value")]
+    isolation: Option<Isolation>,
+    allow_isolation_annotation: Option<bool>,
+    allow_slow_kvm: Option<bool>,
+    root: Option<PathBuf>,
+    image_store: Option<PathBuf>,
 }
 
-fn unquote(v: &str) -> std::result::Result<String, String> {
-    v.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .filter(|s| !s.contains('"'))
-        .map(str::to_owned)
-        .ok_or_else(|| format!("{v} is not a quoted string"))
-}
-
-fn parse_bool(v: &str) -> std::result::Result<bool, String> {
-    match v {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        _ => Err(format!("{v} is not true or false")),
-    }
+fn isolation_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Isolation>, D::Error> {
+    let name = String::deserialize(d)?;
+    parse_isolation(&name)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn parse_isolation(v: &str) -> std::result::Result<Isolation, String> {
@@ -290,6 +283,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3") && err.contains("speed"), "{err}");
+        let err = ShimOptions::default()
+            .apply_config("root = \"/run/x\"\nallow_slow_kvm = \"yes\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2") && err.contains("bool"), "{err}");
+        assert!(!err.contains('\n'), "one line for containerd's log: {err}");
         let err = ShimOptions::from_runtime_options("containerd.runc.v1.Options", b"")
             .unwrap_err()
             .to_string();
