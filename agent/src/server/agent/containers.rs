@@ -475,10 +475,8 @@ mod tests {
         assert!(a.containers.lock().unwrap().is_empty());
     }
 
-    #[test]
-    fn a_native_create_refuses_copied_files() {
-        let root = tempfile::tempdir().unwrap();
-        let a = agent(Mode::Native, root.path());
+    /// c1 on a rootfs directory, with one file to copy into the spec's first mount.
+    fn with_a_copied_file_for_mount_0() -> CreateContainer {
         let mut req = create(
             "c1",
             spec(),
@@ -491,6 +489,14 @@ mod tests {
             mode: 0o644,
             contents: b"x".to_vec(),
         });
+        req
+    }
+
+    #[test]
+    fn a_native_create_refuses_copied_files() {
+        let root = tempfile::tempdir().unwrap();
+        let a = agent(Mode::Native, root.path());
+        let req = with_a_copied_file_for_mount_0();
         let e = a.create_container(req).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidParams);
         assert_eq!(
@@ -504,19 +510,8 @@ mod tests {
     fn refused_copied_files_undo_the_rootfs_directory() {
         let root = tempfile::tempdir().unwrap();
         let a = agent(Mode::Guest, root.path());
-        let mut req = create(
-            "c1",
-            spec(),
-            RootfsSource::Directory {
-                path: "/run/storage/c1".into(),
-            },
-        );
         // mounts[0] is /proc, not a bind mount.
-        req.copied_files.push(CopiedFile {
-            mount_index: 0,
-            mode: 0o644,
-            contents: b"x".to_vec(),
-        });
+        let req = with_a_copied_file_for_mount_0();
         let e = a.create_container(req).unwrap_err();
         assert_eq!(e.code, ErrorCode::InvalidParams);
         assert_eq!(
