@@ -23,6 +23,35 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A `/proc/PID/status` field, its values joined by single spaces.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What every jailed process shows in `/proc/PID/status`: the jail's uid and gid in all four
+/// slots, no_new_privs, no effective capability.
+fn assert_jailed_credentials(status: &str) {
+    let field = |name: &str| status_field(status, name);
+    assert_eq!(
+        field("Uid:"),
+        format!("{UID} {UID} {UID} {UID}"),
+        "{status}"
+    );
+    assert_eq!(
+        field("Gid:"),
+        format!("{GID} {GID} {GID} {GID}"),
+        "{status}"
+    );
+    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+}
+
 /// The cgroup v2 mount, wherever this host has it (`/sys/fs/cgroup`, or
 /// `/sys/fs/cgroup/unified` on a hybrid host).
 fn cgroup2_mount() -> Option<PathBuf> {
@@ -159,15 +188,7 @@ fn a_jailed_process_cannot_open_host_paths_and_has_dropped_root() {
         );
         return;
     }
-    let field = |name: &str| -> String {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or("")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    let field = |name: &str| status_field(&status, name);
     assert!(report.contains("enter ok"), "{report}");
     let enoent = format!("error {}", libc::ENOENT);
     assert!(
@@ -189,19 +210,8 @@ fn a_jailed_process_cannot_open_host_paths_and_has_dropped_root() {
         report.contains(&format!("pdeathsig {}", libc::SIGKILL)),
         "the VMM must still die with its monitor: {report}"
     );
-    assert_eq!(
-        field("Uid:"),
-        format!("{UID} {UID} {UID} {UID}"),
-        "{status}"
-    );
-    assert_eq!(
-        field("Gid:"),
-        format!("{GID} {GID} {GID} {GID}"),
-        "{status}"
-    );
+    assert_jailed_credentials(&status);
     assert_eq!(field("Groups:"), "", "{status}");
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
-    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
     // After pivot_root the child's namespace holds the jail alone; after the chroot
     // fallback (an initramfs root) it still lists the host's mounts, out of reach.
     if mounts.lines().count() == 1 {
@@ -367,27 +377,7 @@ fn a_running_jailed_vmm_sees_only_its_jail() {
     }
     fs::remove_dir_all(&root).unwrap();
 
-    let field = |name: &str| -> String {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or("")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    assert_eq!(
-        field("Uid:"),
-        format!("{UID} {UID} {UID} {UID}"),
-        "{status}"
-    );
-    assert_eq!(
-        field("Gid:"),
-        format!("{GID} {GID} {GID} {GID}"),
-        "{status}"
-    );
-    assert_eq!(field("NoNewPrivs:"), "1", "{status}");
-    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_jailed_credentials(&status);
     assert_eq!(in_root, ["vsock.sock"], "the VMM's root must be its jail");
     assert!(thread_roots.len() >= 4, "{thread_roots:?}");
     for (comm, names) in &thread_roots {
