@@ -13,6 +13,8 @@ pub const DEFAULT_ROOT: &str = "/run/sandbox";
 pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/sandbox/images";
 /// Allows slow KVM where a caller cannot pass `--allow-slow-kvm` (Docker, containerd).
 pub const ALLOW_SLOW_KVM_ENV: &str = "SANDBOX_ALLOW_SLOW_KVM";
+/// Jails every VMM where a caller cannot pass `--jail-vmm`.
+pub const JAIL_VMM_ENV: &str = "SANDBOX_JAIL_VMM";
 
 /// A yes/no environment variable's value, as callers that cannot pass flags set it.
 pub fn parse_switch(value: &str) -> Result<bool, String> {
@@ -23,12 +25,12 @@ pub fn parse_switch(value: &str) -> Result<bool, String> {
     }
 }
 
-/// What [`ALLOW_SLOW_KVM_ENV`] in this process's environment says; unset is no.
-pub fn slow_kvm_allowed_by_environment() -> Result<bool, String> {
-    match std::env::var(ALLOW_SLOW_KVM_ENV) {
-        Ok(v) => parse_switch(&v).map_err(|why| format!("{ALLOW_SLOW_KVM_ENV}: {why}")),
+/// What the switch variable `name` in this process's environment says; unset is no.
+pub fn switch_from_environment(name: &str) -> Result<bool, String> {
+    match std::env::var(name) {
+        Ok(v) => parse_switch(&v).map_err(|why| format!("{name}: {why}")),
         Err(std::env::VarError::NotPresent) => Ok(false),
-        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{ALLOW_SLOW_KVM_ENV} is not UTF-8")),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not UTF-8")),
     }
 }
 
@@ -103,6 +105,9 @@ pub struct RuntimeConfig {
     /// Start VMs on a KVM that cannot be identified as hardware-assisted.
     pub allow_slow_kvm: bool,
     pub vm_rootfs: RootfsPath,
+    /// Start each VMM in its jail (`sandbox::vmm_jail`). Off by default: see
+    /// docs/security.md, "The VMM confined".
+    pub jail_vmm: bool,
     pub logging: Logging,
 }
 
@@ -114,6 +119,7 @@ impl Default for RuntimeConfig {
             isolation: Isolation::Vm,
             allow_slow_kvm: false,
             vm_rootfs: RootfsPath::default(),
+            jail_vmm: false,
             logging: Logging::default(),
         }
     }
@@ -128,8 +134,9 @@ impl RuntimeConfig {
     }
 
     /// The global flags that give a child `sandbox` process (a container's monitor, a compare
-    /// probe) this configuration. A child inherits this process's environment, so the one
-    /// flag that is only ever turned on (`--allow-slow-kvm`) reads the same variable there.
+    /// probe) this configuration. A child inherits this process's environment, so the flags
+    /// that are only ever turned on (`--allow-slow-kvm`, `--jail-vmm`) read the same
+    /// variables there.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--root".into(),
@@ -145,6 +152,9 @@ impl RuntimeConfig {
         ];
         if self.allow_slow_kvm {
             args.push("--allow-slow-kvm".into());
+        }
+        if self.jail_vmm {
+            args.push("--jail-vmm".into());
         }
         if let Some(file) = &self.logging.file {
             args.push("--log".into());

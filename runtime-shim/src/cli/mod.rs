@@ -67,6 +67,15 @@ pub struct GlobalOpts {
         value_parser = config::parse_switch
     )]
     pub allow_slow_kvm: bool,
+    /// Start every VMM confined: its own root directory, uid/gid 65534, no_new_privs and a
+    /// cgroup capping its memory and CPU (docs/security.md).
+    #[arg(
+        long = "jail-vmm",
+        global = true,
+        env = config::JAIL_VMM_ENV,
+        value_parser = config::parse_switch
+    )]
+    pub jail_vmm: bool,
     /// Where imported images and cached rootfs disk images live.
     #[arg(
         long = "image-store",
@@ -107,6 +116,7 @@ impl GlobalOpts {
             isolation: self.isolation.unwrap_or(Isolation::Vm),
             allow_slow_kvm: self.allow_slow_kvm,
             vm_rootfs: self.vm_rootfs,
+            jail_vmm: self.jail_vmm,
             logging: Logging {
                 file: self.log.clone(),
                 format: self.log_format,
@@ -205,6 +215,7 @@ mod tests {
             isolation: Isolation::Native,
             allow_slow_kvm: true,
             vm_rootfs: RootfsPath::Shared,
+            jail_vmm: true,
             logging: Logging {
                 file: Some("/tmp/log".into()),
                 format: LogFormat::Json,

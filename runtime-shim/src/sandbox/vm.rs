@@ -242,7 +242,7 @@ pub fn launch(
     cleanup
         .cgroups
         .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
-    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT))?;
+    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT), g.jail_vmm)?;
     let socket = jail.vsock_socket();
     let fs_sockets: Vec<PathBuf> = shares.iter().map(|s| fs_socket(dir, s)).collect();
     for path in &fs_sockets {
@@ -270,11 +270,15 @@ pub fn launch(
         cpu_template,
         disks,
         nets,
-        // Relative: the VMM opens `<path>_<port>` for guest-initiated connections once it
-        // is confined to its jail directory.
+        // Relative in a jail: the VMM opens `<path>_<port>` for guest-initiated connections
+        // once it is confined to its jail directory.
         vsock: Some(VsockConfig {
             cid: GUEST_CID,
-            path: vmm_jail::VSOCK_NAME.into(),
+            path: if g.jail_vmm {
+                vmm_jail::VSOCK_NAME.into()
+            } else {
+                socket.clone()
+            },
         }),
         // The VMM connects to these before it enters its jail, so they may be anywhere.
         fs: shares
@@ -285,7 +289,7 @@ pub fn launch(
                 socket: sock.clone(),
             })
             .collect(),
-        jail: Some(jail.config()),
+        jail: g.jail_vmm.then(|| jail.config()),
         ..VmConfig::new(kernel)
     };
     let config_path = dir.join(VMM_CONFIG);

@@ -88,9 +88,10 @@ impl Jail {
 }
 
 /// Makes a fresh jail directory (owned by the VMM's uid, 0700: it can remove its socket
-/// there, no one else but root can enter) and the cgroup, if this host has cgroup v2 with
-/// the memory and cpu controllers; without them the VMM runs uncapped, with a warning.
-pub fn prepare(dir: &Path, cgroup_root: &Path) -> Result<Jail> {
+/// there, no one else but root can enter) and, when `capped`, the cgroup, if this host has
+/// cgroup v2 with the memory and cpu controllers; without them the VMM runs uncapped, with a
+/// warning. An unjailed VMM still keeps its socket there, so its paths are the same.
+pub fn prepare(dir: &Path, cgroup_root: &Path, capped: bool) -> Result<Jail> {
     let jail = jail_dir(dir);
     let _ = fs::remove_dir_all(&jail);
     if let Some(parent) = jail.parent() {
@@ -103,6 +104,12 @@ pub fn prepare(dir: &Path, cgroup_root: &Path) -> Result<Jail> {
     std::os::unix::fs::chown(&jail, Some(VMM_UID), Some(VMM_GID))
         .ctx("hand the jail directory to the VMM's uid", &jail)?;
     fs::set_permissions(&jail, fs::Permissions::from_mode(0o700)).ctx("chmod", &jail)?;
+    if !capped {
+        return Ok(Jail {
+            dir: jail,
+            cgroup: None,
+        });
+    }
     let cgroup = match create_cgroup(cgroup_root, dir) {
         Ok(cg) => cg,
         Err(why) => {
@@ -243,7 +250,10 @@ mod tests {
         let no_cgroups = scratch("no-cgroup-v2");
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
-            let e = prepare(&state, &no_cgroups).err().unwrap().to_string();
+            let e = prepare(&state, &no_cgroups, true)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(
                 e.contains("hand the jail directory to the VMM's uid"),
                 "{e}"
@@ -252,7 +262,7 @@ mod tests {
             fs::remove_dir_all(&no_cgroups).unwrap();
             return;
         }
-        let jail = prepare(&state, &no_cgroups).unwrap();
+        let jail = prepare(&state, &no_cgroups, true).unwrap();
         assert_eq!(jail.dir, state.join("jail"));
         assert!(jail.cgroup.is_none());
         let meta = fs::metadata(&jail.dir).unwrap();
