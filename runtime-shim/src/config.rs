@@ -41,15 +41,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl LogFormat {
-    fn name(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
-
 /// How a container's rootfs reaches the guest (`--vm-rootfs`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RootfsPath {
@@ -65,14 +56,6 @@ pub enum RootfsPath {
 }
 
 impl RootfsPath {
-    fn name(self) -> &'static str {
-        match self {
-            RootfsPath::Auto => "auto",
-            RootfsPath::Image => "image",
-            RootfsPath::Shared => "shared",
-        }
-    }
-
     /// Whether `rootfs` is shared with the guest. The image store's unpacked images are
     /// shared by every container of that image, so they keep the image path under `auto`.
     pub fn shares(self, rootfs: &Path, image_store: &Path) -> bool {
@@ -125,6 +108,14 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// The name the command line gives `value`: the one its parser reads back.
+fn flag_value<T: clap::ValueEnum>(value: &T) -> OsString {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().into())
+        .unwrap_or_default()
+}
+
 impl RuntimeConfig {
     pub fn with_isolation(&self, isolation: Isolation) -> RuntimeConfig {
         RuntimeConfig {
@@ -146,9 +137,9 @@ impl RuntimeConfig {
             "--isolation".into(),
             self.isolation.to_string().into(),
             "--vm-rootfs".into(),
-            self.vm_rootfs.name().into(),
+            flag_value(&self.vm_rootfs),
             "--log-format".into(),
-            self.logging.format.name().into(),
+            flag_value(&self.logging.format),
         ];
         if self.allow_slow_kvm {
             args.push("--allow-slow-kvm".into());

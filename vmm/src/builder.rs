@@ -20,8 +20,8 @@ use crate::arch::x86_64::boot_params::{self, BootInfo, BootParamsError};
 use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::config::{ConfigError, VmConfig};
 use crate::device_manager::virtio::{AttachError, VirtioDevices, VmParts};
-use crate::device_manager::{self, DeviceManagerError, LegacyDevices, MmioDeviceManager, MmioSlot};
-use crate::devices::bus::{Bus, BusDevice};
+use crate::device_manager::{self, DeviceManagerError, LegacyDevices, MmioDeviceManager};
+use crate::devices::bus::Bus;
 use crate::devices::legacy::SerialDevice;
 use crate::hypervisor::{self, KvmError};
 use crate::loader::{self, LoaderError};
@@ -155,15 +155,6 @@ impl VmmBuilder {
 
     pub fn pio_bus_mut(&mut self) -> &mut Bus {
         &mut self.pio_bus
-    }
-
-    /// Places `device` in the next virtio-mmio slot and announces it on the command line.
-    /// The caller wires the slot's interrupt and notification eventfds through `vm()`.
-    pub fn attach_mmio_device(
-        &mut self,
-        device: Arc<Mutex<dyn BusDevice>>,
-    ) -> Result<MmioSlot, BuildError> {
-        Ok(self.mmio.place(device)?)
     }
 
     /// Has the device manager attach every virtio device the config names.
@@ -345,6 +336,7 @@ impl Vmm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::bus::BusDevice;
     use crate::loader::tests::tiny_elf;
     use crate::vstate::vcpu::VcpuError;
     use std::path::PathBuf;

@@ -30,6 +30,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::disk::progress;
 use crate::image::layer::{self, clean_name};
 use crate::image::store::remove_tree;
+use crate::image::tree_hash::hex;
 use crate::image::{ImageConfig, ImageStore};
 
 /// Largest JSON document (index, manifest, config) read into memory.
@@ -460,10 +461,6 @@ fn copy_hashing(from: &mut impl Read, path: &Path) -> io::Result<(u64, String)> 
         out.write_all(chunk)
     })?;
     Ok((size, hex(&hasher.finalize())))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 enum Hasher {

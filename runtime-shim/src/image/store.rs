@@ -175,7 +175,7 @@ impl ImageStore {
         }
         let text = fs::read(dir.join("image.json")).ok()?;
         let cfg: ImageConfig = serde_json::from_slice(&text).ok()?;
-        Some(cfg.id).filter(|id| !id.is_empty() && validate_id(id))
+        Some(cfg.id).filter(|id| validate_id(id))
     }
 
     /// Drops the cached disk image of `name`'s current version: no later start can use it.
@@ -196,8 +196,7 @@ fn new_image_id(name: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let seed = format!("{name}\0{}\0{}", now.as_nanos(), std::process::id());
-    let digest = sha2::Sha256::digest(seed.as_bytes());
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::image::tree_hash::hex(&sha2::Sha256::digest(seed.as_bytes())[..16])
 }
 
 /// What an id read back from image.json must look like to become part of a file name.

@@ -239,9 +239,11 @@ pub fn launch(
     let cpu_template = crate::host_probe::kvm_report().kind.cpu_template();
     // Recorded before they exist, so that a failure half way still removes them.
     cleanup.dirs.push(vmm_jail::jail_dir(dir));
-    cleanup
-        .cgroups
-        .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
+    if g.jail_vmm {
+        cleanup
+            .cgroups
+            .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
+    }
     let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT), g.jail_vmm)?;
     let socket = jail.vsock_socket();
     let fs_sockets: Vec<PathBuf> = shares.iter().map(|s| fs_socket(dir, s)).collect();
@@ -512,6 +514,12 @@ mod tests {
             socket.display()
         );
         assert!(socket.as_os_str().len() <= vmm::devices::virtio::vsock::config::MAX_PATH_LEN);
+        assert_eq!(
+            socket,
+            vsock_socket(&deep),
+            "the same directory, the same socket"
+        );
+        assert_ne!(socket, vsock_socket(&deep.with_file_name("c2")));
     }
 
     #[test]

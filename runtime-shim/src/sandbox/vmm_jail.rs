@@ -31,8 +31,7 @@ pub const CGROUP_PARENT: &str = "sandbox-vmm";
 /// address however deep the state root is.
 pub fn hash_of(dir: &Path) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    digest[..12].iter().map(|b| format!("{b:02x}")).collect()
+    crate::image::tree_hash::hex(&sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes())[..12])
 }
 
 /// The jail for the sandbox whose state is in `dir`: `dir/jail` when its vsock socket path

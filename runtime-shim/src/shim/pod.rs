@@ -43,7 +43,7 @@ pub struct Pod {
 /// agent's socket path within the 108 bytes of a unix socket address.
 pub fn state_dir(root: &Path, namespace: &str, group: &str) -> PathBuf {
     let digest = Sha256::digest(format!("{namespace}/{group}").as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::image::tree_hash::hex(&digest[..8]);
     root.join(hex)
 }
 
