@@ -1,6 +1,9 @@
 //! VM configuration: what `--config FILE.json` holds and what the command-line flags set.
 //!
-//! New device kinds add a field here (with `#[serde(default)]`) and a flag in `main.rs`.
+//! New device kinds add a field here (with `#[serde(default)]`) and a flag in `main.rs`; a
+//! flag of the `key=value,...` form parses with `key_value`.
+
+pub mod key_value;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

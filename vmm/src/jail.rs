@@ -20,6 +20,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::key_value::{KeyValueError, KeyValueFlag};
+
 /// Room for the VMM's own allocations, thread stacks, KVM's per-vCPU and page-table memory
 /// and the page cache its disk I/O brings in, on top of guest RAM.
 pub const DEFAULT_MEMORY_OVERHEAD_MIB: u64 = 128;
@@ -48,18 +50,16 @@ pub struct JailConfig {
     pub cpu_max_percent: Option<u32>,
 }
 
+const JAIL_FLAG: KeyValueFlag = KeyValueFlag {
+    name: "--jail",
+    keys: &["dir", "uid", "gid", "cgroup", "mem-max-mib", "cpu-max-pct"],
+    skip_empty_items: true,
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum JailConfigError {
-    #[error("jail: `{0}` is not KEY=VALUE")]
-    NotKeyValue(String),
-    #[error("jail: unknown key `{0}` (expected dir, uid, gid, cgroup, mem-max-mib, cpu-max-pct)")]
-    UnknownKey(String),
-    #[error("jail: `{0}` given twice")]
-    Duplicate(String),
-    #[error("jail: `{key}={value}` is not a number")]
-    NotANumber { key: String, value: String },
-    #[error("jail: `{0}` is missing")]
-    Missing(&'static str),
+    #[error(transparent)]
+    Flag(#[from] KeyValueError),
     #[error("jail: dir `{0}` must be an absolute path")]
     RelativeDir(String),
     #[error("jail: cgroup `{0}` must be an absolute path")]
@@ -123,51 +123,15 @@ impl FromStr for JailConfig {
     type Err = JailConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (mut dir, mut uid, mut gid, mut cgroup, mut mem, mut cpu) =
-            (None, None, None, None, None, None);
-        let number = |key: &str, value: &str| -> Result<u64, JailConfigError> {
-            value.parse().map_err(|_| JailConfigError::NotANumber {
-                key: key.to_string(),
-                value: value.to_string(),
-            })
-        };
-        let id = |key: &str, value: &str| -> Result<u32, JailConfigError> {
-            value.parse().map_err(|_| JailConfigError::NotANumber {
-                key: key.to_string(),
-                value: value.to_string(),
-            })
-        };
-        for item in s.split(',').filter(|i| !i.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| JailConfigError::NotKeyValue(item.to_string()))?;
-            let was_set = match key {
-                "dir" => dir.replace(PathBuf::from(value)).is_some(),
-                "uid" => uid.replace(id(key, value)?).is_some(),
-                "gid" => gid.replace(id(key, value)?).is_some(),
-                "cgroup" => cgroup.replace(PathBuf::from(value)).is_some(),
-                "mem-max-mib" => mem.replace(number(key, value)?).is_some(),
-                "cpu-max-pct" => cpu
-                    .replace(u32::try_from(number(key, value)?).map_err(|_| {
-                        JailConfigError::NotANumber {
-                            key: key.to_string(),
-                            value: value.to_string(),
-                        }
-                    })?)
-                    .is_some(),
-                _ => return Err(JailConfigError::UnknownKey(key.to_string())),
-            };
-            if was_set {
-                return Err(JailConfigError::Duplicate(key.to_string()));
-            }
-        }
+        const NUMBER: &str = "a number";
+        let values = JAIL_FLAG.parse(s)?;
         Ok(Self {
-            dir: dir.ok_or(JailConfigError::Missing("dir"))?,
-            uid: uid.ok_or(JailConfigError::Missing("uid"))?,
-            gid: gid.ok_or(JailConfigError::Missing("gid"))?,
-            cgroup,
-            memory_max_mib: mem,
-            cpu_max_percent: cpu,
+            dir: PathBuf::from(values.require("dir")?),
+            uid: values.parse_required("uid", NUMBER)?,
+            gid: values.parse_required("gid", NUMBER)?,
+            cgroup: values.get("cgroup").map(PathBuf::from),
+            memory_max_mib: values.parse("mem-max-mib", NUMBER)?,
+            cpu_max_percent: values.parse("cpu-max-pct", NUMBER)?,
         })
     }
 }
@@ -473,6 +437,11 @@ mod tests {
         assert!(e("dir=/j,uid=1,gid=1,root=/").contains("unknown key `root`"));
         assert!(e("dir=/j,uid=1,gid=1,uid=2").contains("`uid` given twice"));
         assert!(e("dir=/j,uid").contains("`uid` is not KEY=VALUE"));
+        assert!(e("dir=/j,uid=1,gid=1,cpu-max-pct=4294967296").contains("`cpu-max-pct=4294967296`"));
+        assert_eq!(
+            e("dir=/j,uid=1,gid=1,root=/"),
+            "--jail: unknown key `root` (expected dir, uid, gid, cgroup, mem-max-mib, cpu-max-pct)"
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 
 use vmm::arch::x86_64::cpu_template::CpuTemplate;
-use vmm::config::{SerialOutput, VmConfig};
+use vmm::config::{key_value, SerialOutput, VmConfig};
 use vmm::device_manager::virtio::VirtioDevices;
 use vmm::devices::virtio::block::BlockConfig;
 use vmm::devices::virtio::event_loop::EventLoopHandle;
@@ -107,11 +107,7 @@ struct RunArgs {
 }
 
 fn parse_on_off(s: &str) -> Result<bool, String> {
-    match s {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        _ => Err(format!("expected on or off, got `{s}`")),
-    }
+    key_value::on_off(s).ok_or_else(|| format!("expected on or off, got `{s}`"))
 }
 
 impl RunArgs {

@@ -8,19 +8,23 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::key_value::{self, KeyValueError, KeyValueFlag};
+
 /// The serial number field of virtio-blk is 20 bytes, NUL-padded.
 pub const BLOCK_ID_LEN: usize = 20;
 
+const DISK_FLAG: KeyValueFlag = KeyValueFlag {
+    name: "--disk",
+    keys: &["path", "ro", "id"],
+    skip_empty_items: false,
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BlockConfigError {
+    #[error(transparent)]
+    Flag(#[from] KeyValueError),
     #[error("--disk needs `path=IMG`, got `{0}`")]
     MissingPath(String),
-    #[error("--disk: unknown key `{0}` (expected path, ro, id)")]
-    UnknownKey(String),
-    #[error("--disk: `{0}` is not key=value")]
-    NotKeyValue(String),
-    #[error("--disk: key `{0}` given twice")]
-    DuplicateKey(String),
     #[error("--disk: ro must be `on` or `off`, got `{0}`")]
     InvalidReadOnly(String),
     #[error("disk id `{0}` is invalid: 1 to 20 printable ASCII characters without `,`")]
@@ -79,45 +83,20 @@ impl FromStr for BlockConfig {
     type Err = BlockConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut path = None;
-        let mut read_only = None;
-        let mut id = None;
-        for part in s.split(',') {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| BlockConfigError::NotKeyValue(part.to_string()))?;
-            let dup = || BlockConfigError::DuplicateKey(key.to_string());
-            match key {
-                "path" => {
-                    if value.is_empty() {
-                        return Err(BlockConfigError::MissingPath(s.to_string()));
-                    }
-                    if path.replace(PathBuf::from(value)).is_some() {
-                        return Err(dup());
-                    }
-                }
-                "ro" => {
-                    let v = match value {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(BlockConfigError::InvalidReadOnly(value.to_string())),
-                    };
-                    if read_only.replace(v).is_some() {
-                        return Err(dup());
-                    }
-                }
-                "id" => {
-                    validate_id(value)?;
-                    if id.replace(value.to_string()).is_some() {
-                        return Err(dup());
-                    }
-                }
-                _ => return Err(BlockConfigError::UnknownKey(key.to_string())),
-            }
+        let values = DISK_FLAG.parse(s)?;
+        let path = PathBuf::from(values.require_non_empty("path")?);
+        let read_only = match values.get("ro") {
+            Some(ro) => key_value::on_off(ro)
+                .ok_or_else(|| BlockConfigError::InvalidReadOnly(ro.to_string()))?,
+            None => false,
+        };
+        let id = values.get("id").map(str::to_string);
+        if let Some(id) = &id {
+            validate_id(id)?;
         }
         Ok(BlockConfig {
-            path: path.ok_or_else(|| BlockConfigError::MissingPath(s.to_string()))?,
-            read_only: read_only.unwrap_or(false),
+            path,
+            read_only,
             id,
         })
     }
@@ -144,14 +123,51 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_named_problem() {
+        let flag_error = BlockConfigError::Flag;
         let cases = [
-            ("ro=on", BlockConfigError::MissingPath("ro=on".into())),
-            ("path=", BlockConfigError::MissingPath("path=".into())),
-            ("path=a,size=3", BlockConfigError::UnknownKey("size".into())),
-            ("path=a,ro", BlockConfigError::NotKeyValue("ro".into())),
+            (
+                "ro=on",
+                flag_error(KeyValueError::MissingKey {
+                    flag: "--disk",
+                    key: "path",
+                    spec: "ro=on".into(),
+                }),
+            ),
+            (
+                "path=",
+                flag_error(KeyValueError::EmptyValue {
+                    flag: "--disk",
+                    key: "path",
+                }),
+            ),
+            (
+                "path=a,size=3",
+                flag_error(KeyValueError::UnknownKey {
+                    flag: "--disk",
+                    key: "size".into(),
+                    known: DISK_FLAG.keys,
+                }),
+            ),
+            (
+                "path=a,ro",
+                flag_error(KeyValueError::NotKeyValue {
+                    flag: "--disk",
+                    item: "ro".into(),
+                }),
+            ),
+            (
+                "path=a,",
+                flag_error(KeyValueError::NotKeyValue {
+                    flag: "--disk",
+                    item: "".into(),
+                }),
+            ),
             (
                 "path=a,path=b",
-                BlockConfigError::DuplicateKey("path".into()),
+                flag_error(KeyValueError::DuplicateKey {
+                    flag: "--disk",
+                    key: "path",
+                }),
             ),
             (
                 "path=a,ro=yes",
@@ -167,6 +183,14 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(input.parse::<BlockConfig>(), Err(want), "input {input}");
         }
+        // docs/virtio.md quotes this one.
+        assert_eq!(
+            "path=a,size=3"
+                .parse::<BlockConfig>()
+                .unwrap_err()
+                .to_string(),
+            "--disk: unknown key `size` (expected path, ro, id)"
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::key_value::{KeyValueError, KeyValueFlag};
+
 /// The tag field of the configuration space (virtio spec 5.11.4): UTF-8, NUL-padded, not
 /// NUL-terminated when it fills the field.
 pub const TAG_LEN: usize = 36;
@@ -15,16 +17,16 @@ pub const CONFIG_SPACE_LEN: usize = TAG_LEN + 4;
 /// A sockaddr_un holds 107 bytes of path and the NUL.
 pub const MAX_SOCKET_PATH_LEN: usize = 107;
 
+const FS_FLAG: KeyValueFlag = KeyValueFlag {
+    name: "--fs",
+    keys: &["tag", "socket"],
+    skip_empty_items: true,
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FsConfigError {
-    #[error("--fs: `{0}` is not key=value")]
-    NotKeyValue(String),
-    #[error("--fs: unknown key `{0}` (expected tag, socket)")]
-    UnknownKey(String),
-    #[error("--fs: key `{0}` given twice")]
-    DuplicateKey(String),
-    #[error("--fs needs `{key}`, got `{spec}`")]
-    Missing { key: &'static str, spec: String },
+    #[error(transparent)]
+    Flag(#[from] KeyValueError),
     #[error(
         "virtio-fs tag `{0}` is invalid: it must be 1 to {TAG_LEN} bytes with no NUL, `,` or `=`"
     )]
@@ -76,28 +78,10 @@ impl FromStr for FsConfig {
     type Err = FsConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut tag = None;
-        let mut socket = None;
-        for item in s.split(',').filter(|i| !i.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| FsConfigError::NotKeyValue(item.to_string()))?;
-            let duplicate = match key {
-                "tag" => tag.replace(value.to_string()).is_some(),
-                "socket" => socket.replace(PathBuf::from(value)).is_some(),
-                other => return Err(FsConfigError::UnknownKey(other.to_string())),
-            };
-            if duplicate {
-                return Err(FsConfigError::DuplicateKey(key.to_string()));
-            }
-        }
-        let missing = |key| FsConfigError::Missing {
-            key,
-            spec: s.to_string(),
-        };
+        let values = FS_FLAG.parse(s)?;
         let config = FsConfig {
-            tag: tag.ok_or_else(|| missing("tag"))?,
-            socket: socket.ok_or_else(|| missing("socket"))?,
+            tag: values.require("tag")?.to_string(),
+            socket: PathBuf::from(values.require("socket")?),
         };
         config.validate()?;
         Ok(config)
@@ -123,18 +107,26 @@ mod tests {
     fn rejects_bad_input_with_named_problem() {
         assert_eq!(
             "socket=/s".parse::<FsConfig>(),
-            Err(FsConfigError::Missing {
+            Err(FsConfigError::Flag(KeyValueError::MissingKey {
+                flag: "--fs",
                 key: "tag",
                 spec: "socket=/s".into()
-            })
+            }))
         );
         assert_eq!(
             "tag=a,tag=b,socket=/s".parse::<FsConfig>(),
-            Err(FsConfigError::DuplicateKey("tag".into()))
+            Err(FsConfigError::Flag(KeyValueError::DuplicateKey {
+                flag: "--fs",
+                key: "tag"
+            }))
         );
         assert_eq!(
             "tag=a,socket=/s,cache=none".parse::<FsConfig>(),
-            Err(FsConfigError::UnknownKey("cache".into()))
+            Err(FsConfigError::Flag(KeyValueError::UnknownKey {
+                flag: "--fs",
+                key: "cache".into(),
+                known: FS_FLAG.keys
+            }))
         );
         let long = "x".repeat(TAG_LEN + 1);
         assert_eq!(

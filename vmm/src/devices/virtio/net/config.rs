@@ -7,19 +7,21 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::key_value::{KeyValueError, KeyValueFlag};
+
 /// Longest interface name the kernel accepts (IFNAMSIZ minus the terminating NUL).
 pub const MAX_TAP_NAME_LEN: usize = 15;
 
+const NET_FLAG: KeyValueFlag = KeyValueFlag {
+    name: "--net",
+    keys: &["tap", "mac"],
+    skip_empty_items: true,
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NetConfigError {
-    #[error("--net needs `tap=NAME`, got `{0}`")]
-    MissingTap(String),
-    #[error("--net: unknown key `{0}` (expected tap, mac)")]
-    UnknownKey(String),
-    #[error("--net: `{0}` is not key=value")]
-    NotKeyValue(String),
-    #[error("--net: key `{0}` given twice")]
-    DuplicateKey(String),
+    #[error(transparent)]
+    Flag(#[from] KeyValueError),
     #[error("TAP name `{0}` is invalid: 1 to 15 bytes, no `/`, `:`, whitespace or NUL")]
     InvalidTapName(String),
     #[error("MAC address `{0}` is invalid: expected six hex bytes like 52:54:00:12:34:56")]
@@ -133,28 +135,11 @@ impl FromStr for NetConfig {
     type Err = NetConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut tap = None;
-        let mut mac = None;
-        for item in s.split(',').filter(|i| !i.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| NetConfigError::NotKeyValue(item.to_string()))?;
-            match key {
-                "tap" => {
-                    if tap.replace(value.to_string()).is_some() {
-                        return Err(NetConfigError::DuplicateKey(key.to_string()));
-                    }
-                }
-                "mac" => {
-                    if mac.replace(value.parse::<MacAddr>()?).is_some() {
-                        return Err(NetConfigError::DuplicateKey(key.to_string()));
-                    }
-                }
-                other => return Err(NetConfigError::UnknownKey(other.to_string())),
-            }
-        }
-        let tap = tap.ok_or_else(|| NetConfigError::MissingTap(s.to_string()))?;
-        let config = NetConfig { tap, mac };
+        let values = NET_FLAG.parse(s)?;
+        let config = NetConfig {
+            tap: values.require("tap")?.to_string(),
+            mac: values.get("mac").map(str::parse).transpose()?,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -175,22 +160,45 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_with_named_problem() {
+        let flag_error = |e| Err(NetConfigError::Flag(e));
         assert_eq!(
             "mac=52:54:00:00:00:01".parse::<NetConfig>(),
-            Err(NetConfigError::MissingTap("mac=52:54:00:00:00:01".into()))
+            flag_error(KeyValueError::MissingKey {
+                flag: "--net",
+                key: "tap",
+                spec: "mac=52:54:00:00:00:01".into()
+            })
         );
         assert_eq!(
             "tap=a,speed=10".parse::<NetConfig>(),
-            Err(NetConfigError::UnknownKey("speed".into()))
+            flag_error(KeyValueError::UnknownKey {
+                flag: "--net",
+                key: "speed".into(),
+                known: NET_FLAG.keys
+            })
         );
         assert_eq!(
             "tap=a,tap=b".parse::<NetConfig>(),
-            Err(NetConfigError::DuplicateKey("tap".into()))
+            flag_error(KeyValueError::DuplicateKey {
+                flag: "--net",
+                key: "tap"
+            })
         );
         assert_eq!(
             "tap".parse::<NetConfig>(),
-            Err(NetConfigError::NotKeyValue("tap".into()))
+            flag_error(KeyValueError::NotKeyValue {
+                flag: "--net",
+                item: "tap".into()
+            })
         );
+        assert_eq!(
+            "tap=a,,".parse::<NetConfig>().map(|c| c.tap),
+            Ok("a".to_string())
+        );
+        assert!(matches!(
+            "tap=".parse::<NetConfig>(),
+            Err(NetConfigError::InvalidTapName(_))
+        ));
         assert!(matches!(
             "tap=0123456789abcdef".parse::<NetConfig>(),
             Err(NetConfigError::InvalidTapName(_))

@@ -7,6 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::key_value::{KeyValueError, KeyValueFlag};
+
 /// CIDs 0 (hypervisor), 1 (local) and 2 (host) are reserved, and so is u32::MAX
 /// (VMADDR_CID_ANY); Linux keeps CIDs in 32 bits.
 pub const MIN_GUEST_CID: u64 = 3;
@@ -15,16 +17,16 @@ pub const MAX_GUEST_CID: u64 = u32::MAX as u64 - 1;
 /// Room for `_<port>` after the path in a sockaddr_un (108 bytes including the NUL).
 pub const MAX_PATH_LEN: usize = 107 - 11;
 
+const VSOCK_FLAG: KeyValueFlag = KeyValueFlag {
+    name: "--vsock",
+    keys: &["cid", "path"],
+    skip_empty_items: true,
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VsockConfigError {
-    #[error("--vsock: `{0}` is not key=value")]
-    NotKeyValue(String),
-    #[error("--vsock: unknown key `{0}` (expected cid, path)")]
-    UnknownKey(String),
-    #[error("--vsock: key `{0}` given twice")]
-    DuplicateKey(String),
-    #[error("--vsock needs `{key}`, got `{spec}`")]
-    Missing { key: &'static str, spec: String },
+    #[error(transparent)]
+    Flag(#[from] KeyValueError),
     #[error("vsock guest CID `{0}` is invalid: expected a number from {MIN_GUEST_CID} to {MAX_GUEST_CID}")]
     InvalidCid(String),
     #[error(
@@ -62,33 +64,13 @@ impl FromStr for VsockConfig {
     type Err = VsockConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut cid = None;
-        let mut path = None;
-        for item in s.split(',').filter(|i| !i.is_empty()) {
-            let (key, value) = item
-                .split_once('=')
-                .ok_or_else(|| VsockConfigError::NotKeyValue(item.to_string()))?;
-            let duplicate = match key {
-                "cid" => {
-                    let n = value
-                        .parse::<u64>()
-                        .map_err(|_| VsockConfigError::InvalidCid(value.to_string()))?;
-                    cid.replace(n).is_some()
-                }
-                "path" => path.replace(PathBuf::from(value)).is_some(),
-                other => return Err(VsockConfigError::UnknownKey(other.to_string())),
-            };
-            if duplicate {
-                return Err(VsockConfigError::DuplicateKey(key.to_string()));
-            }
-        }
-        let missing = |key| VsockConfigError::Missing {
-            key,
-            spec: s.to_string(),
-        };
+        let values = VSOCK_FLAG.parse(s)?;
+        let cid = values.require("cid")?;
         let config = VsockConfig {
-            cid: cid.ok_or_else(|| missing("cid"))?,
-            path: path.ok_or_else(|| missing("path"))?,
+            cid: cid
+                .parse()
+                .map_err(|_| VsockConfigError::InvalidCid(cid.to_string()))?,
+            path: PathBuf::from(values.require("path")?),
         };
         config.validate()?;
         Ok(config)
@@ -121,19 +103,32 @@ mod tests {
         }
         assert!(matches!(
             "cid=3".parse::<VsockConfig>(),
-            Err(VsockConfigError::Missing { key: "path", .. })
+            Err(VsockConfigError::Flag(KeyValueError::MissingKey {
+                key: "path",
+                ..
+            }))
         ));
         assert!(matches!(
             "path=/tmp/s".parse::<VsockConfig>(),
-            Err(VsockConfigError::Missing { key: "cid", .. })
+            Err(VsockConfigError::Flag(KeyValueError::MissingKey {
+                key: "cid",
+                ..
+            }))
         ));
         assert_eq!(
             "cid=3,path=/a,port=5".parse::<VsockConfig>(),
-            Err(VsockConfigError::UnknownKey("port".into()))
+            Err(VsockConfigError::Flag(KeyValueError::UnknownKey {
+                flag: "--vsock",
+                key: "port".into(),
+                known: VSOCK_FLAG.keys
+            }))
         );
         assert_eq!(
             "cid=3,cid=4,path=/a".parse::<VsockConfig>(),
-            Err(VsockConfigError::DuplicateKey("cid".into()))
+            Err(VsockConfigError::Flag(KeyValueError::DuplicateKey {
+                flag: "--vsock",
+                key: "cid"
+            }))
         );
         let long = format!("cid=3,path=/{}", "x".repeat(MAX_PATH_LEN));
         assert!(matches!(
