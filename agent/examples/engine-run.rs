@@ -27,7 +27,7 @@ fn run_once(bundle: &PathBuf, id: &str) -> Result<i32, EngineError> {
     c.start()?;
     let status = c.wait()?;
     c.destroy()?;
-    Ok(status.as_shell_code())
+    Ok(status.shell_code())
 }
 
 fn main() {

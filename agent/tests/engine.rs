@@ -183,7 +183,7 @@ fn exit_code_pid_namespace_and_hostname() {
         &b,
         spec("echo pid=$$; echo home=$HOME; hostname; cat /proc/self/status; exit 7"),
     );
-    assert_eq!(o.status, ExitStatus::Code(7), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(7), "stderr: {}", o.stderr);
     assert!(o.stdout.contains("pid=1\n"), "{}", o.stdout);
     assert!(o.stdout.contains("engine-test\n"), "{}", o.stdout);
     assert!(
@@ -211,7 +211,7 @@ fn all_five_capability_sets_user_and_groups() {
         "ambient": caps(&["CAP_NET_BIND_SERVICE"])
     });
     let o = run("engine-caps", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let s = &o.stdout;
     // CHOWN=0, KILL=5, NET_BIND_SERVICE=10. A non-root user keeps only the ambient set
     // across execve.
@@ -236,7 +236,7 @@ fn root_keeps_exactly_the_listed_capabilities() {
     });
     v["process"]["noNewPrivileges"] = json!(false);
     let o = run("engine-rootcaps", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     // root's execve recomputes effective = permitted (no file caps), bounded.
     assert_eq!(status_field(&o.stdout, "CapBnd"), "0000000000200020");
     assert_eq!(status_field(&o.stdout, "CapPrm"), "0000000000200020");
@@ -262,7 +262,7 @@ fn seccomp_profile_with_errno_and_argument_conditions() {
         ]
     });
     let o = run("engine-seccomp", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     assert!(o.stdout.contains("Seccomp:\t2"), "{}", o.stdout);
     assert!(o.stdout.contains("NoNewPrivs:\t1"), "{}", o.stdout);
     assert!(
@@ -295,7 +295,7 @@ fn seccomp_without_no_new_privs_and_kill_action() {
     );
     assert_eq!(
         o.status,
-        ExitStatus::Signal(libc::SIGSYS),
+        ExitStatus::signaled(libc::SIGSYS),
         "stdout {}",
         o.stdout
     );
@@ -312,7 +312,7 @@ fn rlimits_umask_env_and_cwd() {
     v["process"]["cwd"] = json!("/srv/app");
     v["process"]["oomScoreAdj"] = json!(321);
     let o = run("engine-procattrs", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     assert_eq!(
         o.stdout, "123\n456\n0027\nhello from the container\n/srv/app\n321\n",
         "stderr: {}",
@@ -328,7 +328,7 @@ fn domainname_and_sysctl_in_own_namespaces() {
     v["linux"]["sysctl"] = json!({"net.ipv4.ip_forward": "1"});
     let host_forward = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
     let o = run("engine-uts", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let lines: Vec<&str> = o.stdout.lines().map(str::trim).collect();
     assert_eq!(lines, vec!["example.test", "1", "lo"], "{}", o.stdout);
     assert_eq!(
@@ -369,7 +369,7 @@ fn mounts_masked_and_readonly_paths_and_readonly_root() {
                        "options": ["nodev", "size=1m", "mode=700"]}),
     );
     let o = run("engine-mounts", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let (mi, rest) = o.stdout.split_once("---\n").unwrap();
     let root = mountinfo_line(mi, "/");
     assert!(root.contains(" ro,") || root.contains(" ro "), "{root}");
@@ -409,7 +409,7 @@ fn default_and_spec_devices() {
     v["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 7,
                                     "fileMode": 0o600, "uid": 5, "gid": 6}]);
     let o = run("engine-devices", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let want = "/dev/null character special file 1:3 666 0:0\n\
                 /dev/zero character special file 1:5 666 0:0\n\
                 /dev/full character special file 1:7 666 0:0\n\
@@ -472,7 +472,7 @@ fn rootfs_propagation_and_pivot_root_fallback() {
     c.start().unwrap();
     let mut s = String::new();
     out_r.read_to_string(&mut s).unwrap();
-    assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
+    assert_eq!(c.wait().unwrap(), ExitStatus::exited(0));
     c.destroy().unwrap();
     assert_eq!(s, "/bin/busybox\n1\n");
 
@@ -493,7 +493,7 @@ fn rootfs_propagation_and_pivot_root_fallback() {
     );
     assert_eq!(
         (status, out.as_str()),
-        (ExitStatus::Code(0), "/bin/busybox\nengine-test\n")
+        (ExitStatus::exited(0), "/bin/busybox\nengine-test\n")
     );
     c.destroy().unwrap();
 }
@@ -519,7 +519,7 @@ fn cgroup_resources_seen_from_inside() {
         "pids": {"limit": 20}
     });
     let o = run("engine-cgroup", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let want = if cgroup_v2() {
         // swap.max is the swap alone; weight converted from 512 shares.
         "67108864\n67108864\n20\n50000 100000\n20\n0\n0::/\n"
@@ -627,7 +627,7 @@ fn exec_joins_namespaces_cgroup_and_applies_its_own_process() {
                              "inheritable": ["CAP_KILL"], "ambient": ["CAP_KILL"]}
         }),
     );
-    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    assert_eq!(status, ExitStatus::exited(0), "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         &lines[..6],
@@ -662,14 +662,14 @@ fn exec_exit_codes_signals_and_missing_programs() {
         &c,
         json!({"user": {"uid": 0, "gid": 0}, "args": ["sh", "-c", "exit 42"], "cwd": "/"}),
     );
-    assert_eq!(status, ExitStatus::Code(42));
+    assert_eq!(status, ExitStatus::exited(42));
     let process: oci_spec::runtime::Process = serde_json::from_value(
         json!({"user": {"uid": 0, "gid": 0}, "args": ["sleep", "100"], "cwd": "/"}),
     )
     .unwrap();
     let e = c.exec(&process, Stdio::Null).unwrap();
     nix::sys::signal::kill(e.pid(), Signal::SIGTERM).unwrap();
-    assert_eq!(e.wait().unwrap(), ExitStatus::Signal(libc::SIGTERM));
+    assert_eq!(e.wait().unwrap(), ExitStatus::signaled(libc::SIGTERM));
     let missing: oci_spec::runtime::Process = serde_json::from_value(
         json!({"user": {"uid": 0, "gid": 0}, "args": ["no-such-program"], "cwd": "/"}),
     )
@@ -688,7 +688,7 @@ fn signals_reach_the_init_and_all_processes() {
     let mut c = sleeper("engine-signal", &b, spec(""));
     assert_eq!(c.state(), agent::engine::ContainerState::Running);
     c.signal(Signal::SIGKILL, false).unwrap();
-    assert_eq!(c.wait().unwrap(), ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(c.wait().unwrap(), ExitStatus::signaled(libc::SIGKILL));
     // Once reaped, the pid is not ours to signal any more.
     assert!(c.signal(Signal::SIGTERM, false).is_err());
     c.destroy().unwrap();
@@ -706,7 +706,7 @@ fn signals_reach_the_init_and_all_processes() {
     }
     assert_eq!(c.stats().unwrap().pids_current, 2);
     c.signal(Signal::SIGTERM, true).unwrap();
-    assert_eq!(c.wait().unwrap(), ExitStatus::Code(3));
+    assert_eq!(c.wait().unwrap(), ExitStatus::exited(3));
     c.destroy().unwrap();
 }
 
@@ -720,7 +720,7 @@ fn a_relative_mount_destination_is_taken_from_the_root() {
         .unwrap()
         .push(json!({"destination": "scratch", "type": "tmpfs", "source": "tmpfs"}));
     let o = run("engine-reldest", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     assert_eq!(o.stdout, "1\n");
 }
 
@@ -743,7 +743,7 @@ fn terminal_from_the_containers_devpts_with_console_size() {
         }
         out.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
+    assert_eq!(c.wait().unwrap(), ExitStatus::exited(0));
     c.destroy().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out),
@@ -771,7 +771,7 @@ fn exec_with_a_terminal() {
         }
         out.extend_from_slice(&buf[..n]);
     }
-    assert_eq!(e.wait().unwrap(), ExitStatus::Code(0));
+    assert_eq!(e.wait().unwrap(), ExitStatus::exited(0));
     c.destroy().unwrap();
     let out = String::from_utf8_lossy(&out);
     assert!(
@@ -826,7 +826,7 @@ fn stats_update_and_oom_events() {
         json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
         "args": ["dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"]}),
     );
-    assert_eq!(status, ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(status, ExitStatus::signaled(libc::SIGKILL));
     let mut fds = [nix::poll::PollFd::new(
         watcher.fd(),
         nix::poll::PollFlags::POLLIN,
@@ -1099,7 +1099,7 @@ fn failures_inside_the_container_leave_nothing_behind() {
         err.contains("process.args[0]: /bin/no-such-program"),
         "{err}"
     );
-    assert_eq!(c.wait().unwrap(), ExitStatus::Code(127));
+    assert_eq!(c.wait().unwrap(), ExitStatus::exited(127));
     c.destroy().unwrap();
     assert_nothing_left("engine-nostart", &b);
 }
@@ -1196,7 +1196,7 @@ fn user_namespace_with_id_mappings() {
     let o = try_run("engine-userns", &b, v);
     umount2(&src, MntFlags::MNT_DETACH).unwrap();
     let o = o.unwrap();
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let words: Vec<&str> = o.stdout.split_whitespace().collect();
     assert_eq!(
         words,
@@ -1221,7 +1221,7 @@ fn device_cgroup_denies_what_the_spec_does_not_allow() {
     v["linux"]["devices"] = json!([{"path": "/dev/mydev", "type": "c", "major": 1, "minor": 7}]);
     v["linux"]["resources"] = json!({"devices": [{"allow": false, "access": "rwm"}]});
     let o = run("engine-devcgroup", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     assert_eq!(o.stdout, "sda=1\n1\nnull=0\n", "stderr: {}", o.stderr);
 }
 
@@ -1287,7 +1287,7 @@ fn lifecycle_hooks_run_in_order_with_the_state() {
         "poststop": [hook(format!("cat > {o}/poststop"))]
     });
     let outcome = run("engine-hooks", &b, v);
-    assert_eq!(outcome.status, ExitStatus::Code(0), "{}", outcome.stderr);
+    assert_eq!(outcome.status, ExitStatus::exited(0), "{}", outcome.stderr);
     let state =
         |p: PathBuf| -> Value { serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap() };
     let cr = state(out.join("createRuntime"));
@@ -1376,13 +1376,13 @@ fn inner_cgroup_v2_lifecycle() {
         json!({"user": {"uid": 0, "gid": 0}, "cwd": "/",
         "args": ["sh", "-c", "cat /proc/self/cgroup; grep -c . /sys/fs/cgroup/cgroup.procs; grep ' /sys/fs/cgroup ' /proc/self/mountinfo | cut -d' ' -f9"]}),
     );
-    assert_eq!(status, ExitStatus::Code(0));
+    assert_eq!(status, ExitStatus::exited(0));
     // The cgroup namespace's root is the container's cgroup (v1 controllers stay where the
     // host has them); it holds sleep, the shell and grep.
     assert!(out.ends_with("\n0::/\n3\ncgroup2\n"), "{out}");
     assert!(c.stats().is_ok());
     c.signal(Signal::SIGKILL, true).unwrap();
-    assert_eq!(c.wait().unwrap(), ExitStatus::Signal(libc::SIGKILL));
+    assert_eq!(c.wait().unwrap(), ExitStatus::signaled(libc::SIGKILL));
     c.destroy().unwrap();
     assert!(!Path::new("/sys/fs/cgroup/sandbox/engine-v2").exists());
 }
@@ -1441,7 +1441,7 @@ fn block_io_throttle_seen_from_inside() {
     v["linux"]["resources"] = json!({"blockIO": {"throttleReadBpsDevice": [
         {"major": major, "minor": minor, "rate": 1048576}]}});
     let o = run("engine-blkio", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "stderr: {}", o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "stderr: {}", o.stderr);
     let want = if cgroup_v2() {
         format!("{major}:{minor} rbps=1048576 wbps=max riops=max wiops=max\n")
     } else {
@@ -1481,7 +1481,7 @@ fn default_deny_profile_with_hundreds_of_rules() {
         ]
     });
     let o = run("engine-bigseccomp", &b, v);
-    assert_eq!(o.status, ExitStatus::Code(0), "{} {}", o.stdout, o.stderr);
+    assert_eq!(o.status, ExitStatus::exited(0), "{} {}", o.stdout, o.stderr);
     let lines: Vec<&str> = o.stdout.lines().collect();
     assert_eq!(lines[0], "piped");
     assert!(lines[1].contains("Operation not permitted"), "{}", o.stdout);
@@ -1508,7 +1508,7 @@ fn stdin_pipe_reaches_the_program() {
     drop(w);
     let mut s = String::new();
     out_r.read_to_string(&mut s).unwrap();
-    assert_eq!(c.wait().unwrap(), ExitStatus::Code(0));
+    assert_eq!(c.wait().unwrap(), ExitStatus::exited(0));
     c.destroy().unwrap();
     assert_eq!(s, "HELLO THROUGH STDIN\n");
 }
@@ -1530,7 +1530,7 @@ fn exec_into_a_user_namespace_container() {
         json!({"user": {"uid": 5, "gid": 5}, "cwd": "/",
         "args": ["sh", "-c", "readlink /proc/self/ns/user; id -u; grep -E '^Uid:' /proc/self/status"]}),
     );
-    assert_eq!(status, ExitStatus::Code(0), "{out}");
+    assert_eq!(status, ExitStatus::exited(0), "{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], init_user.display().to_string());
     assert_eq!(&lines[1..], &["5", "Uid:\t5\t5\t5\t5"]);

@@ -97,7 +97,7 @@ mod tests {
         let pid = Pid::from_raw(child.id() as i32);
         assert_eq!(
             w.wait_until(pid, mark, None).unwrap(),
-            Some(ExitStatus::Code(5))
+            Some(ExitStatus::exited(5))
         );
 
         let mut child = Command::new("/bin/sleep").arg("10").spawn().unwrap();
@@ -107,7 +107,7 @@ mod tests {
         child.kill().unwrap();
         assert_eq!(
             w.wait_until(pid, mark, None).unwrap(),
-            Some(ExitStatus::Signal(9))
+            Some(ExitStatus::signaled(9))
         );
     }
 }

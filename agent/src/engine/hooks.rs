@@ -16,7 +16,6 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{Hook, Spec};
 
 use super::children::{ChildWaiter, DirectWait};
-use super::wait::ExitStatus;
 
 /// The OCI state document handed to every hook.
 pub(crate) fn state_json(spec: &Spec, id: &str, status: &str, pid: i32, bundle: &Path) -> String {
@@ -118,9 +117,10 @@ fn run(h: &Hook, state: &str, children: &dyn ChildWaiter) -> Result<(), String> 
             return Err(format!("timed out after {} s", h.timeout().unwrap_or(0)));
         }
     };
-    match status {
-        ExitStatus::Code(0) => Ok(()),
-        ExitStatus::Code(c) => Err(format!("exited with code {c}")),
-        ExitStatus::Signal(s) => Err(format!("killed by signal {s}")),
+    match (status.code, status.signal) {
+        (Some(0), _) => Ok(()),
+        (Some(c), _) => Err(format!("exited with code {c}")),
+        (None, Some(s)) => Err(format!("killed by signal {s}")),
+        (None, None) => Err("ended without an exit status".to_string()),
     }
 }

@@ -6,24 +6,51 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
 
 use super::error::EngineError;
 
-/// How a container process ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ExitStatus {
-    /// It called `exit` with this code.
-    Code(i32),
-    /// It was killed by this signal number.
-    Signal(i32),
+/// How a process ended: `code` for a normal exit, `signal` when a signal killed it, neither
+/// when the process ended but another process reaped it (a container's init that the agent
+/// left to the caller's reaper, see the agent's `--orphan-inits`), so nobody here knows how.
+///
+/// The agent protocol sends this type as it is (`protocol` re-exports it): its fields and
+/// their serde attributes are the wire format.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
 }
 
 impl ExitStatus {
-    /// The status as a shell reports it: the exit code, or 128 + the signal number.
-    pub fn as_shell_code(self) -> i32 {
-        match self {
-            ExitStatus::Code(c) => c,
-            ExitStatus::Signal(s) => 128 + s,
+    pub fn exited(code: i32) -> Self {
+        ExitStatus {
+            code: Some(code),
+            signal: None,
+        }
+    }
+
+    pub fn signaled(signal: i32) -> Self {
+        ExitStatus {
+            code: None,
+            signal: Some(signal),
+        }
+    }
+
+    /// Ended, reaped by someone else: the status is not known here.
+    pub fn is_unknown(&self) -> bool {
+        self.code.is_none() && self.signal.is_none()
+    }
+
+    /// The exit code a shell would report: the code, or 128 + the signal; an end nobody
+    /// here saw the status of counts as a failure (255).
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(code), _) => code,
+            (None, Some(sig)) => 128 + sig,
+            (None, None) => 255,
         }
     }
 }
@@ -32,8 +59,8 @@ impl ExitStatus {
 /// which do not end the process.
 pub fn exit_status(status: WaitStatus) -> Option<ExitStatus> {
     match status {
-        WaitStatus::Exited(_, code) => Some(ExitStatus::Code(code)),
-        WaitStatus::Signaled(_, sig, _) => Some(ExitStatus::Signal(sig as i32)),
+        WaitStatus::Exited(_, code) => Some(ExitStatus::exited(code)),
+        WaitStatus::Signaled(_, sig, _) => Some(ExitStatus::signaled(sig as i32)),
         _ => None,
     }
 }
@@ -127,14 +154,27 @@ mod tests {
         let p = Pid::from_raw(1);
         assert_eq!(
             exit_status(WaitStatus::Exited(p, 3)),
-            Some(ExitStatus::Code(3))
+            Some(ExitStatus::exited(3))
         );
         assert_eq!(
             exit_status(WaitStatus::Signaled(p, Signal::SIGKILL, false)),
-            Some(ExitStatus::Signal(9))
+            Some(ExitStatus::signaled(9))
         );
         assert_eq!(exit_status(WaitStatus::Stopped(p, Signal::SIGSTOP)), None);
-        assert_eq!(ExitStatus::Signal(15).as_shell_code(), 143);
+    }
+
+    #[test]
+    fn shell_codes() {
+        assert_eq!(ExitStatus::exited(3).shell_code(), 3);
+        assert_eq!(ExitStatus::signaled(15).shell_code(), 143);
+        assert_eq!(ExitStatus::default().shell_code(), 255);
+        assert!(ExitStatus::default().is_unknown());
+        assert!(!ExitStatus::exited(0).is_unknown());
+        let both = ExitStatus {
+            code: Some(0),
+            signal: Some(15),
+        };
+        assert_eq!(both.shell_code(), 0);
     }
 
     #[test]

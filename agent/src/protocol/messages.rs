@@ -11,6 +11,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+// The engine reports how a process ended; the protocol carries that as it is, so the type,
+// its wire format included, is defined once, in the engine.
+pub use crate::engine::ExitStatus;
+
 /// The protocol version. Bump it on any change that an older peer would misread.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -532,47 +536,6 @@ pub struct SignalRequest {
     pub all: bool,
 }
 
-/// How a process ended: `code` for a normal exit, `signal` when a signal killed it, neither
-/// when the process ended but another process reaped it (a container's init that the agent
-/// left to the caller's reaper, see the agent's `--orphan-inits`), so nobody here knows how.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExitStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub code: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-}
-
-impl ExitStatus {
-    pub fn exited(code: i32) -> Self {
-        ExitStatus {
-            code: Some(code),
-            signal: None,
-        }
-    }
-
-    pub fn signaled(signal: i32) -> Self {
-        ExitStatus {
-            code: None,
-            signal: Some(signal),
-        }
-    }
-
-    /// Ended, reaped by someone else: the status is not known here.
-    pub fn is_unknown(&self) -> bool {
-        self.code.is_none() && self.signal.is_none()
-    }
-
-    /// The exit code a shell would report: the code, or 128 + the signal.
-    pub fn shell_code(&self) -> i32 {
-        match (self.code, self.signal) {
-            (Some(code), _) => code,
-            (None, Some(sig)) => 128 + sig,
-            (None, None) => 255,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ContainerStatus {
@@ -759,5 +722,38 @@ mod tests {
     fn exit_status_shell_code() {
         assert_eq!(ExitStatus::exited(3).shell_code(), 3);
         assert_eq!(ExitStatus::signaled(9).shell_code(), 137);
+    }
+
+    #[test]
+    fn exit_status_wire_format_is_stable() {
+        let cases = [
+            (ExitStatus::exited(0), r#"{"code":0}"#),
+            (ExitStatus::exited(3), r#"{"code":3}"#),
+            (ExitStatus::signaled(9), r#"{"signal":9}"#),
+            (ExitStatus::default(), r#"{}"#),
+            (
+                ExitStatus {
+                    code: Some(1),
+                    signal: Some(15),
+                },
+                r#"{"code":1,"signal":15}"#,
+            ),
+        ];
+        for (status, text) in cases {
+            assert_eq!(serde_json::to_string(&status).unwrap(), text);
+            assert_eq!(serde_json::from_str::<ExitStatus>(text).unwrap(), status);
+        }
+        let nulls: ExitStatus = serde_json::from_str(r#"{"code":null,"signal":null}"#).unwrap();
+        assert!(nulls.is_unknown());
+        let state = ContainerState {
+            container_id: "c".into(),
+            status: ContainerStatus::Stopped,
+            pid: 5,
+            exit: Some(ExitStatus::signaled(9)),
+        };
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            r#"{"container_id":"c","status":"stopped","pid":5,"exit":{"signal":9}}"#
+        );
     }
 }

@@ -21,8 +21,6 @@ use nix::unistd::Pid;
 use crate::engine::{self, ChildWaiter, EngineError};
 use crate::protocol::ExitStatus;
 
-use super::agent::to_engine_status;
-
 /// Unwatched exits kept for late registrations; older ones are dropped.
 const UNCLAIMED_LIMIT: usize = 4096;
 
@@ -208,7 +206,7 @@ impl ChildWaiter for Reaper {
         pid: engine::Pid,
         mark: u64,
         deadline: Option<Instant>,
-    ) -> Result<Option<engine::ExitStatus>, EngineError> {
+    ) -> Result<Option<ExitStatus>, EngineError> {
         let raw = pid.as_raw();
         let slot = {
             let mut waits = self.engine_waits.lock().unwrap();
@@ -227,6 +225,6 @@ impl ChildWaiter for Reaper {
         if status.is_some() {
             self.engine_waits.lock().unwrap().remove(&raw);
         }
-        Ok(status.map(to_engine_status))
+        Ok(status)
     }
 }

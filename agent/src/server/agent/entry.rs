@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::engine::{self, Container};
+use crate::engine::Container;
 use crate::protocol::{ContainerStatus, ExitStatus};
 use crate::server::process::Process;
 
@@ -75,16 +75,7 @@ pub(super) fn tell_exit(c: &mut Container, status: ExitStatus) {
     if status.is_unknown() {
         c.set_ended();
     } else {
-        c.set_exited(to_engine_status(status));
-    }
-}
-
-/// An end nobody here saw the status of counts as a failure, as a shell would report it.
-pub(in crate::server) fn to_engine_status(status: ExitStatus) -> engine::ExitStatus {
-    match (status.code, status.signal) {
-        (Some(code), _) => engine::ExitStatus::Code(code),
-        (None, Some(sig)) => engine::ExitStatus::Signal(sig),
-        (None, None) => engine::ExitStatus::Code(255),
+        c.set_exited(status);
     }
 }
 
@@ -92,27 +83,6 @@ pub(in crate::server) fn to_engine_status(status: ExitStatus) -> engine::ExitSta
 mod tests {
     use super::super::test_support::{entry, process};
     use super::*;
-
-    #[test]
-    fn statuses_become_the_engines() {
-        assert_eq!(
-            to_engine_status(ExitStatus::exited(3)),
-            engine::ExitStatus::Code(3)
-        );
-        assert_eq!(
-            to_engine_status(ExitStatus::signaled(9)),
-            engine::ExitStatus::Signal(9)
-        );
-        assert_eq!(
-            to_engine_status(ExitStatus::default()),
-            engine::ExitStatus::Code(255)
-        );
-        let both = ExitStatus {
-            code: Some(0),
-            signal: Some(15),
-        };
-        assert_eq!(to_engine_status(both), engine::ExitStatus::Code(0));
-    }
 
     #[test]
     fn status_follows_start_and_exit() {

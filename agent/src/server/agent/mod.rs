@@ -25,8 +25,6 @@ use super::reaper::Reaper;
 use entry::Entry;
 use errors::not_found;
 
-pub(super) use entry::to_engine_status;
-
 /// Where the agent runs, which decides what `create_sandbox` may touch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
