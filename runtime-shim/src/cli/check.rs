@@ -63,7 +63,7 @@ pub fn run(g: &RuntimeConfig, a: CheckArgs) -> Result<i32> {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let tools: Vec<(&str, bool)> = ["mkfs.ext4", "cpio", "ip", "tc", "ps"]
+    let tools: Vec<(&str, bool)> = ["mkfs.ext4", "ip", "tc", "ps"]
         .iter()
         .map(|t| (*t, have_tool(t)))
         .collect();
@@ -79,8 +79,7 @@ pub fn run(g: &RuntimeConfig, a: CheckArgs) -> Result<i32> {
         && vmm.is_some()
         && kernel_ok
         && guest_agent.is_some()
-        && have_tool("mkfs.ext4")
-        && have_tool("cpio");
+        && have_tool("mkfs.ext4");
     let default_isolation = g.isolation;
     if a.json {
         let v = serde_json::json!({

@@ -1,13 +1,16 @@
-//! Disk images for vm isolation, built with the host's tools and cached under the image
-//! store: `ext4/id-<image id>.img` for an image of the store and `ext4/<tree-hash>.img` for any
-//! other rootfs (each shared read-only by every container of that rootfs), and
-//! `initramfs/<agent-hash>.cpio` (the guest's /init). Each is built under a
-//! temporary name and renamed into place, so a crash never leaves a half image in the cache.
+//! Disk images for vm isolation, cached under the image store: `ext4/id-<image id>.img` for
+//! an image of the store and `ext4/<tree-hash>.img` for any other rootfs (each shared
+//! read-only by every container of that rootfs), and `initramfs/<agent-hash>.cpio` (the
+//! guest's /init). The ext4 images are made by the host's mkfs.ext4, the initramfs in
+//! process. Each is built under a temporary name and renamed into place, so a crash never
+//! leaves a half image in the cache.
 
 use std::fs;
-use std::io::Read;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use cpio::newc;
 
 use crate::error::{Error, IoContext, Result};
 use crate::image::store::{ImageStore, EXT4_DIR};
@@ -120,9 +123,8 @@ pub fn agent_initramfs(store: &Path) -> Result<PathBuf> {
 
 /// The initramfs with `agent` as /init, cached by the agent's hash.
 pub fn initramfs_from(store: &Path, agent: &Path) -> Result<PathBuf> {
-    let agent = agent.to_path_buf();
-    ensure_static(&agent)?;
-    let hash = hash_file(&agent)?;
+    ensure_static(agent)?;
+    let hash = hash_file(agent)?;
     let dir = store.join("initramfs");
     fs::create_dir_all(&dir).ctx("create", &dir)?;
     let out = dir.join(format!("{hash}.cpio"));
@@ -133,49 +135,76 @@ pub fn initramfs_from(store: &Path, agent: &Path) -> Result<PathBuf> {
         "building the guest initramfs from {}",
         agent.display()
     ));
-    let staging = dir.join(format!(".{hash}.{}.d", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    for d in ["dev", "proc", "sys", "run", "tmp", "mnt"] {
-        fs::create_dir_all(staging.join(d)).ctx("create", &staging)?;
-    }
-    fs::copy(&agent, staging.join("init")).ctx("copy agent", &agent)?;
     let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    let result = (|| -> Result<()> {
-        let file = fs::File::create(&tmp).ctx("create", &tmp)?;
-        let list = "init\ndev\nproc\nsys\nrun\ntmp\nmnt\n";
-        let mut child = Command::new("cpio")
-            .args(["-o", "-H", "newc", "--quiet", "-R", "0:0"])
-            .current_dir(&staging)
-            .stdin(Stdio::piped())
-            .stdout(file)
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::Image(format!("cannot run cpio: {e}")))?;
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(list.as_bytes())
-            .ctx("write to cpio", &tmp)?;
-        let out = child.wait_with_output().ctx("wait for cpio", &tmp)?;
-        if !out.status.success() {
-            return Err(Error::Image(format!(
-                "cpio failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
-        }
-        fs::rename(&tmp, out_path(&dir, &hash)).ctx("move into cache", &tmp)
-    })();
-    let _ = fs::remove_dir_all(&staging);
+    let result = write_initramfs(&tmp, agent)
+        .and_then(|()| fs::rename(&tmp, &out).ctx("move into cache", &out));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map(|_| out)
+    result.map(|()| out)
 }
 
-fn out_path(dir: &Path, hash: &str) -> PathBuf {
-    dir.join(format!("{hash}.cpio"))
+/// Mount points the agent needs before it can create anything itself.
+const INITRAMFS_DIRS: [&str; 6] = ["dev", "proc", "sys", "run", "tmp", "mnt"];
+
+/// Writes the newc archive of the initramfs to `path`. Nothing in it comes from the host
+/// but the agent's bytes (times are 0, owners root, inodes numbered in order), so an agent
+/// always gives the same archive, whoever builds it and when.
+fn write_initramfs(path: &Path, agent: &Path) -> Result<()> {
+    let mut init = fs::File::open(agent).ctx("open", agent)?;
+    let init_len = init.metadata().ctx("stat", agent)?.len();
+    let init_len = u32::try_from(init_len).map_err(|_| {
+        Error::Image(format!(
+            "{} is too large for a newc initramfs ({init_len} bytes)",
+            agent.display()
+        ))
+    })?;
+    let file = fs::File::create(path).ctx("create", path)?;
+    let mut archive = io::BufWriter::new(file);
+    let mut ino = 0;
+    let mut header = |name: &str, mode: u32, nlink: u32| {
+        ino += 1;
+        newc::Builder::new(name)
+            .ino(ino)
+            .mode(mode)
+            .uid(0)
+            .gid(0)
+            .nlink(nlink)
+            .mtime(0)
+    };
+    for name in INITRAMFS_DIRS {
+        archive = header(name, libc::S_IFDIR | 0o755, 2)
+            .write(archive, 0)
+            .finish()
+            .ctx("write", path)?;
+    }
+    let mut entry = header("init", libc::S_IFREG | 0o755, 1).write(archive, init_len);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut copied = 0u64;
+    loop {
+        let n = init.read(&mut buf).ctx("read", agent)?;
+        copied += n as u64;
+        if n == 0 || copied > u64::from(init_len) {
+            break;
+        }
+        entry.write_all(&buf[..n]).ctx("write", path)?;
+    }
+    // An agent whose length is no longer the one in the header is not the binary that was
+    // hashed, and a short entry would go unpadded and misplace the trailer.
+    if copied != u64::from(init_len) {
+        return Err(Error::Image(format!(
+            "{} changed while the initramfs was built from it",
+            agent.display()
+        )));
+    }
+    let archive = entry.finish().ctx("write", path)?;
+    let archive = newc::trailer(archive).ctx("write", path)?;
+    let file = archive
+        .into_inner()
+        .map_err(io::IntoInnerError::into_error)
+        .ctx("write", path)?;
+    // The cache trusts any file under the final name: it must be on disk before the rename.
+    file.sync_all().ctx("sync", path)
 }
 
 /// A dynamically linked agent cannot run as the guest's /init (there is no libc there).
@@ -296,19 +325,164 @@ mod tests {
         fs::remove_dir_all(&d).unwrap();
     }
 
+    /// One newc header, read by hand rather than with the crate that wrote it, so a layout
+    /// mistake its writer and reader share cannot hide.
+    #[derive(Debug, PartialEq)]
+    struct NewcHeader {
+        name: String,
+        ino: u32,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        nlink: u32,
+        mtime: u32,
+        size: usize,
+        dev: (u32, u32),
+        rdev: (u32, u32),
+    }
+
+    /// Every entry of `archive` up to and including the trailer, with its data, checking the
+    /// layout the kernel's unpacker relies on: each header at a multiple of 4 from the start,
+    /// name and data zero-padded to the next one, nothing after the trailer but its padding.
+    fn parse_newc(archive: &[u8]) -> Vec<(NewcHeader, &[u8])> {
+        const HEADER_LEN: usize = 110;
+        let zeros = |range: std::ops::Range<usize>| archive[range].iter().all(|b| *b == 0);
+        let mut entries = Vec::new();
+        let mut at = 0;
+        loop {
+            let header = &archive[at..at + HEADER_LEN];
+            assert_eq!(&header[..6], b"070701", "no newc magic at offset {at}");
+            let field = |i: usize| {
+                let hex = std::str::from_utf8(&header[6 + 8 * i..14 + 8 * i]).unwrap();
+                u32::from_str_radix(hex, 16).unwrap()
+            };
+            assert_eq!(field(12), 0, "a newc checksum field is 0");
+            let name_at = at + HEADER_LEN;
+            let name_end = name_at + field(11) as usize;
+            let (name, nul) = archive[name_at..name_end].split_at(name_end - name_at - 1);
+            assert_eq!(nul, [0], "name at offset {name_at} is not NUL-terminated");
+            let data_at = name_end.next_multiple_of(4);
+            assert!(zeros(name_end..data_at), "name padding at {name_end}");
+            let size = field(6) as usize;
+            let data_end = data_at + size;
+            let next = data_end.next_multiple_of(4);
+            assert!(zeros(data_end..next), "data padding at {data_end}");
+            let header = NewcHeader {
+                name: String::from_utf8(name.to_vec()).unwrap(),
+                ino: field(0),
+                mode: field(1),
+                uid: field(2),
+                gid: field(3),
+                nlink: field(4),
+                mtime: field(5),
+                size,
+                dev: (field(7), field(8)),
+                rdev: (field(9), field(10)),
+            };
+            let is_trailer = header.name == "TRAILER!!!";
+            entries.push((header, &archive[data_at..data_end]));
+            at = next;
+            if is_trailer {
+                assert_eq!(at, archive.len(), "bytes after the trailer");
+                return entries;
+            }
+        }
+    }
+
+    #[test]
+    fn initramfs_is_a_deterministic_newc_archive() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = scratch("initramfs-newc");
+        let agent = Path::new("/bin/busybox");
+        let agent_bytes = fs::read(agent).unwrap();
+        let path = initramfs_from(&d.join("one"), agent).unwrap();
+        let archive = fs::read(&path).unwrap();
+        let rebuilt = fs::read(initramfs_from(&d.join("two"), agent).unwrap()).unwrap();
+        assert!(archive == rebuilt, "two builds from one agent differ");
+
+        let entries = parse_newc(&archive);
+        let header = |name: &str, ino, mode, nlink, size| NewcHeader {
+            name: name.into(),
+            ino,
+            mode,
+            uid: 0,
+            gid: 0,
+            nlink,
+            mtime: 0,
+            size,
+            dev: (0, 0),
+            rdev: (0, 0),
+        };
+        let mut expected: Vec<NewcHeader> = ["dev", "proc", "sys", "run", "tmp", "mnt"]
+            .into_iter()
+            .zip(1..)
+            .map(|(name, ino)| header(name, ino, 0o040755, 2, 0))
+            .collect();
+        expected.push(header("init", 7, 0o100755, 1, agent_bytes.len()));
+        expected.push(header("TRAILER!!!", 0, 0, 1, 0));
+        let headers: Vec<&NewcHeader> = entries.iter().map(|(h, _)| h).collect();
+        assert_eq!(headers, expected.iter().collect::<Vec<_>>());
+        let (_, init) = entries.iter().find(|(h, _)| h.name == "init").unwrap();
+        assert!(*init == agent_bytes, "/init is not the agent");
+
+        // Where Debian's cpio is installed it is a second, independent reader of the archive;
+        // the checks above hold either way.
+        let names: Vec<&str> = expected[..expected.len() - 1]
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect();
+        let cpio = |args: &[&str], dir: &Path| {
+            Command::new("cpio")
+                .args(args)
+                .current_dir(dir)
+                .stdin(fs::File::open(&path).unwrap())
+                .output()
+        };
+        match cpio(&["-it", "--quiet"], &d) {
+            Ok(listing) => {
+                // cpio skips junk it cannot parse with only a warning, so silence counts too.
+                assert!(
+                    listing.status.success() && listing.stderr.is_empty(),
+                    "cpio -it: {listing:?}"
+                );
+                let listed = String::from_utf8(listing.stdout).unwrap();
+                assert_eq!(listed.lines().collect::<Vec<_>>(), names);
+                let unpacked = d.join("unpacked");
+                fs::create_dir(&unpacked).unwrap();
+                let extract = cpio(&["-id", "--quiet"], &unpacked).unwrap();
+                assert!(
+                    extract.status.success() && extract.stderr.is_empty(),
+                    "cpio -id: {extract:?}"
+                );
+                let init_path = unpacked.join("init");
+                assert!(fs::read(&init_path).unwrap() == agent_bytes);
+                let init_mode = fs::metadata(&init_path).unwrap().permissions().mode();
+                assert_eq!(init_mode, 0o100755);
+                for dir in expected.iter().filter(|h| h.mode == 0o040755) {
+                    let unpacked_dir = unpacked.join(&dir.name);
+                    assert!(unpacked_dir.is_dir(), "{} not unpacked", dir.name);
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                eprintln!("cpio is not installed: checked the archive by parsing it only");
+            }
+            Err(e) => panic!("cannot run cpio: {e}"),
+        }
+        fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn initramfs_has_the_static_agent_as_init() {
         let d = scratch("initramfs");
         // Debian's busybox-static is a static ELF binary like the guest agent must be.
         let cpio = initramfs_from(&d, Path::new("/bin/busybox")).unwrap();
-        let out = Command::new("cpio")
-            .args(["-it", "--quiet"])
-            .stdin(fs::File::open(&cpio).unwrap())
-            .output()
-            .unwrap();
-        let names = String::from_utf8_lossy(&out.stdout);
+        let archive = fs::read(&cpio).unwrap();
+        let names: Vec<String> = parse_newc(&archive)
+            .into_iter()
+            .map(|(h, _)| h.name)
+            .collect();
         for n in ["init", "dev", "proc", "sys"] {
-            assert!(names.lines().any(|l| l == n), "{n} missing: {names}");
+            assert!(names.iter().any(|l| l == n), "{n} missing: {names:?}");
         }
         assert_eq!(initramfs_from(&d, Path::new("/bin/busybox")).unwrap(), cpio);
         // A dynamically linked binary cannot be /init in a guest without libc.
