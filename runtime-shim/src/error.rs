@@ -47,6 +47,9 @@ pub enum Error {
     },
     #[error("agent: {0}")]
     Agent(String),
+    /// The back end process of a sandbox ended: nothing in it can answer any more.
+    #[error("the sandbox is gone: {0}")]
+    SandboxGone(String),
     #[error("vm isolation: {0}")]
     Vm(String),
     #[error("image: {0}")]

@@ -11,7 +11,8 @@ use clap::Args;
 use crate::config::RuntimeConfig;
 use crate::error::Result;
 use crate::host_probe::{kvm_report, vm_isolation_policy, KvmReport};
-use crate::sandbox::{binaries, vm};
+use crate::sandbox::backend::vm;
+use crate::sandbox::binaries;
 
 #[derive(Args, Debug)]
 pub struct CheckArgs {

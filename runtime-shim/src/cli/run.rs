@@ -110,7 +110,7 @@ pub fn run(g: &RuntimeConfig, a: RunArgs) -> Result<i32> {
         match made {
             Ok(dir) => (dir, !a.interactive && !runc_form),
             Err(e) => {
-                crate::sandbox::vm::release(&cleanup);
+                crate::sandbox::backend::vm::release(&cleanup);
                 return Err(e);
             }
         }
@@ -142,7 +142,7 @@ pub fn run(g: &RuntimeConfig, a: RunArgs) -> Result<i32> {
         Ok(v) => v,
         Err(e) => {
             if !store.exists(&id) {
-                crate::sandbox::vm::release(&cleanup);
+                crate::sandbox::backend::vm::release(&cleanup);
             }
             return Err(e);
         }

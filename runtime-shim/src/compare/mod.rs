@@ -188,8 +188,8 @@ fn compare(
 /// `sandbox check` looks for, so the column says what is missing instead of failing probe by
 /// probe.
 fn vm_ready(g: &RuntimeConfig) -> Result<()> {
-    crate::sandbox::vm::preflight(g)?;
-    let kernel = crate::sandbox::vm::kernel_path();
+    crate::sandbox::backend::vm::preflight(g)?;
+    let kernel = crate::sandbox::backend::vm::kernel_path();
     if !kernel.is_file() {
         return Err(Error::Vm(format!(
             "guest kernel {} not found",

@@ -67,7 +67,7 @@ pub fn vm() -> VmSurface {
         .iter()
         .map(|(b, l)| format!("{b:#x}+{l}"))
         .collect();
-    // The virtio set is what `sandbox::vm::launch` attaches to every sandbox VM.
+    // The virtio set is what `sandbox::backend::vm::launch` attaches to every sandbox VM.
     let devices = vec![
         format!(
             "16550 UART (COM1 at {:#x}, {} ports)",

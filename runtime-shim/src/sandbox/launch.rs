@@ -14,8 +14,9 @@ use agent::protocol::ProcessRef;
 use crate::bundle::Bundle;
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
+use crate::sandbox::backend::{native, vm};
 use crate::sandbox::host_hooks::HostHooks;
-use crate::sandbox::{link, native, vm};
+use crate::sandbox::link;
 use crate::state::{
     validate_id, write_atomic, ContainerRecord, HostProcess, Isolation, SharedRootfs, StateStore,
     Status,

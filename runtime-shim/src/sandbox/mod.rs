@@ -1,6 +1,8 @@
-//! Sandbox lifecycle: the monitor process that owns a sandbox, the native and vm back ends
-//! that run the agent, stdio plumbing and teardown.
+//! Sandbox lifecycle: the OCI operations (`launch`), the monitor process that owns a
+//! sandbox for the CLI, the back ends that run its agent (`backend`: native and vm, shared
+//! with the containerd shim), stdio plumbing and teardown.
 
+pub mod backend;
 pub mod binaries;
 pub mod child;
 pub mod console;
@@ -9,10 +11,8 @@ pub mod host_hooks;
 pub mod launch;
 pub mod link;
 pub mod monitor;
-pub mod native;
 pub mod network;
 pub mod pod_share;
 pub mod shared_dirs;
 pub mod stdio;
-pub mod vm;
 pub mod vmm_jail;

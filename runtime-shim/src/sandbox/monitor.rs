@@ -13,24 +13,24 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::Child;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent::protocol::{
     Client, CreateContainer, Endpoint, ErrorCode, ExecRequest, ExitStatus, ProcessRef,
-    ProtocolError,
 };
 use clap::{Args, ValueEnum};
 
 use crate::bundle::Bundle;
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
+use crate::sandbox::backend::native::{self, InitReaper};
+use crate::sandbox::backend::{vm, Sandbox, Started};
 use crate::sandbox::console::{self, HostPty};
 use crate::sandbox::host_hooks::HostHooks;
 use crate::sandbox::launch::READY_FD;
 use crate::sandbox::link::agent_err;
+use crate::sandbox::shared_dirs;
 use crate::sandbox::stdio::{self, HostStdio, Plumbing};
-use crate::sandbox::{native, shared_dirs, vm};
 use crate::state::{HostProcess, Isolation, StateStore, Status};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -51,67 +51,6 @@ pub struct MonitorArgs {
     /// The OCI process (JSON) to exec.
     #[arg(long)]
     pub process: Option<PathBuf>,
-}
-
-/// The back end of a sandbox, kept so it can be shut down when the container ends.
-pub enum Backend {
-    Native(native::NativeAgent),
-    Vm(Box<vm::VmInstance>),
-}
-
-impl Backend {
-    fn endpoint(&self) -> Endpoint {
-        match self {
-            Backend::Native(a) => a.endpoint.clone(),
-            Backend::Vm(v) => v.endpoint.clone(),
-        }
-    }
-
-    fn child(&mut self) -> &mut Child {
-        match self {
-            Backend::Native(a) => &mut a.child,
-            Backend::Vm(v) => &mut v.child,
-        }
-    }
-
-    fn what(&self) -> &'static str {
-        match self {
-            Backend::Native(_) => "sandbox-agent",
-            Backend::Vm(_) => "sandbox-vmm",
-        }
-    }
-
-    /// Why the back end may have ended: a VMM's log and guest console tails; a native agent's
-    /// errors reach the caller's stderr directly.
-    fn last_words(&self) -> String {
-        match self {
-            Backend::Native(_) => String::new(),
-            Backend::Vm(v) => v.logs.last_words(),
-        }
-    }
-
-    /// Asks the agent to clean up, then makes sure the process is gone. A native agent has
-    /// nothing left to do once the sandbox is destroyed; a VM gets a moment to power off.
-    /// `client`, a control connection already open to this back end, saves opening another.
-    fn shut_down(mut self, client: Option<Client>) {
-        let is_vm = matches!(self, Backend::Vm(_));
-        if let Some(mut c) = client.or_else(|| Client::connect(self.endpoint()).ok()) {
-            let _ = c.stream().set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = c.destroy_sandbox(is_vm);
-        }
-        let child = self.child();
-        if is_vm {
-            let deadline = Instant::now() + Duration::from_millis(500);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }
 
 pub fn run(g: &RuntimeConfig, a: MonitorArgs) -> Result<i32> {
@@ -140,7 +79,7 @@ fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<
     let id = a.id.clone();
     // SIGWINCH is taken by a dedicated thread; block it before any thread exists.
     block_sigwinch();
-    let mut backend: Option<Backend> = None;
+    let mut backend: Option<Sandbox> = None;
     let mut engine_started = false;
     let set_up = set_up_container(g, &store, a, &mut backend, &mut engine_started);
     let (client, plumbing, pty) = match set_up {
@@ -165,7 +104,7 @@ fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<
         }
     };
     let mut client = client;
-    let mut backend = backend.expect("set-up succeeded with a back end");
+    let backend = backend.expect("set-up succeeded with a back end");
     if let Some(pty) = pty {
         spawn_resize_forwarder(client.endpoint().clone(), ProcessRef::init(&id), pty);
     }
@@ -178,7 +117,7 @@ fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<
         Err(e) => {
             // The agent or VMM went away under the container: say so, and report it as a
             // failure rather than pretending the container exited.
-            let why = describe_backend_loss(&e, &mut backend);
+            let why = backend.describe_loss(&e);
             log::error!("container {id}: {why}");
             let _ = std::fs::write(store.dir(&id).join("error"), format!("{why}\n"));
             ExitStatus::exited(255)
@@ -198,7 +137,7 @@ fn set_up_container(
     g: &RuntimeConfig,
     store: &StateStore,
     a: &MonitorArgs,
-    backend: &mut Option<Backend>,
+    backend: &mut Option<Sandbox>,
     engine_started: &mut bool,
 ) -> Result<Running> {
     let id = &a.id;
@@ -207,16 +146,17 @@ fn set_up_container(
     let bundle = Bundle::load(&rec.bundle)?;
     let mut host_hooks = None;
     let mut shares = Vec::new();
-    let (rootfs, sandbox_cfg, copied_files) = match rec.isolation {
+    let (rootfs, copied_files, started) = match rec.isolation {
         Isolation::Native => {
-            *backend = Some(Backend::Native(native::start_agent_orphaning_inits(&dir)?));
-            (native::rootfs_source(&bundle.dir), None, Vec::new())
+            let (native, child) = native::start(&dir, InitReaper::Caller)?;
+            let started = Started::new(native, child);
+            (native::rootfs_source(&bundle.dir), Vec::new(), started)
         }
         Isolation::Vm => {
             shares = shared_dirs::shared_dirs(&bundle.spec, &bundle.dir)?;
             let copied = vm::copied_files(&bundle.spec, &shares)?;
             host_hooks = Some(HostHooks::of(&bundle.spec)?);
-            let vm = vm::launch(
+            let (vm, child) = vm::launch(
                 g,
                 &dir,
                 &bundle,
@@ -224,26 +164,19 @@ fn set_up_container(
                 &shares,
                 &mut rec.cleanup,
             )?;
-            let rootfs = vm.rootfs.clone().expect("a bundle's VM has its rootfs");
-            let r = (rootfs, Some(vm.sandbox_config.clone()), copied);
-            *backend = Some(Backend::Vm(Box::new(vm)));
-            r
+            let rootfs = vm.guest_rootfs().expect("a bundle's VM has its rootfs");
+            (rootfs, copied, Started::new(vm, child))
         }
     };
-    let b = backend.as_mut().expect("just set");
-    rec.backend = HostProcess::of(b.child().id() as i32);
-    store.save(&rec)?;
-
-    let timeout = match rec.isolation {
-        Isolation::Native => Duration::from_secs(10),
-        Isolation::Vm => Duration::from_secs(60),
-    };
-    let mut client = connect_while_alive(b, timeout)?;
-    if let Some(cfg) = sandbox_cfg {
-        client
-            .create_sandbox(cfg)
-            .map_err(agent_err("configure the sandbox"))?;
+    // Recorded before the wait for the agent, so that a monitor killed meanwhile leaves
+    // `delete` a process to end.
+    rec.backend = HostProcess::of(started.pid());
+    if let Err(e) = store.save(&rec) {
+        started.abandon();
+        return Err(e);
     }
+    let (sandbox, mut client) = started.connect()?;
+    *backend = Some(sandbox);
 
     if let Some(hooks) = &host_hooks {
         // The runtime environment (the VM) exists: the host's create hooks see the process
@@ -299,49 +232,6 @@ fn set_up_container(
     }
     store.save(&rec)?;
     Ok((client, plumbing, pty))
-}
-
-/// Connects to the agent, giving up early if the back end process dies meanwhile.
-fn connect_while_alive(b: &mut Backend, timeout: Duration) -> Result<Client> {
-    let deadline = Instant::now() + timeout;
-    let endpoint = b.endpoint();
-    loop {
-        // A native agent's socket listens before the agent runs: the handshake waits for the
-        // agent, bounded by what is left of the timeout.
-        let attempt = match b {
-            Backend::Native(_) => Client::connect_within(
-                endpoint.clone(),
-                deadline.saturating_duration_since(Instant::now()),
-            ),
-            Backend::Vm(_) => Client::connect(endpoint.clone()),
-        };
-        match attempt {
-            Ok(c) => return Ok(c),
-            Err(e) => {
-                if let Ok(Some(status)) = b.child().try_wait() {
-                    return Err(Error::Agent(format!(
-                        "{} exited ({status}) before its agent answered{}",
-                        b.what(),
-                        b.last_words()
-                    )));
-                }
-                if Instant::now() >= deadline {
-                    return Err(Error::Agent(format!(
-                        "no answer from the agent within {}s: {e}{}",
-                        timeout.as_secs(),
-                        b.last_words()
-                    )));
-                }
-                // A native agent gets here only if it died before answering (the loop then
-                // notices its exit); a booting guest takes a while, and each try costs the
-                // VMM a connection.
-                std::thread::sleep(match b {
-                    Backend::Native(_) => Duration::from_millis(1),
-                    Backend::Vm(_) => Duration::from_millis(10),
-                });
-            }
-        }
-    }
 }
 
 /// The host fds the process's stdio is joined to: the monitor's own stdio (inherited from
@@ -411,30 +301,6 @@ fn spawn_resize_forwarder(endpoint: Endpoint, process: ProcessRef, pty: HostPty)
             }
         }
     });
-}
-
-/// Why the connection to the back end ended: its own exit (a VMM killed by its seccomp filter
-/// ends with SIGSYS), with what it and the guest said last, when it has exited by now.
-fn describe_backend_loss(e: &ProtocolError, backend: &mut Backend) -> String {
-    let what = backend.what();
-    let mut why = format!("lost the connection to {what} while waiting for the container: {e}");
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let ended = loop {
-        match backend.child().try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => break None,
-        }
-    };
-    if let Some(status) = ended {
-        use std::os::unix::process::ExitStatusExt;
-        why.push_str(&format!("; {what} ended: {status}"));
-        if status.signal() == Some(libc::SIGSYS) {
-            why.push_str(" (a system call its seccomp filter forbids)");
-        }
-        why.push_str(&backend.last_words());
-    }
-    why
 }
 
 fn record_exit(store: &StateStore, id: &str, status: Option<ExitStatus>) {

@@ -3,6 +3,8 @@
 //! so clients such as `ctr` print the cause rather than a generic failure.
 
 use agent::protocol::{ErrorCode, ProtocolError};
+
+use crate::error::Error;
 use containerd_shim::protos::ttrpc::{self, Code};
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +65,7 @@ pub enum ShimError {
         source: ProtocolError,
     },
     #[error(transparent)]
-    Runtime(#[from] crate::error::Error),
+    Runtime(#[from] Error),
 }
 
 pub type Result<T> = std::result::Result<T, ShimError>;
@@ -80,7 +82,9 @@ impl ShimError {
             }
             ShimError::Invalid(_) | ShimError::Options(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
-            ShimError::SandboxGone(_) => Code::UNAVAILABLE,
+            ShimError::SandboxGone(_) | ShimError::Runtime(Error::SandboxGone(_)) => {
+                Code::UNAVAILABLE
+            }
             ShimError::AgentReply { code, .. } => code_of_reply(*code),
             ShimError::AgentConnection { source, .. } => code_of_connection(source),
             _ => Code::INTERNAL,

@@ -20,7 +20,7 @@ use containerd_shim::protos::types::task::ProcessInfo;
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult};
 
 use crate::bundle::Bundle;
-use crate::sandbox::{native, vm};
+use crate::sandbox::backend::{native, vm};
 
 use super::error::{agent, Result, ShimError};
 use super::events::Events;
@@ -264,7 +264,7 @@ impl Service {
             "sandbox {} started in {} isolation (pid {})",
             self.inner.group,
             pod.isolation,
-            pod.backend_pid
+            pod.backend_pid()
         );
         Ok(pod)
     }
@@ -273,7 +273,7 @@ impl Service {
     /// is delivered, then tells containerd.
     fn spawn_waiter(&self, pod: &Arc<Pod>, p: ProcessRef) {
         let svc = self.clone();
-        let endpoint = pod.endpoint.clone();
+        let endpoint = pod.endpoint().clone();
         let pod = pod.clone();
         std::thread::spawn(move || {
             let status = Client::connect(endpoint)
@@ -326,7 +326,7 @@ impl Service {
 
     fn spawn_oom_watcher(&self, pod: &Arc<Pod>) {
         let events_svc = self.clone();
-        let endpoint = pod.endpoint.clone();
+        let endpoint = pod.endpoint().clone();
         std::thread::spawn(move || {
             let Ok(mut c) = Client::connect(endpoint) else {
                 return;
@@ -558,10 +558,7 @@ impl Service {
                 Ok(pod) => pod.shut_down(),
                 Err(pod) => {
                     // A waiter still holds it: end the back end all the same.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pod.backend_pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    pod.kill();
                     let _ = std::fs::remove_dir_all(&pod.dir);
                 }
             }

@@ -10,11 +10,13 @@ use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use agent::protocol::{
     CopiedFile, Endpoint, RootfsSource, SandboxConfig, StorageConfig, MAX_COPIED_BYTES,
 };
 
+use super::{Backend, ProcessLogs};
 use crate::bundle::Bundle;
 use crate::config::RuntimeConfig;
 use crate::error::{Error, IoContext, Result};
@@ -60,50 +62,58 @@ pub enum GuestRootfs<'a> {
     Pod(&'a PodShare),
 }
 
-pub struct VmInstance {
-    pub child: Child,
-    pub endpoint: Endpoint,
-    /// The bundle's rootfs in the guest; none for a pod, whose containers each get theirs
-    /// from the share.
-    pub rootfs: Option<RootfsSource>,
-    pub sandbox_config: SandboxConfig,
-    pub logs: VmLogs,
-    /// The virtiofsd serving each shared directory; they go when this is dropped.
-    pub fs_daemons: FsDaemons,
+/// The agent as the guest's PID 1 behind `sandbox-vmm`: containers in a guest kernel.
+pub struct VmBackend {
+    endpoint: Endpoint,
+    rootfs: Option<RootfsSource>,
+    sandbox_config: SandboxConfig,
+    logs: ProcessLogs,
+    /// The virtiofsd serving each shared directory; they go with the back end.
+    _fs_daemons: FsDaemons,
 }
 
-/// Where the processes of one VM write what they say, kept in the state directory: read
-/// back when the VM ends early.
-#[derive(Clone, Debug)]
-pub struct VmLogs {
-    /// The VMM's own stderr: its reason for a non-zero exit status.
-    pub vmm: PathBuf,
-    /// The guest's serial console: the guest kernel's last words.
-    pub console: PathBuf,
-    /// Each virtiofsd's output: why a shared directory stopped answering.
-    pub virtiofsd: Vec<PathBuf>,
+impl VmBackend {
+    /// The bundle's rootfs as the guest sees it; none for a pod, whose containers each get
+    /// theirs from the share.
+    pub fn guest_rootfs(&self) -> Option<RootfsSource> {
+        self.rootfs.clone()
+    }
 }
 
-impl VmLogs {
-    /// The last lines of each log, for an error about a VM that ended early.
-    pub fn last_words(&self) -> String {
-        const TAIL_LINES: usize = 8;
-        let mut out = String::new();
-        let named = [("sandbox-vmm", &self.vmm), ("guest console", &self.console)]
-            .into_iter()
-            .chain(self.virtiofsd.iter().map(|p| ("virtiofsd", p)));
-        for (what, path) in named {
-            let text = fs::read_to_string(path).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(TAIL_LINES).collect();
-            if !tail.is_empty() {
-                out.push_str(&format!("\n--- {what} ({}):", path.display()));
-                for l in tail.into_iter().rev() {
-                    out.push_str("\n  ");
-                    out.push_str(l);
-                }
-            }
-        }
-        out
+impl Backend for VmBackend {
+    fn program(&self) -> &'static str {
+        "sandbox-vmm"
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn answer_within(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+
+    /// The VMM answers the CONNECT itself; the guest's agent answers the hello once it
+    /// accepted, at once unless the guest is starved.
+    fn handshake_within(&self) -> Duration {
+        Duration::from_secs(5)
+    }
+
+    /// A booting guest takes a while, and each try costs the VMM a connection.
+    fn retry_pause(&self) -> Duration {
+        Duration::from_millis(10)
+    }
+
+    fn sandbox_config(&self) -> Option<SandboxConfig> {
+        Some(self.sandbox_config.clone())
+    }
+
+    fn logs(&self) -> &ProcessLogs {
+        &self.logs
+    }
+
+    fn ends_when_destroyed(&self) -> bool {
+        true
     }
 }
 
@@ -149,7 +159,7 @@ pub fn launch(
     guest_rootfs: GuestRootfs,
     shares: &[SharedDir],
     cleanup: &mut Cleanup,
-) -> Result<VmInstance> {
+) -> Result<(VmBackend, Child)> {
     let kernel = kernel_path();
     if !kernel.is_file() {
         return Err(Error::Vm(format!(
@@ -316,24 +326,26 @@ pub fn launch(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            super::child::reset_signals_and_die_with_parent()
+            crate::sandbox::child::reset_signals_and_die_with_parent()
         });
     }
     let child = cmd
         .spawn()
         .map_err(|e| Error::Vm(format!("cannot start {}: {e}", vmm.display())))?;
-    Ok(VmInstance {
-        child,
+    let logs = fs_daemons.logs().iter().fold(
+        ProcessLogs::default()
+            .with("sandbox-vmm", log_path)
+            .with("guest console", console),
+        |logs, log| logs.with("virtiofsd", log.clone()),
+    );
+    let backend = VmBackend {
         endpoint: Endpoint::guest_agent(socket),
         rootfs,
         sandbox_config,
-        logs: VmLogs {
-            vmm: log_path,
-            console,
-            virtiofsd: fs_daemons.logs().to_vec(),
-        },
-        fs_daemons,
-    })
+        logs,
+        _fs_daemons: fs_daemons,
+    };
+    Ok((backend, child))
 }
 
 /// The spec as the guest must see it: namespaces given by host paths (the pod's network
@@ -342,7 +354,7 @@ pub fn launch(
 /// virtio-fs mounts.
 pub fn guest_spec(spec: &oci_spec::runtime::Spec, shares: &[SharedDir]) -> oci_spec::runtime::Spec {
     let spec = shared_dirs::share_mounts(spec, shares);
-    let mut spec = super::host_hooks::without_hooks(&spec);
+    let mut spec = crate::sandbox::host_hooks::without_hooks(&spec);
     if let Some(mut linux) = spec.linux().clone() {
         if let Some(nss) = linux.namespaces().clone() {
             let kept: Vec<_> = nss.into_iter().filter(|n| n.path().is_none()).collect();

@@ -1,5 +1,5 @@
-//! Native isolation: the sandbox's agent runs on the host as a child of the monitor and runs
-//! containers with the host kernel's namespaces and cgroups.
+//! Native isolation: the sandbox's agent runs on the host as a child of the monitor or the
+//! shim and runs containers with the host kernel's namespaces and cgroups.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -7,9 +7,11 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-use agent::protocol::{Endpoint, RootfsSource};
+use agent::protocol::{Endpoint, RootfsSource, SandboxConfig};
 
+use super::{Backend, ProcessLogs};
 use crate::error::{Error, IoContext, Result};
 use crate::sandbox::binaries;
 
@@ -18,30 +20,64 @@ pub const AGENT_SOCKET: &str = "agent.sock";
 /// The descriptor on which the agent finds its already listening socket.
 const LISTEN_FD: i32 = 3;
 
-pub struct NativeAgent {
-    pub child: Child,
-    pub endpoint: Endpoint,
+/// Who reaps a container's init once it has been started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitReaper {
+    /// The agent (the containerd shim waits through it).
+    Agent,
+    /// Whoever adopts orphans above the agent's parent (`--orphan-inits`): the caller of
+    /// `sandbox create`, which reaps the init whose pid it was given, as it would reap
+    /// runc's.
+    Caller,
 }
 
-/// Starts `sandbox-agent --socket <dir>/agent.sock`. It dies with the monitor (parent-death
-/// signal), so a killed monitor never leaves an agent behind.
+/// The agent as a host process: containers in the host kernel's namespaces and cgroups.
+pub struct NativeBackend {
+    endpoint: Endpoint,
+    logs: ProcessLogs,
+}
+
+impl Backend for NativeBackend {
+    fn program(&self) -> &'static str {
+        "sandbox-agent"
+    }
+
+    fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    fn answer_within(&self) -> Duration {
+        Duration::from_secs(10)
+    }
+
+    /// The socket listens before the agent runs: one attempt may wait for all of it.
+    fn handshake_within(&self) -> Duration {
+        self.answer_within()
+    }
+
+    fn retry_pause(&self) -> Duration {
+        Duration::from_millis(1)
+    }
+
+    fn sandbox_config(&self) -> Option<SandboxConfig> {
+        None
+    }
+
+    fn logs(&self) -> &ProcessLogs {
+        &self.logs
+    }
+
+    fn ends_when_destroyed(&self) -> bool {
+        false
+    }
+}
+
+/// Starts `sandbox-agent --socket <dir>/agent.sock`. It dies with its parent (parent-death
+/// signal), so a killed monitor or shim never leaves an agent behind.
 ///
 /// The socket is bound and listening before the agent starts and handed to it: a client's
 /// connection queues until the agent accepts it, so nobody polls for the agent to come up.
-///
-/// The agent reaps its containers' inits itself (containerd's shim waits through it).
-pub fn start_agent(state_dir: &Path) -> Result<NativeAgent> {
-    spawn_agent(state_dir, false)
-}
-
-/// Like [`start_agent`], for the `sandbox` CLI: the agent leaves each container's init to
-/// whoever adopts orphans above the monitor (`--orphan-inits`), so that the caller of
-/// `create` reaps the init whose pid it was given, as it would reap runc's.
-pub fn start_agent_orphaning_inits(state_dir: &Path) -> Result<NativeAgent> {
-    spawn_agent(state_dir, true)
-}
-
-fn spawn_agent(state_dir: &Path, orphan_inits: bool) -> Result<NativeAgent> {
+pub fn start(state_dir: &Path, reaper: InitReaper) -> Result<(NativeBackend, Child)> {
     let bin = binaries::find("sandbox-agent", "SANDBOX_AGENT")?;
     let socket = state_dir.join(AGENT_SOCKET);
     let listener = UnixListener::bind(&socket).ctx("bind", &socket)?;
@@ -60,25 +96,26 @@ fn spawn_agent(state_dir: &Path, orphan_inits: bool) -> Result<NativeAgent> {
         .arg(LISTEN_FD.to_string())
         .arg("--root")
         .arg(state_dir.join("agent"))
-        .args(orphan_inits.then_some("--orphan-inits"))
+        .args((reaper == InitReaper::Caller).then_some("--orphan-inits"))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
     // SAFETY: only the async-signal-safe helpers of `child` between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            super::child::reset_signals_and_die_with_parent()?;
-            super::child::pass_fd(listen_fd, LISTEN_FD)
+            crate::sandbox::child::reset_signals_and_die_with_parent()?;
+            crate::sandbox::child::pass_fd(listen_fd, LISTEN_FD)
         });
     }
     let child = cmd.spawn();
     // Only the agent may hold the listener: if it dies, clients see the socket go dead.
     drop(listen);
     let child = child.map_err(|e| Error::Agent(format!("cannot start {}: {e}", bin.display())))?;
-    Ok(NativeAgent {
-        child,
+    let backend = NativeBackend {
         endpoint: Endpoint::Unix(socket),
-    })
+        logs: ProcessLogs::default().with("sandbox-agent", log_path),
+    };
+    Ok((backend, child))
 }
 
 /// The spec the CLI's agent gets: the poststop hooks are left out, because `sandbox delete`
