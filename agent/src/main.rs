@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use agent::init;
+use agent::init::milestones::{Milestone, Milestones};
 use agent::protocol::AGENT_VSOCK_PORT;
 use agent::server::{self, ListenAddr, Mode, ServerConfig};
 
@@ -111,7 +112,7 @@ fn run_native(args: Args) -> ExitCode {
         root: args.root.unwrap_or_else(|| PathBuf::from(NATIVE_ROOT)),
         orphan_inits: args.orphan_inits,
     };
-    match server::run(config) {
+    match server::run(config, || {}) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("sandbox-agent: {e}");
@@ -126,6 +127,8 @@ fn run_as_pid1(args: Option<Args>) -> ExitCode {
     if let Err(e) = init::mounts::mount_pseudo_filesystems(std::path::Path::new("/")) {
         eprintln!("sandbox-agent: {e}");
     }
+    let milestones = Milestones::from_kernel();
+    milestones.report(Milestone::InitStarted);
     let missing = init::mounts::enable_cgroup_controllers(std::path::Path::new("/sys/fs/cgroup"));
     if !missing.is_empty() {
         eprintln!("sandbox-agent: cgroup controllers not available: {missing:?}");
@@ -146,7 +149,7 @@ fn run_as_pid1(args: Option<Args>) -> ExitCode {
         root: root.unwrap_or_else(|| PathBuf::from(GUEST_ROOT)),
         orphan_inits: false,
     };
-    match server::run(config) {
+    match server::run(config, || milestones.report(Milestone::AgentListening)) {
         Ok(_) => eprintln!("sandbox-agent: sandbox destroyed, powering off"),
         Err(e) => eprintln!("sandbox-agent: {e}; powering off"),
     }

@@ -62,8 +62,9 @@ pub struct ServerConfig {
     pub orphan_inits: bool,
 }
 
-/// Binds the listener and serves until a client destroys the sandbox with `power_off`.
-pub fn run(config: ServerConfig) -> Result<Ending, ServerError> {
+/// Binds the listener, tells `listening`, and serves until a client destroys the sandbox
+/// with `power_off`.
+pub fn run(config: ServerConfig, listening: impl FnOnce()) -> Result<Ending, ServerError> {
     fs::create_dir_all(&config.root).map_err(|source| ServerError::Root {
         path: config.root.clone(),
         source,
@@ -75,6 +76,7 @@ pub fn run(config: ServerConfig) -> Result<Ending, ServerError> {
                 source,
             })?,
         );
+    listening();
     let reaper = reaper::Reaper::start();
     let agent = Arc::new(Agent::new(
         config.mode,

@@ -17,6 +17,7 @@ use crate::image::{busybox, ImageStore};
 use crate::sandbox::foreground;
 use crate::sandbox::launch::{self, CreateOptions};
 use crate::sandbox::link;
+use crate::sandbox::timings::{self, Timeline};
 use crate::state::{Cleanup, Isolation, StateStore};
 
 #[derive(Args, Debug)]
@@ -61,6 +62,9 @@ pub struct RunArgs {
     /// Do not delete the container after it exits.
     #[arg(long)]
     pub keep: bool,
+    /// Print when each phase of the start and the end happened (to stderr).
+    #[arg(long)]
+    pub timings: bool,
     #[arg(long = "no-pivot", hide = true)]
     pub no_pivot: bool,
     #[arg(long = "no-new-keyring", hide = true)]
@@ -88,6 +92,7 @@ impl RunArgs {
 // (detached), and it is reparented when we exit.
 #[allow(clippy::zombie_processes)]
 pub fn run(g: &RuntimeConfig, a: RunArgs) -> Result<i32> {
+    let run_started = timings::monotonic_us();
     let id =
         a.id.clone()
             .unwrap_or_else(|| crate::state::generated_id("run"));
@@ -176,6 +181,11 @@ pub fn run(g: &RuntimeConfig, a: RunArgs) -> Result<i32> {
     let init = (rec.isolation == Isolation::Native).then_some(reported_pid);
     let code = foreground::wait(monitor, init, endpoint, process, tty, sigs);
     drop(raw);
+    if a.timings {
+        let mut phases = vec![("run started".to_string(), run_started)];
+        phases.extend(Timeline::in_dir(&store.dir(&id)).phases());
+        eprint!("{}", timings::table(run_started, &phases));
+    }
     // A back end that died under the container (VMM crash, killed agent) is reported, not
     // passed off as the container's own exit.
     if let Ok(why) = std::fs::read_to_string(store.dir(&id).join("error")) {

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::sandbox::backend::{native, vm};
 use crate::sandbox::host_hooks::HostHooks;
 use crate::sandbox::link;
+use crate::sandbox::timings::Timeline;
 use crate::state::{
     validate_id, write_atomic, ContainerRecord, HostProcess, Isolation, SharedRootfs, StateStore,
     Status,
@@ -246,6 +247,7 @@ pub fn start_container(g: &RuntimeConfig, id: &str) -> Result<()> {
     client
         .start_container(id)
         .map_err(link::agent_err("start container"))?;
+    Timeline::in_dir(&store.dir(id)).record("container started");
     rec.status = Status::Running;
     store.save(&rec)?;
     if !rec.poststart.is_empty() {

@@ -15,4 +15,5 @@ pub mod network;
 pub mod pod_share;
 pub mod shared_dirs;
 pub mod stdio;
+pub mod timings;
 pub mod vmm_jail;

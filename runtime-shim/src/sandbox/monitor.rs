@@ -31,6 +31,7 @@ use crate::sandbox::launch::READY_FD;
 use crate::sandbox::link::agent_err;
 use crate::sandbox::shared_dirs;
 use crate::sandbox::stdio::{self, HostStdio, Plumbing};
+use crate::sandbox::timings::Timeline;
 use crate::state::{HostProcess, Isolation, StateStore, Status};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -110,6 +111,8 @@ fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<
     }
 
     let waited = client.wait(ProcessRef::init(&id));
+    let timeline = Timeline::in_dir(&store.dir(&id));
+    timeline.record("container exited");
     plumbing.finish(Duration::from_secs(2));
     let connection_alive = waited.is_ok();
     let status = match waited {
@@ -128,6 +131,7 @@ fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<
     record_exit(&store, &id, known);
     // The connection that waited is idle now: it carries the clean-up too.
     backend.shut_down(connection_alive.then_some(client));
+    timeline.record("sandbox down");
     Ok(known.map(exit_like).unwrap_or(0))
 }
 
@@ -142,6 +146,8 @@ fn set_up_container(
 ) -> Result<Running> {
     let id = &a.id;
     let dir = store.dir(id);
+    let timeline = Timeline::in_dir(&dir);
+    timeline.record("monitor started");
     let mut rec = store.load(id)?;
     let bundle = Bundle::load(&rec.bundle)?;
     let mut host_hooks = None;
@@ -175,7 +181,7 @@ fn set_up_container(
         started.abandon();
         return Err(e);
     }
-    let (sandbox, mut client) = started.connect()?;
+    let (sandbox, mut client) = started.connect(&timeline)?;
     *backend = Some(sandbox);
 
     if let Some(hooks) = &host_hooks {
@@ -215,6 +221,7 @@ fn set_up_container(
             *engine_started = e.remote().is_some_and(|r| r.code == ErrorCode::Engine);
             agent_err("create container")(e)
         })?;
+    timeline.record("container created");
     let plumbing = stdio::attach(&client, &ProcessRef::init(id), tty, io)?;
     if let Some(pty) = &pty {
         if let Some((rows, cols)) = console::window_size(&pty.slave) {

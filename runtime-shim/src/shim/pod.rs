@@ -14,6 +14,7 @@ use crate::config::{self, RuntimeConfig};
 use crate::sandbox::backend::native::{self, InitReaper};
 use crate::sandbox::backend::{vm, Sandbox, Started};
 use crate::sandbox::pod_share::PodShare;
+use crate::sandbox::timings::Timeline;
 use crate::state::{Cleanup, Isolation};
 
 use super::error::{Result, ShimError};
@@ -144,7 +145,8 @@ impl Pod {
                 Ok(Started::new(vm, child))
             }),
         };
-        match launched.and_then(Started::connect) {
+        let timeline = Timeline::in_dir(dir);
+        match launched.and_then(|started| started.connect(&timeline)) {
             Ok((sandbox, client)) => Ok(Pod {
                 isolation,
                 dir: dir.to_path_buf(),

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use agent::protocol::{Client, Endpoint, SandboxConfig};
 
 use crate::error::{Error, Result};
+use crate::sandbox::timings::Timeline;
 use process::WatchedProcess;
 
 /// What differs between kinds of back end once their process runs.
@@ -107,7 +108,7 @@ impl Started {
     /// Watches the process, connects to its agent while the process lives and configures
     /// the sandbox. On any failure the process is killed and the error says why: the
     /// process's end, or the agent's silence, with the logs' last lines.
-    pub fn connect(self) -> Result<(Sandbox, Client)> {
+    pub fn connect(self, timeline: &Timeline) -> Result<(Sandbox, Client)> {
         let logs = self.backend.logs().clone();
         let process = WatchedProcess::watch(self.child, self.backend.program(), logs);
         let sandbox = Sandbox {
@@ -115,10 +116,12 @@ impl Started {
             process,
         };
         let configured = sandbox.connect_agent().and_then(|mut client| {
+            timeline.record("agent answered");
             if let Some(cfg) = sandbox.backend.sandbox_config() {
                 client
                     .create_sandbox(cfg)
                     .map_err(crate::sandbox::link::agent_err("configure the sandbox"))?;
+                timeline.record("sandbox configured");
             }
             Ok(client)
         });
@@ -274,7 +277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
         let err = Started::new(fake(dir.path(), Duration::from_secs(20)), child)
-            .connect()
+            .connect(&Timeline::in_dir(dir.path()))
             .err()
             .expect("nobody answers");
         let text = err.to_string();
@@ -292,7 +295,7 @@ mod tests {
         let pid = child.id() as i32;
         let started = Instant::now();
         let err = Started::new(fake(dir.path(), Duration::from_millis(400)), child)
-            .connect()
+            .connect(&Timeline::in_dir(dir.path()))
             .err()
             .expect("the agent never answers");
         assert!(started.elapsed() < Duration::from_secs(10));

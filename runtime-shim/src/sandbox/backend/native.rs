@@ -14,6 +14,7 @@ use agent::protocol::{Endpoint, RootfsSource, SandboxConfig};
 use super::{Backend, ProcessLogs};
 use crate::error::{Error, IoContext, Result};
 use crate::sandbox::binaries;
+use crate::sandbox::timings::Timeline;
 
 pub const AGENT_SOCKET: &str = "agent.sock";
 
@@ -107,6 +108,7 @@ pub fn start(state_dir: &Path, reaper: InitReaper) -> Result<(NativeBackend, Chi
             crate::sandbox::child::pass_fd(listen_fd, LISTEN_FD)
         });
     }
+    Timeline::in_dir(state_dir).record("agent exec");
     let child = cmd.spawn();
     // Only the agent may hold the listener: if it dies, clients see the socket go dead.
     drop(listen);

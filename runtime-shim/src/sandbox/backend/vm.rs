@@ -23,6 +23,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::image::disk;
 use crate::sandbox::pod_share::PodShare;
 use crate::sandbox::shared_dirs::{self, FsDaemons, SharedDir};
+use crate::sandbox::timings::Timeline;
 use crate::sandbox::{binaries, network, vmm_jail};
 use crate::state::{Cleanup, TapRecord};
 use vmm::config::SerialOutput;
@@ -36,7 +37,10 @@ use vmm::VmConfig;
 const SHORT_SOCKET_DIR: &str = "/run/sandbox-fs";
 pub const DEFAULT_KERNEL: &str = "/var/lib/sandbox/guest/vmlinux";
 const GUEST_CID: u64 = 3;
-const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init";
+/// `sandbox.milestones`: the agent reports its start on the boot-complete port
+/// (`sandbox::timings`).
+const GUEST_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=-1 pci=off quiet rdinit=/init sandbox.milestones";
 /// The VMM's configuration, in the state directory (`sandbox-vmm --config`).
 const VMM_CONFIG: &str = "vmm.json";
 const DEFAULT_VCPUS: u8 = 1;
@@ -329,6 +333,7 @@ pub fn launch(
             crate::sandbox::child::reset_signals_and_die_with_parent()
         });
     }
+    Timeline::in_dir(dir).record("vmm exec");
     let child = cmd
         .spawn()
         .map_err(|e| Error::Vm(format!("cannot start {}: {e}", vmm.display())))?;

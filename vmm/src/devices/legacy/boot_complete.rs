@@ -5,6 +5,10 @@
 //! `sandbox-vmm: boot-complete <value> after <N> us`, where N counts microseconds since the
 //! VMM process entered `main`. The line is meant for scripts; its format is stable. Only the
 //! first `MAX_REPORTS` writes are logged, so a guest cannot flood the VMM's stderr.
+//!
+//! Two more lines of the same family place those offsets on the host's time line: `started
+//! at <N> us monotonic` (CLOCK_MONOTONIC when `main` was entered) and `vcpus started after
+//! <N> us` (the vCPUs released into the guest).
 
 use std::io::Write;
 use std::time::Instant;
@@ -31,6 +35,14 @@ impl BootComplete {
 
     pub fn line(value: u32, micros: u128) -> String {
         format!("sandbox-vmm: boot-complete {value} after {micros} us\n")
+    }
+
+    pub fn started_line(monotonic_micros: u64) -> String {
+        format!("sandbox-vmm: started at {monotonic_micros} us monotonic\n")
+    }
+
+    pub fn vcpus_started_line(micros: u128) -> String {
+        format!("sandbox-vmm: vcpus started after {micros} us\n")
     }
 }
 
