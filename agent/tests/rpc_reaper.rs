@@ -11,6 +11,7 @@ use agent::server::reaper::Reaper;
 fn fork_exit(code: i32, delay_ms: u64) -> i32 {
     // SAFETY: the child only sleeps and calls _exit, both async-signal-safe.
     match unsafe { libc::fork() } {
+        // SAFETY: usleep and _exit are async-signal-safe, all a forked child may call.
         0 => unsafe {
             libc::usleep((delay_ms * 1000) as libc::c_uint);
             libc::_exit(code)

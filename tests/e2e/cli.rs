@@ -1381,10 +1381,8 @@ fn subreaper_caller() {
     .unwrap();
     let s = |k: &str| task[k].as_str().unwrap().to_string();
     // SAFETY: prctl with integer arguments only.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
+    let became_subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    assert_eq!(became_subreaper, 0);
     let sandbox_cmd = |args: &[&str]| {
         let st = sandbox()
             .env("SANDBOX_ROOT", s("root"))

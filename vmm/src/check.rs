@@ -231,6 +231,7 @@ pub fn probe_kernel_mode_speed(
     // A watchdog kicks this thread out of KVM_RUN when the limit passes.
     let (cancel, cancelled) = mpsc::channel::<()>();
     let timed_out_stop = stop.clone();
+    // SAFETY: pthread_self has no preconditions.
     let this_thread = unsafe { libc::pthread_self() };
     let watchdog = std::thread::spawn(move || {
         if let Err(mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(PROBE_TIME_LIMIT) {

@@ -150,8 +150,9 @@ pub fn mount_id(path: &Path) -> Result<u64, super::error::EngineError> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|e| super::error::EngineError::sys(format!("statx {}", path.display()), e))?;
-    // SAFETY: statx fills the zeroed struct; the path is a valid C string.
+    // SAFETY: an all-zero statx is a valid value of this plain C struct.
     let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: statx fills the struct we pass; the path is a valid C string.
     let rc = unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), 0, libc::STATX_MNT_ID, &mut st) };
     if rc != 0 || st.stx_mask & libc::STATX_MNT_ID == 0 {
         return Err(super::error::EngineError::sys(

@@ -42,6 +42,7 @@ pub fn send_console(socket: &Path, fd: &OwnedFd) -> Result<()> {
 }
 
 pub fn window_size(fd: impl AsFd) -> Option<(u16, u16)> {
+    // SAFETY: an all-zero winsize is a valid value of this plain C struct.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: TIOCGWINSZ writes one winsize into the struct we own.
     let rc = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };

@@ -192,8 +192,10 @@ mod tests {
             ("guest init started", 14_000),
             ("guest agent listening", 14_500),
         ];
-        let expected: Vec<(String, u64)> =
-            expected.iter().map(|(p, us)| (p.to_string(), *us)).collect();
+        let expected: Vec<(String, u64)> = expected
+            .iter()
+            .map(|(p, us)| (p.to_string(), *us))
+            .collect();
         assert_eq!(phases, expected);
     }
 

@@ -50,8 +50,9 @@ pub enum MemoryBacking {
 
 /// Total RAM of the host in MiB.
 pub fn host_ram_mib() -> u64 {
-    // SAFETY: sysinfo only writes into the struct we pass.
+    // SAFETY: an all-zero sysinfo is a valid value of this plain C struct.
     let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo only writes into the struct we pass.
     if unsafe { libc::sysinfo(&mut info) } != 0 {
         return u64::MAX;
     }
@@ -159,6 +160,7 @@ mod tests {
         // What the guest writes is in the file another process would map.
         mem.write_slice(b"shared", GuestAddress(0x1000)).unwrap();
         let mut buf = [0u8; 6];
+        // SAFETY: pread writes at most 6 bytes into the 6-byte buffer.
         let n = unsafe { libc::pread(file.file().as_raw_fd(), buf.as_mut_ptr().cast(), 6, 0x1000) };
         assert_eq!(n, 6);
         assert_eq!(&buf, b"shared");

@@ -321,8 +321,8 @@ pub fn launch(
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2);
-    // SAFETY: only async-signal-safe calls (setns, sigprocmask, prctl) between fork and exec.
     let netns_fd = netns_file.as_ref().map(|f| f.as_raw_fd());
+    // SAFETY: only async-signal-safe calls (setns, sigprocmask, prctl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             if let Some(fd) = netns_fd {
