@@ -60,6 +60,59 @@ both!(run_echo_hello, |env: &Env| {
     env.assert_clean();
 });
 
+both!(run_timings_place_every_phase_in_order, |env: &Env| {
+    let out = env.sandbox(&["run", "--timings", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Table rows: "<phase words>  <at ms>  <step ms>", in the order the phases happened.
+    let phases: Vec<String> = stderr
+        .lines()
+        .skip_while(|l| !l.starts_with("phase "))
+        .skip(1)
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words[..words.len().saturating_sub(2)].join(" ")
+        })
+        .collect();
+    let expected: &[&str] = if env.isolation == "vm" {
+        &[
+            "run started",
+            "monitor started",
+            "vmm exec",
+            "vmm main",
+            "vcpus started",
+            "guest init started",
+            "guest agent listening",
+            "agent answered",
+            "sandbox configured",
+            "container created",
+            "container exited",
+            "sandbox down",
+        ]
+    } else {
+        &[
+            "run started",
+            "monitor started",
+            "agent exec",
+            "agent answered",
+            "container created",
+            "container exited",
+            "sandbox down",
+        ]
+    };
+    // `sandbox run` notes the start once the agent confirmed it, and `true` may be gone by
+    // then: only its place after the creation is fixed.
+    let started = phases.iter().position(|p| p == "container started");
+    let created = phases.iter().position(|p| p == "container created");
+    assert!(started.is_some() && started > created, "{stderr}");
+    let causal: Vec<&String> = phases
+        .iter()
+        .filter(|p| *p != "container started")
+        .collect();
+    assert_eq!(causal, expected, "{stderr}");
+    env.assert_clean();
+});
+
 both!(run_returns_exit_code, |env: &Env| {
     let out = env.sandbox(&["run", "--", "sh", "-c", "echo to-stderr >&2; exit 42"]);
     assert_eq!(out.status.code(), Some(42));
