@@ -63,15 +63,75 @@ pub fn rootfs_image(store: &Path, rootfs: &Path) -> Result<PathBuf> {
 }
 
 /// A fresh sparse ext4 disk holding empty `upper/` and `work/` directories: the container's
-/// own writes, on top of the shared rootfs image.
-pub fn writable_layer(path: &Path, size_mib: u64) -> Result<()> {
-    let template = path.with_extension("template");
-    let _ = fs::remove_dir_all(&template);
-    fs::create_dir_all(template.join("upper")).ctx("create", &template)?;
-    fs::create_dir_all(template.join("work")).ctx("create", &template)?;
-    let r = mkfs_ext4(path, size_mib, Some(&template));
-    let _ = fs::remove_dir_all(&template);
-    r
+/// own writes, on top of the shared rootfs image. Formatted once per size into a template in
+/// the store's ext4 cache, then copied extent by extent: a start costs a copy of the few
+/// megabytes of metadata, not a run of mkfs.
+pub fn writable_layer(store: &Path, path: &Path, size_mib: u64) -> Result<()> {
+    let template = writable_template(store, size_mib)?;
+    copy_sparse(&template, path)
+}
+
+fn writable_template(store: &Path, size_mib: u64) -> Result<PathBuf> {
+    let dir = store.join(EXT4_DIR);
+    // The name says how it was made: a new recipe must not reuse an old template.
+    let img = dir.join(format!("writable-{size_mib}mib-v1.img"));
+    if img.is_file() {
+        return Ok(img);
+    }
+    fs::create_dir_all(&dir).ctx("create", &dir)?;
+    let pid = std::process::id();
+    let content = dir.join(format!(".writable-{size_mib}mib.{pid}.d"));
+    let tmp = dir.join(format!(".writable-{size_mib}mib.{pid}.tmp"));
+    let _ = fs::remove_dir_all(&content);
+    let built = fs::create_dir_all(content.join("upper"))
+        .and_then(|()| fs::create_dir_all(content.join("work")))
+        .ctx("create", &content)
+        .and_then(|()| mkfs_ext4(&tmp, size_mib, Some(&content)))
+        .and_then(|()| fs::rename(&tmp, &img).ctx("move into cache", &img));
+    let _ = fs::remove_dir_all(&content);
+    if built.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    built.map(|()| img)
+}
+
+/// Copies `[start, end)` of `src` to the same place in `dst`. The standard library's copy
+/// of a file into a file uses copy_file_range, and a buffer where the kernel cannot.
+fn copy_range(src: &fs::File, dst: &fs::File, start: u64, end: u64) -> io::Result<()> {
+    use std::io::{Seek, SeekFrom};
+    let (mut src, mut dst) = (src, dst);
+    src.seek(SeekFrom::Start(start))?;
+    dst.seek(SeekFrom::Start(start))?;
+    let copied = io::copy(&mut src.take(end - start), &mut dst)?;
+    if copied != end - start {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    Ok(())
+}
+
+/// Copies `from` to a new file `to` of the same size, only the extents that hold data: the
+/// holes stay holes.
+fn copy_sparse(from: &Path, to: &Path) -> Result<()> {
+    use nix::unistd::{lseek, Whence};
+    let src = fs::File::open(from).ctx("open", from)?;
+    let len = src.metadata().ctx("stat", from)?.len();
+    let dst = fs::File::create(to).ctx("create", to)?;
+    dst.set_len(len).ctx("size", to)?;
+    let mut pos = 0i64;
+    while (pos as u64) < len {
+        let data = match lseek(&src, pos, Whence::SeekData) {
+            Ok(at) => at,
+            // No data after `pos`: the rest is a hole.
+            Err(nix::errno::Errno::ENXIO) => break,
+            Err(e) => return Err(Error::sys("find the data of a disk template", e)),
+        };
+        let hole = lseek(&src, data, Whence::SeekHole)
+            .map_err(|e| Error::sys("find the holes of a disk template", e))?;
+        copy_range(&src, &dst, data as u64, hole as u64)
+            .map_err(|e| Error::io("copy a disk template", from, e))?;
+        pos = hole;
+    }
+    Ok(())
 }
 
 fn mkfs_ext4(path: &Path, size_mib: u64, content: Option<&Path>) -> Result<()> {
@@ -121,12 +181,41 @@ pub fn agent_initramfs(store: &Path) -> Result<PathBuf> {
     initramfs_from(store, &agent)
 }
 
+/// The content hash of `file`, remembered under `dir` by the file's identity (device, inode,
+/// size, modification and change times), so that a start does not read the whole agent
+/// again: any write to the file, or a new file in its place, changes its identity.
+fn remembered_hash(dir: &Path, file: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(file).ctx("stat", file)?;
+    let identity = format!(
+        "{}-{}-{}-{}.{}-{}.{}",
+        m.dev(),
+        m.ino(),
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec()
+    );
+    let memo_dir = dir.join("by-identity");
+    let memo = memo_dir.join(&identity);
+    if let Ok(hash) = fs::read_to_string(&memo) {
+        if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(hash);
+        }
+    }
+    let hash = hash_file(file)?;
+    fs::create_dir_all(&memo_dir).ctx("create", &memo_dir)?;
+    crate::state::write_atomic(&memo, hash.as_bytes())?;
+    Ok(hash)
+}
+
 /// The initramfs with `agent` as /init, cached by the agent's hash.
 pub fn initramfs_from(store: &Path, agent: &Path) -> Result<PathBuf> {
     ensure_static(agent)?;
-    let hash = hash_file(agent)?;
     let dir = store.join("initramfs");
     fs::create_dir_all(&dir).ctx("create", &dir)?;
+    let hash = remembered_hash(&dir, agent)?;
     let out = dir.join(format!("{hash}.cpio"));
     if out.is_file() {
         return Ok(out);
@@ -308,8 +397,18 @@ mod tests {
     fn writable_layer_has_overlay_directories_and_is_sparse() {
         use std::os::unix::fs::MetadataExt;
         let d = scratch("upper");
+        let store = d.join("store");
         let img = d.join("upper.img");
-        writable_layer(&img, 256).unwrap();
+        writable_layer(&store, &img, 256).unwrap();
+        // The second comes from the template, the same bytes.
+        let again = d.join("again.img");
+        writable_layer(&store, &again, 256).unwrap();
+        assert_eq!(fs::read(&img).unwrap(), fs::read(&again).unwrap());
+        let template = store.join(EXT4_DIR).join("writable-256mib-v1.img");
+        assert_eq!(fs::read(&template).unwrap(), fs::read(&again).unwrap());
+        // Writes to one container's disk stay in it.
+        fs::write(&again, b"scribble").unwrap();
+        assert_ne!(fs::read(&template).unwrap()[..8], *b"scribble");
         let listing = debugfs(&img, "ls -l /");
         assert!(
             listing.contains("upper") && listing.contains("work"),
@@ -322,6 +421,33 @@ mod tests {
             "not sparse: {} blocks",
             m.blocks()
         );
+        let copied = fs::metadata(d.join("upper.img")).unwrap();
+        let original = fs::metadata(&template).unwrap();
+        assert!(
+            copied.blocks() <= original.blocks() + 8,
+            "holes filled in the copy"
+        );
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_data_and_holes() {
+        use std::io::{Seek, SeekFrom};
+        use std::os::unix::fs::MetadataExt;
+        let d = scratch("sparse");
+        let from = d.join("from");
+        let mut f = fs::File::create(&from).unwrap();
+        f.set_len(64 << 20).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(&[7u8; 4096]).unwrap();
+        f.seek(SeekFrom::Start((64 << 20) - 4096)).unwrap();
+        f.write_all(&[9u8; 4096]).unwrap();
+        drop(f);
+        let to = d.join("to");
+        copy_sparse(&from, &to).unwrap();
+        assert_eq!(fs::read(&from).unwrap(), fs::read(&to).unwrap());
+        assert!(fs::metadata(&to).unwrap().blocks() * 512 < 1 << 20);
+        assert!(copy_sparse(&d.join("missing"), &d.join("x")).is_err());
         fs::remove_dir_all(&d).unwrap();
     }
 
@@ -387,6 +513,41 @@ mod tests {
                 return entries;
             }
         }
+    }
+
+    #[test]
+    fn the_agent_is_hashed_once_per_identity() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("agent");
+        fs::write(&file, b"first build").unwrap();
+        let first = remembered_hash(d.path(), &file).unwrap();
+        assert_eq!(first, hash_file(&file).unwrap());
+        // The memo answers while the file is the same file...
+        let memo_dir = d.path().join("by-identity");
+        let memo = fs::read_dir(&memo_dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        fs::write(&memo, "f".repeat(64)).unwrap();
+        assert_eq!(remembered_hash(d.path(), &file).unwrap(), "f".repeat(64));
+        // ...and a rebuilt agent (same size, a new write) is hashed again. File times tick
+        // with the kernel's coarse clock: the rewrite comes a few ticks later.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        fs::write(&file, b"other build").unwrap();
+        assert_eq!(
+            remembered_hash(d.path(), &file).unwrap(),
+            hash_file(&file).unwrap()
+        );
+        // A memo that is not a hash is not believed.
+        for entry in fs::read_dir(&memo_dir).unwrap() {
+            fs::write(entry.unwrap().path(), "junk").unwrap();
+        }
+        assert_eq!(
+            remembered_hash(d.path(), &file).unwrap(),
+            hash_file(&file).unwrap()
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ impl Agent {
             }
         }
         if power_off {
+            // Flushed before the answer: the host may end the VM as soon as it has it, and
+            // whatever the containers wrote (a kept container's disk) is on the host by then.
+            nix::unistd::sync();
             self.power_off.store(true, Ordering::SeqCst);
             self.shutdown.store(true, Ordering::SeqCst);
         }

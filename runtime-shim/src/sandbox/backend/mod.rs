@@ -20,6 +20,9 @@ use crate::error::{Error, Result};
 use crate::sandbox::timings::Timeline;
 use process::WatchedProcess;
 
+/// How long a back end that ends by itself once destroyed gets before it is killed.
+const EXIT_GRACE: Duration = Duration::from_millis(50);
+
 /// What differs between kinds of back end once their process runs.
 pub trait Backend: Send + Sync {
     /// The host program, as errors name it.
@@ -44,8 +47,9 @@ pub trait Backend: Send + Sync {
     /// Where the process and what it runs write why they stopped.
     fn logs(&self) -> &ProcessLogs;
 
-    /// Whether destroying the sandbox ends the process by itself (a guest powers off), so it
-    /// deserves a moment before it is killed.
+    /// Whether destroying the sandbox ends the process by itself (a guest resets once its
+    /// agent has flushed its filesystems and answered), so it gets a moment to exit before
+    /// it is killed.
     fn ends_when_destroyed(&self) -> bool;
 }
 
@@ -216,7 +220,9 @@ impl Sandbox {
                 let _ = c.destroy_sandbox(self.backend.ends_when_destroyed());
             }
             if self.backend.ends_when_destroyed() {
-                self.process.wait_ended(Duration::from_millis(500));
+                // Nothing is lost if it is killed now: its agent answered after flushing. The
+                // moment lets a VM that resets at once exit with its own clean status.
+                self.process.wait_ended(EXIT_GRACE);
             }
         }
         self.process.kill();

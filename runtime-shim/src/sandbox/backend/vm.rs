@@ -203,7 +203,7 @@ pub fn launch(
     } else {
         let lower = disk::rootfs_image(&g.image_store, &bundle.rootfs)?;
         let upper = dir.join("upper.img");
-        disk::writable_layer(&upper, UPPER_DISK_MIB)?;
+        disk::writable_layer(&g.image_store, &upper, UPPER_DISK_MIB)?;
         cleanup.files.push(upper.clone());
         disks.push(BlockConfig {
             path: lower,
