@@ -136,44 +136,40 @@ CMDLINE="console=ttyS0 panic=-1 quiet rdinit=/init"
 triple_fault_in() { grep -q "triple fault" "$@" 2>/dev/null; }
 ms_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", (b-a)*1000}'; }
 
-boot_sandbox_vmm() {
-    local kernel=$1 t0 try
+# Runs "$@" with its stderr in ERR and prints how long it took in ms; a guest triple fault
+# takes it again (up to three tries), anything else ends the benchmark naming WHAT.
+timed() {
+    local err=$1 what=$2 t0 try
+    shift 2
     for try in 1 2 3; do
         t0=$EPOCHREALTIME
-        if "$VMM" --kernel "$kernel" --initrd "$WORK/init.cpio" --cmdline "$CMDLINE reboot=k pci=off" \
-            --mem-mib $MEM_MIB --serial none 2>"$WORK/vmm.err"; then
+        if "$@" 2>"$err"; then
             ms_since "$t0"
             return
         fi
-        triple_fault_in "$WORK/vmm.err" && [[ $try -lt 3 ]] || break
-        echo "raw triple-fault sandbox-vmm" | tee -a "$RAW" >&2
+        triple_fault_in "$err" && [[ $try -lt 3 ]] || break
+        echo "raw triple-fault $what" | tee -a "$RAW" >&2
     done
-    cat "$WORK/vmm.err" >&2
-    die "sandbox-vmm did not boot $kernel to a reset"
+    cat "$err" >&2
+    die "$what failed"
+}
+
+boot_sandbox_vmm() {
+    timed "$WORK/vmm.err" "sandbox-vmm boot of $1" \
+        "$VMM" --kernel "$1" --initrd "$WORK/init.cpio" --cmdline "$CMDLINE reboot=k pci=off" \
+        --mem-mib $MEM_MIB --serial none
 }
 
 boot_qemu() {
-    local t0=$EPOCHREALTIME
-    "$QEMU" -M microvm -enable-kvm -cpu host -m $MEM_MIB -smp 1 -nodefaults -no-user-config \
+    timed "$WORK/qemu.err" "QEMU microvm boot" \
+        "$QEMU" -M microvm -enable-kvm -cpu host -m $MEM_MIB -smp 1 -nodefaults -no-user-config \
         -display none -serial null -no-reboot \
-        -kernel "$KERNEL_DIR/bzImage" -initrd "$WORK/init.cpio" -append "$CMDLINE reboot=t" \
-        2>"$WORK/qemu.err" || { cat "$WORK/qemu.err" >&2; die "QEMU microvm did not boot to a reset"; }
-    ms_since "$t0"
+        -kernel "$KERNEL_DIR/bzImage" -initrd "$WORK/init.cpio" -append "$CMDLINE reboot=t"
 }
 
 run_true() {
-    local t0 try
-    for try in 1 2 3; do
-        t0=$EPOCHREALTIME
-        if "$SANDBOX" --root "$STATE" --isolation vm run --timings -- true 2>"$WORK/run.err"; then
-            ms_since "$t0"
-            return
-        fi
-        triple_fault_in "$WORK/run.err" && [[ $try -lt 3 ]] || break
-        echo "raw triple-fault sandbox-run" | tee -a "$RAW" >&2
-    done
-    cat "$WORK/run.err" >&2
-    die "sandbox run -- true failed"
+    timed "$WORK/run.err" "sandbox run -- true" \
+        "$SANDBOX" --root "$STATE" --isolation vm run --timings -- true
 }
 
 # The phase table of the last `sandbox run --timings`: "<phase words>  <at ms>  <step ms>".
@@ -183,18 +179,13 @@ phases_of_last_run() {
         "$WORK/run.err"
 }
 
-
 # Memory of one running sandbox, three times, first: the rounds below take long enough for
 # the nested machine to stop now and then.
 for _ in 1 2 3; do
     # To a file: the container keeps the stdout it was given, a pipe would stay open.
-    for try in 1 2 3; do
-        "$SANDBOX" --root "$STATE" --isolation vm run -d -- sleep 600 >"$WORK/id" 2>"$WORK/mem.err" </dev/null &&
-            break
-        triple_fault_in "$WORK/mem.err" && [[ $try -lt 3 ]] ||
-            { cat "$WORK/mem.err" >&2; die "sandbox run -d failed"; }
-        echo "raw triple-fault sandbox-run" | tee -a "$RAW" >&2
-    done
+    timed "$WORK/mem.err" "sandbox run -d" \
+        "$SANDBOX" --root "$STATE" --isolation vm run -d -- sleep 600 >"$WORK/id" </dev/null
+    # The id, then the time `timed` printed.
     id=$(head -n 1 "$WORK/id")
     # The sandbox's own config path names its VMM process.
     pid=$(pgrep -f "sandbox-vmm --config $STATE/$id/vmm.json" | head -1)

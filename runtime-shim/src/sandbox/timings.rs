@@ -142,6 +142,10 @@ pub fn table(origin: u64, phases: &[(String, u64)]) -> String {
 mod tests {
     use super::*;
 
+    fn owned(phases: &[(&str, u64)]) -> Vec<(String, u64)> {
+        phases.iter().map(|(p, us)| (p.to_string(), *us)).collect()
+    }
+
     #[test]
     fn phases_of_every_process_land_on_one_line_in_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -168,11 +172,7 @@ mod tests {
             ("boot-complete 9", 8_600),
             ("agent answered", 9_000),
         ];
-        let expected: Vec<(String, u64)> = expected
-            .iter()
-            .map(|(p, us)| (p.to_string(), *us))
-            .collect();
-        assert_eq!(names, expected);
+        assert_eq!(names, owned(&expected));
     }
 
     #[test]
@@ -192,11 +192,7 @@ mod tests {
             ("guest init started", 14_000),
             ("guest agent listening", 14_500),
         ];
-        let expected: Vec<(String, u64)> = expected
-            .iter()
-            .map(|(p, us)| (p.to_string(), *us))
-            .collect();
-        assert_eq!(phases, expected);
+        assert_eq!(phases, owned(&expected));
     }
 
     #[test]
