@@ -66,11 +66,13 @@ impl ProcessLogs {
     }
 
     /// The last lines of each log, for an error about a process that ended or went quiet.
+    /// Only each file's end is read: a guest's console log can be as long as the guest
+    /// made it.
     pub fn last_words(&self) -> String {
         const TAIL_LINES: usize = 8;
         let mut out = String::new();
         for (what, path) in &self.named {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let text = tail_of(path);
             let tail: Vec<&str> = text.lines().rev().take(TAIL_LINES).collect();
             if !tail.is_empty() {
                 out.push_str(&format!("\n--- {what} ({}):", path.display()));
@@ -82,6 +84,24 @@ impl ProcessLogs {
         }
         out
     }
+}
+
+/// The last `TAIL_BYTES` of a file, as text (empty if it cannot be read).
+fn tail_of(path: &std::path::Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL_BYTES: u64 = 16 * 1024;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES)))
+        .is_err()
+        || f.take(TAIL_BYTES).read_to_end(&mut bytes).is_err()
+    {
+        return String::new();
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// A back end whose process has been started, not yet known to answer.
@@ -276,6 +296,18 @@ mod tests {
             logs: ProcessLogs::default().with("fake log", log),
             answer_within,
         }
+    }
+
+    #[test]
+    fn last_words_come_from_the_end_of_a_long_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("console.log");
+        let mut text = "early line\n".repeat(100_000);
+        text.push_str("the last thing it said\n");
+        std::fs::write(&log, text).unwrap();
+        let words = ProcessLogs::default().with("console", log).last_words();
+        assert!(words.ends_with("the last thing it said"), "{words}");
+        assert_eq!(words.matches("early line").count(), 7, "{words}");
     }
 
     #[test]

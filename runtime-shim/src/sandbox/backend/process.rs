@@ -2,6 +2,7 @@
 //! moment it happens, to whoever holds it (the monitor's connect loop, the shim's tasks), and
 //! why it ended is read from its logs before anyone removes the state directory.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,8 @@ const REAP_LIMIT: Duration = Duration::from_secs(3);
 struct EndState {
     why: Mutex<Option<String>>,
     changed: Condvar,
+    /// Set before this side sends SIGKILL: that end needs no logs to explain it.
+    killed_here: AtomicBool,
 }
 
 /// A running back end process and the thread that reaps it.
@@ -37,7 +40,9 @@ impl WatchedProcess {
         let end = Arc::new(EndState::default());
         let watched = end.clone();
         std::thread::spawn(move || {
-            let why = describe_end(program, pid, wait_for_end(pid), &logs);
+            let status = wait_for_end(pid);
+            let killed_here = watched.killed_here.load(Ordering::SeqCst);
+            let why = describe_end(program, pid, status, killed_here, &logs);
             log::info!("{why}");
             let mut guard = watched.why.lock().unwrap_or_else(|p| p.into_inner());
             *guard = Some(why);
@@ -84,6 +89,7 @@ impl WatchedProcess {
     /// to be reaped.
     pub fn kill(&self) {
         if self.ended().is_none() {
+            self.end.killed_here.store(true, Ordering::SeqCst);
             let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
             if self.wait_ended(REAP_LIMIT).is_none() {
                 log::warn!(
@@ -107,11 +113,13 @@ fn wait_for_end(pid: i32) -> Result<WaitStatus, nix::Error> {
     }
 }
 
-/// One line on how the process ended, then its logs' last lines when that was a failure.
+/// One line on how the process ended, then its logs' last lines when that was a failure
+/// (not a clean exit, not the SIGKILL this side sent).
 fn describe_end(
     program: &str,
     pid: i32,
     status: Result<WaitStatus, nix::Error>,
+    killed_here: bool,
     logs: &ProcessLogs,
 ) -> String {
     let mut why = match status {
@@ -124,6 +132,9 @@ fn describe_end(
         Ok(WaitStatus::Signaled(_, Signal::SIGSYS, _)) => format!(
             "{program} (pid {pid}) was killed by SIGSYS (a system call its seccomp filter forbids)"
         ),
+        Ok(WaitStatus::Signaled(_, Signal::SIGKILL, _)) if killed_here => {
+            return format!("{program} (pid {pid}) was killed by SIGKILL when it was shut down")
+        }
         Ok(WaitStatus::Signaled(_, sig, _)) => format!("{program} (pid {pid}) was killed by {sig}"),
         Ok(other) => format!("{program} (pid {pid}) ended: {other:?}"),
         Err(e) => format!("{program} (pid {pid}) could not be waited for: {e}"),
@@ -168,12 +179,17 @@ mod tests {
 
     #[test]
     fn kill_ends_a_running_process_and_waiting_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sleep.log");
+        std::fs::write(&log, "what it said\n").unwrap();
         let child = Command::new("sleep").arg("60").spawn().unwrap();
-        let p = WatchedProcess::watch(child, "sleep", no_logs());
+        let p = WatchedProcess::watch(child, "sleep", ProcessLogs::default().with("log", log));
         assert_eq!(p.wait_ended(Duration::from_millis(50)), None);
         p.kill();
         let why = p.ended().expect("reaped after kill");
         assert!(why.contains("SIGKILL"), "{why}");
+        // Its own shutdown needs no logs to explain it.
+        assert!(!why.contains("what it said"), "{why}");
         // Killing what has ended is harmless.
         p.kill();
     }
@@ -188,6 +204,7 @@ mod tests {
                 Signal::SIGSYS,
                 false,
             )),
+            false,
             &no_logs(),
         );
         assert!(why.contains("seccomp"), "{why}");
