@@ -45,21 +45,28 @@ pub fn rootfs_image(store: &Path, rootfs: &Path) -> Result<PathBuf> {
     if img.is_file() {
         return Ok(img);
     }
-    let name = img.file_stem().unwrap_or_default().to_string_lossy();
     let size_mib = tree_bytes(rootfs) / (1 << 20) * 13 / 10 + 64;
     progress(&format!(
         "building rootfs image {} ({size_mib} MiB) from {}",
         img.display(),
         rootfs.display()
     ));
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let built = mkfs_ext4(&tmp, size_mib, Some(rootfs));
-    if let Err(e) = built {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    fs::rename(&tmp, &img).ctx("move into cache", &img)?;
+    into_cache(&img, |tmp| mkfs_ext4(tmp, size_mib, Some(rootfs)))?;
     Ok(img)
+}
+
+/// Builds `img` of a cache with `build`, under a temporary name beside it that is renamed into
+/// place, so a crash or a failure never leaves a half-built file under the name the cache
+/// trusts.
+fn into_cache(img: &Path, build: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = img.parent().expect("a file in a cache directory");
+    let name = img.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let built = build(&tmp).and_then(|()| fs::rename(&tmp, img).ctx("move into cache", img));
+    if built.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    built
 }
 
 /// A fresh sparse ext4 disk holding empty `upper/` and `work/` directories: the container's
@@ -81,17 +88,14 @@ fn writable_template(store: &Path, size_mib: u64) -> Result<PathBuf> {
     fs::create_dir_all(&dir).ctx("create", &dir)?;
     let pid = std::process::id();
     let content = dir.join(format!(".writable-{size_mib}mib.{pid}.d"));
-    let tmp = dir.join(format!(".writable-{size_mib}mib.{pid}.tmp"));
     let _ = fs::remove_dir_all(&content);
-    let built = fs::create_dir_all(content.join("upper"))
-        .and_then(|()| fs::create_dir_all(content.join("work")))
-        .ctx("create", &content)
-        .and_then(|()| mkfs_ext4(&tmp, size_mib, Some(&content)))
-        .and_then(|()| fs::rename(&tmp, &img).ctx("move into cache", &img));
+    let built = into_cache(&img, |tmp| {
+        fs::create_dir_all(content.join("upper"))
+            .and_then(|()| fs::create_dir_all(content.join("work")))
+            .ctx("create", &content)?;
+        mkfs_ext4(tmp, size_mib, Some(&content))
+    });
     let _ = fs::remove_dir_all(&content);
-    if built.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
     built.map(|()| img)
 }
 
@@ -224,13 +228,8 @@ pub fn initramfs_from(store: &Path, agent: &Path) -> Result<PathBuf> {
         "building the guest initramfs from {}",
         agent.display()
     ));
-    let tmp = dir.join(format!(".{hash}.{}.tmp", std::process::id()));
-    let result = write_initramfs(&tmp, agent)
-        .and_then(|()| fs::rename(&tmp, &out).ctx("move into cache", &out));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map(|()| out)
+    into_cache(&out, |tmp| write_initramfs(tmp, agent))?;
+    Ok(out)
 }
 
 /// Mount points the agent needs before it can create anything itself.
