@@ -18,6 +18,13 @@ pub enum Error {
         action: &'static str,
         needed: &'static str,
     },
+    /// A stopped container whose sandbox (VMM, agent) ended under it.
+    #[error("container {id:?} is stopped: cannot {action}: its sandbox ended: {why}")]
+    SandboxEnded {
+        id: String,
+        action: &'static str,
+        why: String,
+    },
     #[error("bundle {path}: {reason}")]
     Bundle { path: PathBuf, reason: String },
     #[error("config.json in {path}: {reason}")]

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, IoContext, Result};
 
 pub const STATE_FILE: &str = "state.json";
+/// Where a monitor records why the sandbox ended under its container (a VMM that died, a
+/// killed agent): the reason every later refusal of the stopped container names.
+const LOSS_FILE: &str = "error";
 pub const OCI_VERSION: &str = "1.2.0";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,20 +199,6 @@ impl ContainerRecord {
         }
     }
 
-    /// Refuses `action` unless the container is created or running now.
-    pub fn require_live(&self, action: &'static str) -> Result<()> {
-        let status = self.live_status();
-        if matches!(status, Status::Created | Status::Running) {
-            return Ok(());
-        }
-        Err(Error::WrongState {
-            id: self.id.clone(),
-            status: status.to_string(),
-            action,
-            needed: "created or running",
-        })
-    }
-
     /// The OCI runtime-spec state document, with runc's extra fields.
     pub fn oci_state(&self) -> serde_json::Value {
         let status = self.live_status();
@@ -291,6 +280,58 @@ impl StateStore {
             path,
             reason: e.to_string(),
         })
+    }
+
+    /// Records why the back end ended under the container, for [`StateStore::loss`].
+    pub fn record_loss(&self, id: &str, why: &str) -> Result<()> {
+        let path = self.dir(id).join(LOSS_FILE);
+        fs::write(&path, format!("{why}\n")).ctx("record the sandbox's loss", path)
+    }
+
+    /// Why the back end ended under the container, when it did.
+    pub fn loss(&self, id: &str) -> Option<String> {
+        let why = fs::read_to_string(self.dir(id).join(LOSS_FILE)).ok()?;
+        let why = why.trim();
+        (!why.is_empty()).then(|| why.to_string())
+    }
+
+    /// The refusal of `action` on a container that is `status` instead of `needed`: one that
+    /// stopped because its sandbox ended says why (a start after the VM died names the VMM's
+    /// last words, not only "stopped").
+    pub fn wrong_state(
+        &self,
+        id: &str,
+        status: Status,
+        action: &'static str,
+        needed: &'static str,
+    ) -> Error {
+        let ended = (status == Status::Stopped)
+            .then(|| self.sandbox_ended(id, action))
+            .flatten();
+        ended.unwrap_or_else(|| Error::WrongState {
+            id: id.to_string(),
+            status: status.to_string(),
+            action,
+            needed,
+        })
+    }
+
+    /// The refusal of `action` because the container's sandbox ended, when one did.
+    pub fn sandbox_ended(&self, id: &str, action: &'static str) -> Option<Error> {
+        self.loss(id).map(|why| Error::SandboxEnded {
+            id: id.to_string(),
+            action,
+            why,
+        })
+    }
+
+    /// Refuses `action` unless the container is created or running now.
+    pub fn require_live(&self, rec: &ContainerRecord, action: &'static str) -> Result<()> {
+        let status = rec.live_status();
+        if matches!(status, Status::Created | Status::Running) {
+            return Ok(());
+        }
+        Err(self.wrong_state(&rec.id, status, action, "created or running"))
     }
 
     pub fn save(&self, rec: &ContainerRecord) -> Result<()> {
@@ -507,5 +548,42 @@ mod tests {
         let vm = record(Isolation::Vm, me, parent);
         assert_eq!(vm.live_status(), Status::Running);
         assert_eq!(vm.oci_state()["pid"], me.pid);
+    }
+
+    #[test]
+    fn a_stopped_container_whose_sandbox_ended_is_refused_with_the_reason() {
+        let tmp = std::env::temp_dir().join(format!("sandbox-state-loss-{}", std::process::id()));
+        let store = StateStore::new(&tmp);
+        store.claim("c1").unwrap();
+        let me = HostProcess::of(std::process::id() as i32).unwrap();
+        let gone = HostProcess {
+            pid: me.pid,
+            start_time: me.start_time + 1,
+        };
+        // The monitor is gone: stopped, and nothing says why.
+        let rec = record(Isolation::Vm, gone, gone);
+        let plain = store.require_live(&rec, "kill").unwrap_err().to_string();
+        assert!(plain.contains("is stopped: cannot kill"), "{plain}");
+        assert!(!plain.contains("sandbox ended"), "{plain}");
+
+        store
+            .record_loss(
+                "c1",
+                "sandbox-vmm exited with status 3\n--- vmm.log: triple fault",
+            )
+            .unwrap();
+        assert_eq!(
+            store.loss("c1").as_deref(),
+            Some("sandbox-vmm exited with status 3\n--- vmm.log: triple fault")
+        );
+        let e = store.wrong_state("c1", Status::Stopped, "start", "created");
+        assert!(matches!(e, Error::SandboxEnded { .. }), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("cannot start"), "{text}");
+        assert!(text.contains("triple fault"), "{text}");
+        // A live container in the wrong state is refused for its state, not an old loss.
+        let e = store.wrong_state("c1", Status::Running, "start", "created");
+        assert!(matches!(e, Error::WrongState { .. }), "{e}");
+        fs::remove_dir_all(&tmp).unwrap();
     }
 }

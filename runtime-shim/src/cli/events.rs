@@ -24,7 +24,7 @@ pub struct EventsArgs {
 pub fn run(g: &RuntimeConfig, a: EventsArgs) -> Result<()> {
     let store = StateStore::new(&g.root);
     let rec = store.load(&a.id)?;
-    rec.require_live("report events of")?;
+    store.require_live(&rec, "report events of")?;
     let interval = parse_interval(&a.interval)?;
     let mut client = link::connect(&rec)?;
     let mut oom_seen = 0u64;

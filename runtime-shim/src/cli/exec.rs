@@ -57,12 +57,7 @@ pub fn run(g: &RuntimeConfig, a: ExecArgs) -> Result<i32> {
     let rec = store.load(&a.id)?;
     let status = rec.live_status();
     if status != Status::Running {
-        return Err(Error::WrongState {
-            id: a.id.clone(),
-            status: status.to_string(),
-            action: "exec",
-            needed: "running",
-        });
+        return Err(store.wrong_state(&a.id, status, "exec", "running"));
     }
     let process = build_process(&rec.bundle, &a)?;
     let tty = process["terminal"].as_bool().unwrap_or(false);

@@ -23,8 +23,9 @@ pub struct PsArgs {
 }
 
 pub fn run(g: &RuntimeConfig, a: PsArgs) -> Result<()> {
-    let rec = StateStore::new(&g.root).load(&a.id)?;
-    rec.require_live("list processes of")?;
+    let store = StateStore::new(&g.root);
+    let rec = store.load(&a.id)?;
+    store.require_live(&rec, "list processes of")?;
     let mut client = link::connect(&rec)?;
     if rec.isolation == Isolation::Vm && a.format == ListFormat::Table {
         let table = client

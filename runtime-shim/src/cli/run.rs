@@ -188,8 +188,8 @@ pub fn run(g: &RuntimeConfig, a: RunArgs) -> Result<i32> {
     }
     // A back end that died under the container (VMM crash, killed agent) is reported, not
     // passed off as the container's own exit.
-    if let Ok(why) = std::fs::read_to_string(store.dir(&id).join("error")) {
-        eprintln!("sandbox: {}", why.trim());
+    if let Some(why) = store.loss(&id) {
+        eprintln!("sandbox: {why}");
     }
     if !a.keep {
         launch::destroy(&store, &id);

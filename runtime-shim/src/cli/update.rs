@@ -20,8 +20,9 @@ pub struct UpdateArgs {
 }
 
 pub fn run(g: &RuntimeConfig, a: UpdateArgs) -> Result<()> {
-    let rec = StateStore::new(&g.root).load(&a.id)?;
-    rec.require_live("update")?;
+    let store = StateStore::new(&g.root);
+    let rec = store.load(&a.id)?;
+    store.require_live(&rec, "update")?;
     let mut text = Vec::new();
     if a.resources.as_os_str() == "-" {
         std::io::stdin()

@@ -236,17 +236,25 @@ pub fn start_container(g: &RuntimeConfig, id: &str) -> Result<()> {
     let mut rec = store.load(id)?;
     let status = rec.live_status();
     if status != Status::Created {
-        return Err(Error::WrongState {
-            id: id.to_string(),
-            status: status.to_string(),
-            action: "start",
-            needed: "created",
-        });
+        return Err(store.wrong_state(id, status, "start", "created"));
     }
-    let mut client = link::connect(&rec)?;
-    client
-        .start_container(id)
-        .map_err(link::agent_err("start container"))?;
+    let started = link::connect(&rec).and_then(|mut client| {
+        client
+            .start_container(id)
+            .map_err(link::agent_err("start container"))?;
+        Ok(client)
+    });
+    let mut client = match started {
+        Ok(client) => client,
+        Err(e) => {
+            // The back end may have ended just now, its monitor still recording why: that
+            // reason, not a broken connection, is what the caller needs to hear.
+            if rec.backend.is_some_and(|b| !b.alive()) {
+                wait_gone(rec.monitor, Duration::from_secs(2));
+            }
+            return Err(store.sandbox_ended(id, "start").unwrap_or(e));
+        }
+    };
     Timeline::in_dir(&store.dir(id)).record("container started");
     rec.status = Status::Running;
     store.save(&rec)?;
@@ -267,7 +275,7 @@ pub fn start_container(g: &RuntimeConfig, id: &str) -> Result<()> {
 pub fn kill_container(g: &RuntimeConfig, id: &str, signal: i32, all: bool) -> Result<()> {
     let store = StateStore::new(&g.root);
     let rec = store.load(id)?;
-    rec.require_live("kill")?;
+    store.require_live(&rec, "kill")?;
     let mut client = link::connect(&rec)?;
     client
         .signal(ProcessRef::init(id), signal, all)

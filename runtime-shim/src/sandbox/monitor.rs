@@ -122,7 +122,9 @@ fn monitor_container(g: &RuntimeConfig, a: &MonitorArgs, ready: File) -> Result<
             // failure rather than pretending the container exited.
             let why = backend.describe_loss(&e);
             log::error!("container {id}: {why}");
-            let _ = std::fs::write(store.dir(&id).join("error"), format!("{why}\n"));
+            if let Err(e) = store.record_loss(&id, &why) {
+                log::warn!("container {id}: {e}");
+            }
             ExitStatus::exited(255)
         }
     };
