@@ -13,7 +13,7 @@ pub const DEFAULT_ROOT: &str = "/run/sandbox";
 pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/sandbox/images";
 /// Allows slow KVM where a caller cannot pass `--allow-slow-kvm` (Docker, containerd).
 pub const ALLOW_SLOW_KVM_ENV: &str = "SANDBOX_ALLOW_SLOW_KVM";
-/// Jails every VMM where a caller cannot pass `--jail-vmm`.
+/// Turns the VMM's jail off (`0`, `false`) where a caller cannot pass `--jail-vmm=false`.
 pub const JAIL_VMM_ENV: &str = "SANDBOX_JAIL_VMM";
 
 /// A yes/no environment variable's value, as callers that cannot pass flags set it.
@@ -25,11 +25,12 @@ pub fn parse_switch(value: &str) -> Result<bool, String> {
     }
 }
 
-/// What the switch variable `name` in this process's environment says; unset is no.
-pub fn switch_from_environment(name: &str) -> Result<bool, String> {
+/// What the switch variable `name` in this process's environment says; `unset` where it is
+/// not set.
+pub fn switch_from_environment(name: &str, unset: bool) -> Result<bool, String> {
     match std::env::var(name) {
         Ok(v) => parse_switch(&v).map_err(|why| format!("{name}: {why}")),
-        Err(std::env::VarError::NotPresent) => Ok(false),
+        Err(std::env::VarError::NotPresent) => Ok(unset),
         Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not UTF-8")),
     }
 }
@@ -88,8 +89,8 @@ pub struct RuntimeConfig {
     /// Start VMs on a KVM that cannot be identified as hardware-assisted.
     pub allow_slow_kvm: bool,
     pub vm_rootfs: RootfsPath,
-    /// Start each VMM in its jail (`sandbox::vmm_jail`). Off by default: see
-    /// docs/security.md, "The VMM confined".
+    /// Start each VMM in its jail (`sandbox::vmm_jail`; docs/security.md, "The VMM
+    /// confined"). On by default.
     pub jail_vmm: bool,
     pub logging: Logging,
 }
@@ -102,7 +103,7 @@ impl Default for RuntimeConfig {
             isolation: Isolation::Vm,
             allow_slow_kvm: false,
             vm_rootfs: RootfsPath::default(),
-            jail_vmm: false,
+            jail_vmm: true,
             logging: Logging::default(),
         }
     }
@@ -125,9 +126,9 @@ impl RuntimeConfig {
     }
 
     /// The global flags that give a child `sandbox` process (a container's monitor, a compare
-    /// probe) this configuration. A child inherits this process's environment, so the flags
-    /// that are only ever turned on (`--allow-slow-kvm`, `--jail-vmm`) read the same
-    /// variables there.
+    /// probe) this configuration. A child inherits this process's environment, so the flag
+    /// that is only ever turned on (`--allow-slow-kvm`) reads the same variable there; the
+    /// jail is said either way, as a flag outranks the variable.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--root".into(),
@@ -144,9 +145,7 @@ impl RuntimeConfig {
         if self.allow_slow_kvm {
             args.push("--allow-slow-kvm".into());
         }
-        if self.jail_vmm {
-            args.push("--jail-vmm".into());
-        }
+        args.push(format!("--jail-vmm={}", self.jail_vmm).into());
         if let Some(file) = &self.logging.file {
             args.push("--log".into());
             args.push(file.clone().into());
@@ -173,5 +172,12 @@ mod tests {
         for value in ["", "yes", "2", "maybe"] {
             assert!(parse_switch(value).is_err(), "{value}");
         }
+    }
+
+    #[test]
+    fn an_unset_switch_takes_its_default() {
+        let name = "SANDBOX_TEST_SWITCH_NEVER_SET";
+        assert_eq!(switch_from_environment(name, true), Ok(true));
+        assert_eq!(switch_from_environment(name, false), Ok(false));
     }
 }

@@ -67,13 +67,19 @@ pub struct GlobalOpts {
         value_parser = config::parse_switch
     )]
     pub allow_slow_kvm: bool,
-    /// Start every VMM confined: its own root directory, uid/gid 65534, no_new_privs and a
-    /// cgroup capping its memory and CPU (docs/security.md).
+    /// Start every VMM confined (the default): its own root directory, uid/gid 65534,
+    /// no_new_privs and a cgroup capping its memory and CPU (docs/security.md).
+    /// `--jail-vmm=false` starts it unconfined.
     #[arg(
         long = "jail-vmm",
         global = true,
         env = config::JAIL_VMM_ENV,
-        value_parser = config::parse_switch
+        value_parser = config::parse_switch,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_name = "true|false"
     )]
     pub jail_vmm: bool,
     /// Where imported images and cached rootfs disk images live.
@@ -215,7 +221,7 @@ mod tests {
             isolation: Isolation::Native,
             allow_slow_kvm: true,
             vm_rootfs: RootfsPath::Shared,
-            jail_vmm: true,
+            jail_vmm: false,
             logging: Logging {
                 file: Some("/tmp/log".into()),
                 format: LogFormat::Json,
@@ -229,6 +235,23 @@ mod tests {
             let parsed = Cli::try_parse_from(argv).unwrap().global.runtime_config();
             assert_eq!(parsed, config);
         }
+    }
+
+    #[test]
+    fn the_vmm_is_jailed_unless_told_otherwise() {
+        let jailed = |args: &[&str]| {
+            let argv = ["sandbox"].iter().chain(args).chain(&["list"]);
+            Cli::try_parse_from(argv).map(|c| c.global.runtime_config().jail_vmm)
+        };
+        // No variable set in this test binary's environment (scripts/test.sh sets none).
+        if std::env::var_os(config::JAIL_VMM_ENV).is_none() {
+            assert!(jailed(&[]).unwrap());
+        }
+        assert!(jailed(&["--jail-vmm"]).unwrap());
+        assert!(jailed(&["--jail-vmm=true"]).unwrap());
+        assert!(!jailed(&["--jail-vmm=false"]).unwrap());
+        assert!(!jailed(&["--jail-vmm=0"]).unwrap());
+        assert!(jailed(&["--jail-vmm=maybe"]).is_err());
     }
 
     #[test]

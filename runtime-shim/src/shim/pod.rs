@@ -44,13 +44,14 @@ pub fn state_dir(root: &Path, namespace: &str, group: &str) -> PathBuf {
 /// The runtime configuration the launchers get for a pod of `isolation`: the shim's options,
 /// and the switches of the shim's environment, as for the `sandbox` CLI.
 fn runtime_config(opts: &ShimOptions, isolation: Isolation) -> Result<RuntimeConfig> {
-    let from_environment = |name| config::switch_from_environment(name).map_err(ShimError::Options);
+    let from_environment =
+        |name, unset| config::switch_from_environment(name, unset).map_err(ShimError::Options);
     Ok(RuntimeConfig {
         root: opts.root.clone(),
         image_store: opts.image_store.clone(),
         isolation,
-        allow_slow_kvm: opts.allow_slow_kvm || from_environment(config::ALLOW_SLOW_KVM_ENV)?,
-        jail_vmm: from_environment(config::JAIL_VMM_ENV)?,
+        allow_slow_kvm: opts.allow_slow_kvm || from_environment(config::ALLOW_SLOW_KVM_ENV, false)?,
+        jail_vmm: from_environment(config::JAIL_VMM_ENV, RuntimeConfig::default().jail_vmm)?,
         ..RuntimeConfig::default()
     })
 }
