@@ -82,6 +82,15 @@ pub struct GlobalOpts {
         value_name = "true|false"
     )]
     pub jail_vmm: bool,
+    /// Also put every jailed VMM in a cgroup of its own that caps its memory (guest memory +
+    /// 128 MiB) and CPU (one per vCPU plus one); docs/security.md.
+    #[arg(
+        long = "cap-vmm",
+        global = true,
+        env = config::CAP_VMM_ENV,
+        value_parser = config::parse_switch
+    )]
+    pub cap_vmm: bool,
     /// Where imported images and cached rootfs disk images live.
     #[arg(
         long = "image-store",
@@ -123,6 +132,7 @@ impl GlobalOpts {
             allow_slow_kvm: self.allow_slow_kvm,
             vm_rootfs: self.vm_rootfs,
             jail_vmm: self.jail_vmm,
+            cap_vmm: self.cap_vmm,
             logging: Logging {
                 file: self.log.clone(),
                 format: self.log_format,
@@ -222,6 +232,7 @@ mod tests {
             allow_slow_kvm: true,
             vm_rootfs: RootfsPath::Shared,
             jail_vmm: false,
+            cap_vmm: true,
             logging: Logging {
                 file: Some("/tmp/log".into()),
                 format: LogFormat::Json,

@@ -253,12 +253,13 @@ pub fn launch(
     let cpu_template = crate::host_probe::kvm_report().kind.cpu_template();
     // Recorded before they exist, so that a failure half way still removes them.
     cleanup.dirs.push(vmm_jail::jail_dir(dir));
-    if g.jail_vmm {
+    let capped = g.jail_vmm && g.cap_vmm;
+    if capped {
         cleanup
             .cgroups
             .push(vmm_jail::cgroup_path(Path::new(vmm_jail::CGROUP_ROOT), dir));
     }
-    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT), g.jail_vmm)?;
+    let jail = vmm_jail::prepare(dir, Path::new(vmm_jail::CGROUP_ROOT), capped)?;
     let socket = jail.vsock_socket();
     let fs_sockets: Vec<PathBuf> = shares.iter().map(|s| fs_socket(dir, s)).collect();
     for path in &fs_sockets {
