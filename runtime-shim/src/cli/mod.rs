@@ -77,7 +77,7 @@ pub struct GlobalOpts {
         value_parser = config::parse_switch,
         num_args = 0..=1,
         require_equals = true,
-        default_value = "true",
+        default_value_t = RuntimeConfig::default().jail_vmm,
         default_missing_value = "true",
         value_name = "true|false"
     )]

@@ -292,21 +292,8 @@ pub fn delete_container(g: &RuntimeConfig, id: &str, force: bool) -> Result<()> 
         Ok(rec) => {
             let status = rec.live_status();
             // runc deletes created containers too (callers clean up failed starts that way).
-            if status == Status::Running && !force {
-                return Err(Error::WrongState {
-                    id: id.to_string(),
-                    status: status.to_string(),
-                    action: "delete",
-                    needed: "stopped (or pass --force)",
-                });
-            }
-            if status == Status::Creating && !force {
-                return Err(Error::WrongState {
-                    id: id.to_string(),
-                    status: status.to_string(),
-                    action: "delete",
-                    needed: "stopped (or pass --force)",
-                });
+            if matches!(status, Status::Running | Status::Creating) && !force {
+                return Err(store.wrong_state(id, status, "delete", "stopped (or pass --force)"));
             }
         }
         Err(Error::CorruptState { .. }) if force => {}
