@@ -12,6 +12,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
+. ./common.sh
 [ $# -ge 2 ] || { echo "usage: fuzz/campaign.sh RUNS MAX_SECONDS [TARGET...]" >&2; exit 2; }
 runs=$1
 max_secs=$2
@@ -26,25 +27,24 @@ nice_level=${FUZZ_NICE:-10}
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 for t in "${targets[@]}"; do
-    cargo +nightly fuzz build -O "$t" >"$scratch/build.log" 2>&1 ||
-        { tail -n 40 "$scratch/build.log"; echo "campaign: building $t failed" >&2; exit 1; }
-    mkdir -p "$scratch/$t" "artifacts/$t"
+    build_target "$t" || exit 1
+    mkdir -p "$scratch/$t"
     before=$(find "corpus/$t" -type f | wc -l)
     log=$scratch/$t.log
     start=$SECONDS
+    # shellcheck disable=SC2046 # the options are words
     if ! nice -n "$nice_level" cargo +nightly fuzz run -O "$t" "$scratch/$t" "corpus/$t" -- \
-        -runs="$runs" -max_total_time="$max_secs" -timeout=10 -rss_limit_mb=2048 \
-        -detect_leaks=1 -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
+        -runs="$runs" -max_total_time="$max_secs" $(libfuzzer_options "$t") >"$log" 2>&1; then
         echo "campaign: $t FAILED; the end of its log:"
         tail -n 60 "$log"
         exit 1
     fi
     secs=$((SECONDS - start))
-    done_runs=$(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}')
+    done_runs=$(executions_in "$log")
     # Only the inputs that add coverage join the committed corpus.
     cargo +nightly fuzz run -O "$t" "corpus/$t" "$scratch/$t" -- -merge=1 >"$scratch/merge.log" 2>&1 ||
         { tail -n 20 "$scratch/merge.log"; echo "campaign: merging $t's corpus failed" >&2; exit 1; }
     after=$(find "corpus/$t" -type f | wc -l)
-    rm -rf "/tmp/sandbox-fuzz-$t" "${TMPDIR:-/tmp}/sandbox-fuzz-$t"
+    remove_target_scratch "$t"
     echo "campaign: $t ok: $done_runs executions in ${secs}s ($((done_runs / (secs > 0 ? secs : 1)))/s), no crash, timeout or leak; corpus $before -> $after inputs"
 done

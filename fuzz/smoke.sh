@@ -15,6 +15,7 @@
 set -euo pipefail
 
 cd "$(dirname "$0")"
+. ./common.sh
 secs=${1:-5}
 shift || true
 if [ $# -gt 0 ]; then
@@ -24,36 +25,29 @@ else
 fi
 
 echo "fuzz smoke: building ${#targets[@]} targets"
-build_log=$(mktemp)
 for t in "${targets[@]}"; do
-    if ! cargo +nightly fuzz build -O "$t" >"$build_log" 2>&1; then
-        tail -n 40 "$build_log"
-        rm -f "$build_log"
-        echo "fuzz smoke: building $t failed" >&2
-        exit 1
-    fi
+    build_target "$t" || exit 1
 done
-rm -f "$build_log"
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 failed=()
 start=$SECONDS
 for t in "${targets[@]}"; do
-    mkdir -p "$scratch/$t" "artifacts/$t"
+    mkdir -p "$scratch/$t"
     log="$scratch/$t.log"
     # The first corpus directory receives new inputs; the committed one is only read.
+    # shellcheck disable=SC2046 # the options are words
     if cargo +nightly fuzz run -O "$t" "$scratch/$t" "corpus/$t" -- \
-        -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -detect_leaks=1 \
-        -print_final_stats=1 -artifact_prefix="artifacts/$t/" >"$log" 2>&1; then
-        runs=$(grep -m1 '^stat::number_of_executed_units' "$log" | awk '{print $2}')
+        -max_total_time="$secs" $(libfuzzer_options "$t") >"$log" 2>&1; then
+        runs=$(executions_in "$log")
         echo "fuzz smoke: $t ok (${runs:-?} executions in ${secs}s)"
     else
         echo "fuzz smoke: $t FAILED; the end of its log:"
         tail -n 40 "$log"
         failed+=("$t")
     fi
-    rm -rf "/tmp/sandbox-fuzz-$t" "${TMPDIR:-/tmp}/sandbox-fuzz-$t"
+    remove_target_scratch "$t"
 done
 echo "fuzz smoke: ${#targets[@]} targets in $((SECONDS - start))s, ${#failed[@]} failed${failed:+: ${failed[*]}}"
 [ ${#failed[@]} -eq 0 ]
