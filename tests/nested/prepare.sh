@@ -5,7 +5,8 @@
 #   tests/nested/prepare.sh [--force]
 #
 # Result in $SANDBOX_NESTED_DIR (/var/cache/sandbox/nested): vmlinuz, initramfs.cpio.gz and
-# release. Skipped when they were made from the same kernel package, init and module list.
+# release, skipped when they were made from the same kernel package, init and module list;
+# and qemu/, the emulator L1 runs in (below), skipped when it is there.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -24,6 +25,42 @@ modules=(virtio_pci 9pnet_virtio 9p overlay kvm_amd tun veth sch_ingress act_mir
 command -v busybox >/dev/null || [ -x /bin/busybox ] || die "busybox-static is not installed"
 command -v depmod >/dev/null || die "kmod (depmod, modprobe) is not installed"
 
+# The emulator L1 runs in: QEMU from bookworm-backports (10.0 today), unpacked under
+# $out/qemu for run.sh alone, so that the machine's packages stay Debian 12's (its QEMU 7.2 is
+# the microvm baseline of benches/, its qemu-system-common the C virtiofsd). Under 7.2's TCG
+# emulation of nested SVM, L1's guests triple-faulted and L1 itself panicked or stopped within
+# minutes; docs/testing.md has the runs. The packages come through an apt configuration of
+# its own, so that the machine's sources stay as they are; the libraries are the ones 7.2
+# already pulled in.
+prepare_qemu() {
+    local q=$out/qemu
+    if [ $force = 0 ] && [ -f "$q/stamp" ] && [ -x "$q/root/usr/bin/qemu-system-x86_64" ]; then
+        echo "nested machine's QEMU up to date: $(cat "$q/stamp")"
+        return
+    fi
+    rm -rf "$q"
+    mkdir -p "$q/apt/lists/partial" "$q/apt/cache/archives/partial" "$q/debs" "$q/data"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" \
+        >"$q/apt/sources.list"
+    local apt=(-q -o Dir::Etc::SourceList="$q/apt/sources.list" -o Dir::Etc::SourceParts=/nonexistent
+        -o Dir::State::Lists="$q/apt/lists" -o Dir::Cache="$q/apt/cache" -o APT::Sandbox::User=root)
+    apt-get "${apt[@]}" update >/dev/null || die "apt-get update of bookworm-backports failed"
+    (cd "$q/debs" && apt-get "${apt[@]}" download qemu-system-x86 qemu-system-data seabios) ||
+        die "apt-get download of QEMU from bookworm-backports failed"
+    for deb in "$q"/debs/*.deb; do
+        dpkg-deb -x "$deb" "$q/root"
+    done
+    # -L: the firmware and option ROMs of the same release (SeaBIOS lives apart in Debian).
+    cp -a "$q/root/usr/share/qemu/." "$q/root/usr/share/seabios/." "$q/data/"
+    local missing
+    missing=$(ldd "$q/root/usr/bin/qemu-system-x86_64" | awk '/not found/ {print $1}' | tr '\n' ' ')
+    [ -z "$missing" ] || die "QEMU from bookworm-backports needs $missing(apt-get install qemu-system-x86 pulls them in)"
+    "$q/root/usr/bin/qemu-system-x86_64" --version | head -n1 >"$q/stamp"
+    rm -rf "$q/apt" "$q/debs"
+    echo "nested machine's QEMU prepared: $(cat "$q/stamp")"
+}
+prepare_qemu
+
 # The kernel image package linux-image-amd64 points at today.
 package=$(apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9].*\)$/\1/p' | head -n1)
 if [ -z "$package" ]; then
@@ -32,7 +69,7 @@ if [ -z "$package" ]; then
 fi
 [ -n "$package" ] || die "apt-cache cannot resolve linux-image-amd64 to a kernel package"
 version=$(apt-cache policy "$package" | sed -n 's/^ *Candidate: //p')
-stamp="$package $version $(sha256sum "$here/l1-init" "$0" | sha256sum | cut -c1-16)"
+stamp="$package $version $(cat "$here/l1-init" "${BASH_SOURCE[0]}" | sha256sum | cut -c1-16)"
 
 if [ $force = 0 ] && [ -f "$out/stamp" ] && [ "$(cat "$out/stamp")" = "$stamp" ] &&
     [ -f "$out/vmlinuz" ] && [ -f "$out/initramfs.cpio.gz" ]; then

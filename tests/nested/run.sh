@@ -14,7 +14,8 @@
 # Environment: SANDBOX_NESTED_DIR (what prepare.sh made, /var/cache/sandbox/nested),
 # SANDBOX_NESTED_MEM_MIB (8192), SANDBOX_NESTED_CPUS (2), SANDBOX_NESTED_BOOT_TIMEOUT (300 s),
 # SANDBOX_NESTED_STALL_TIMEOUT (90 s without a heartbeat from L1 ends the run),
-# SANDBOX_NESTED_TCG_THREAD (multi: one host thread per vCPU; single: one for all).
+# SANDBOX_NESTED_TCG_THREAD (multi: one host thread per vCPU; single: one for all),
+# SANDBOX_NESTED_QEMU (the emulator; prepare.sh's QEMU from bookworm-backports).
 set -euo pipefail
 
 dir=${SANDBOX_NESTED_DIR:-/var/cache/sandbox/nested}
@@ -36,8 +37,18 @@ done
 for f in vmlinuz initramfs.cpio.gz; do
     [ -f "$dir/$f" ] || die "$dir/$f missing: run tests/nested/prepare.sh (scripts/setup.sh does)"
 done
-command -v qemu-system-x86_64 >/dev/null ||
-    die "qemu-system-x86_64 missing: apt-get install qemu-system-x86 (scripts/setup.sh does)"
+# QEMU from bookworm-backports, which prepare.sh unpacked (Debian 12's 7.2 emulates nested
+# SVM too badly to hold a VM run, docs/testing.md); SANDBOX_NESTED_QEMU=qemu-system-x86_64
+# tries the machine's own.
+qemu=${SANDBOX_NESTED_QEMU:-$dir/qemu/root/usr/bin/qemu-system-x86_64}
+qemu_args=()
+if [ -z "${SANDBOX_NESTED_QEMU:-}" ]; then
+    [ -x "$qemu" ] || die "$qemu missing: run tests/nested/prepare.sh (scripts/setup.sh does)"
+    # -audio none: no probe of audio back ends, which would try the machine's own QEMU
+    # modules (of another build) and print why each cannot load.
+    qemu_args=(-L "$dir/qemu/data" -audio none)
+fi
+command -v "$qemu" >/dev/null || die "$qemu missing: apt-get install qemu-system-x86"
 
 results=$(mktemp -d /tmp/sandbox-nested.XXXXXX)
 qemu_pid=
@@ -63,7 +74,7 @@ trap 'exit 130' INT TERM
 : >"$results/output"
 
 start=$(date +%s)
-qemu-system-x86_64 \
+"$qemu" "${qemu_args[@]}" \
     -accel "tcg,thread=${SANDBOX_NESTED_TCG_THREAD:-multi}" -cpu max -smp "$cpus" -m "$mem" \
     -display none -monitor none -serial "file:$results/console" -no-reboot \
     -kernel "$dir/vmlinuz" -initrd "$dir/initramfs.cpio.gz" \

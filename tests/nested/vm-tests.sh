@@ -63,9 +63,8 @@ triple_faults=0
 # finishes at least one test before it stops.
 log=$(mktemp /tmp/sandbox-vm-tests.XXXXXX)
 trap 'rm -f "$log"' EXIT
-# Tests not run in L1, named as such in the summary and never counted as passed; they run
-# where KVM is hardware-assisted. vm_column::vm: `sandbox compare`'s VM drills brought L1's
-# kernel down (svm_vcpu_enter_exit) in both runs there; SANDBOX_NESTED_NOT_RUN= runs it.
+# Tests not run in L1 (a regex, none by default), named as such in the summary and never
+# counted as passed; they run where KVM is hardware-assisted.
 not_in_l1=${SANDBOX_NESTED_NOT_RUN-}
 mapfile -t remaining < <(for exe in "${exes[@]}"; do
     "$exe" --list --format terse 2>/dev/null | sed -n 's/: test$//p' | grep -E -- "$pattern"
