@@ -21,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 VMM=${SANDBOX_BIN_DIR:-$ROOT/target/release}/sandbox-vmm
 KERNEL=${SANDBOX_KERNEL_DIR:-/var/lib/sandbox/guest}/vmlinux
 
+. "$ROOT/benches/common.sh"
 die() { echo "guest-initcalls.sh: $*" >&2; exit 1; }
 [[ -x $VMM ]] || die "$VMM missing: cargo build --release --workspace"
 [[ -f $KERNEL ]] || die "$KERNEL missing: guest-kernel-config/build.sh"
@@ -33,9 +34,7 @@ trap 'rm -rf "$WORK"' EXIT
 # reboot(LINUX_REBOOT_CMD_RESTART). The boot itself runs `quiet`: printing each initcall line
 # through the emulated UART as it happens would cost more than most initcalls and land in
 # the figures; the timestamps are taken as the lines are logged, not as they are printed.
-cat >"$WORK/init.S" <<'ASM'
-.globl _start
-_start:
+reboot_init_cpio "$WORK" console <<'ASM'
     mov $103, %eax          /* syslog */
     mov $3, %edi            /* SYSLOG_ACTION_READ_ALL */
     lea buf(%rip), %rsi
@@ -48,39 +47,19 @@ _start:
     mov $1, %edi
     lea buf(%rip), %rsi
     syscall
-2:  mov $169, %eax          /* reboot */
-    mov $0xfee1dead, %edi
-    mov $0x28121969, %esi
-    mov $0x01234567, %edx   /* LINUX_REBOOT_CMD_RESTART */
-    syscall
-1:  jmp 1b
-.bss
+2:
+.pushsection .bss
 buf: .space 4194304
+.popsection
 ASM
-as "$WORK/init.S" -o "$WORK/init.o"
-mkdir -p "$WORK/initramfs/dev"
-ld -static -nostdlib -e _start "$WORK/init.o" -o "$WORK/initramfs/init"
-# The console the kernel opens as init's stdout.
-mknod "$WORK/initramfs/dev/console" c 5 1
-(cd "$WORK/initramfs" && printf '%s\n' dev dev/console init | cpio -o -H newc --quiet >"$WORK/init.cpio")
 
 CMDLINE="console=ttyS0 panic=-1 quiet rdinit=/init reboot=k pci=off initcall_debug log_buf_len=4M"
 : >"$WORK/all"
 for round in $(seq "$ROUNDS"); do
     console=$WORK/console-$round
-    ok=
-    # A guest of the nested machine now and then triple-faults at boot (see
-    # tests/nested/each-test.sh): that round is taken again, up to twice.
-    for _ in 1 2 3; do
-        if "$VMM" --kernel "$KERNEL" --initrd "$WORK/init.cpio" --cmdline "$CMDLINE" \
-            --mem-mib 256 --serial "file:$console" 2>"$WORK/vmm.err"; then
-            ok=1
-            break
-        fi
-        grep -q "triple fault" "$WORK/vmm.err" || { cat "$WORK/vmm.err" >&2; die "boot $round failed"; }
-        echo "round $round: guest triple fault, taken again" >&2
-    done
-    [[ -n $ok ]] || die "boot $round: three triple faults"
+    retry_triple_fault "$WORK/vmm.err" "round $round" \
+        "$VMM" --kernel "$KERNEL" --initrd "$WORK/init.cpio" --cmdline "$CMDLINE" \
+        --mem-mib 256 --serial "file:$console" || die "boot $round failed"
     # syslog(2) lines carry the level first: "<7>[    0.123456] initcall foo+0x0/0x12
     # returned 0 after 42 usecs"; the level goes.
     sed -i 's/^<[0-9]*>//' "$console"
@@ -94,8 +73,6 @@ for round in $(seq "$ROUNDS"); do
     ' "$console" >>"$WORK/all"
     echo "round $round: $(grep -c '^\[.*initcall .* returned' "$console") initcalls" >&2
 done
-
-median() { sort -n | awk '{a[NR]=$1} END {if (NR == 0) print "-"; else print (NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2}'; }
 
 echo
 echo "$ROUNDS boots of $(cat "$(dirname "$KERNEL")/kernel.release" 2>/dev/null || echo "$KERNEL"), kernel clock (printk time), median"

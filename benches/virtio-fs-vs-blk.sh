@@ -19,6 +19,7 @@ set -euo pipefail
 ROUNDS=${1:-3}
 SIZE=${2:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/common.sh"
 SANDBOX=${SANDBOX:-$ROOT/target/release/sandbox}
 [[ -x "$SANDBOX" ]] || { echo "no $SANDBOX: cargo build --release --workspace" >&2; exit 1; }
 
@@ -54,7 +55,6 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round done" >&2
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 rate() { grep "^$1 " "$results" | awk -v size="$SIZE" '{d = $3 - $2; if (d < 0.01) d = 0.01; print size / d}' | median; }
 printf '%-10s %12s %12s %8s\n' "" "virtio-blk" "virtio-fs" "fs/blk"
 for op in read write; do

@@ -18,6 +18,7 @@ set -euo pipefail
 ROUNDS=${1:-3}
 SIZE=${2:-64}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/common.sh"
 SANDBOX=${SANDBOX:-$ROOT/target/release/sandbox}
 C_VIRTIOFSD=${C_VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
 RUST_VIRTIOFSD=${RUST_VIRTIOFSD:-/usr/libexec/virtiofsd}
@@ -65,7 +66,6 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round done" >&2
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 get() { grep "^$1 $2 " "$results" | cut -d' ' -f3 | median; }
 printf '%-26s %10s %10s %10s\n' "" "C" "Rust" "Rust/C"
 for what in "start:start-to-exit (s)" "read:read (MB/s)" "write:write+fsync (MB/s)"; do

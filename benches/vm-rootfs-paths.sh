@@ -16,6 +16,7 @@ set -euo pipefail
 ROUNDS=${1:-5}
 LARGE=${2:-320}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/benches/common.sh"
 SANDBOX=${SANDBOX:-$ROOT/target/release/sandbox}
 [[ -x "$SANDBOX" ]] || { echo "no $SANDBOX: cargo build --release --workspace" >&2; exit 1; }
 
@@ -61,7 +62,6 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 get() { grep "^$1 $2 $3 " "$results" | cut -d' ' -f4 | median; }
 printf '%-28s %10s %10s %8s\n' "" "image (s)" "shared (s)" "ratio"
 for name in small large; do

@@ -98,6 +98,7 @@ SANDBOX=$BIN/sandbox
 QEMU=${QEMU:-qemu-system-x86_64}
 MEM_MIB=256
 
+. "$(dirname "$0")/common.sh"
 die() { echo "vm-start.sh: $*" >&2; exit 1; }
 for f in "$VMM" "$SANDBOX"; do [[ -x $f ]] || die "$f missing: cargo build --release --workspace"; done
 for f in vmlinux bzImage; do [[ -f $KERNEL_DIR/$f ]] || die "$KERNEL_DIR/$f missing: guest-kernel-config/build.sh"; done
@@ -111,47 +112,20 @@ RAW=$WORK/raw
 : >"$RAW"
 raw() { echo "raw $*" | tee -a "$RAW"; }
 
-# /init: reboot(LINUX_REBOOT_CMD_RESTART), the guest's shortest way out. The kernel then
-# resets the way its command line says: through the i8042 under sandbox-vmm (reboot=k),
-# by a triple fault under QEMU (reboot=t, which -no-reboot turns into QEMU's exit).
-cat >"$WORK/init.S" <<'ASM'
-.globl _start
-_start:
-    mov $169, %eax          /* reboot */
-    mov $0xfee1dead, %edi
-    mov $0x28121969, %esi
-    mov $0x01234567, %edx   /* LINUX_REBOOT_CMD_RESTART */
-    syscall
-1:  jmp 1b
-ASM
-as "$WORK/init.S" -o "$WORK/init.o"
-mkdir "$WORK/initramfs"
-ld -static -nostdlib -e _start "$WORK/init.o" -o "$WORK/initramfs/init"
-(cd "$WORK/initramfs" && echo init | cpio -o -H newc --quiet >"$WORK/init.cpio")
+# /init only reboots. The kernel then resets the way its command line says: through the i8042
+# under sandbox-vmm (reboot=k), by a triple fault under QEMU (reboot=t, which -no-reboot turns
+# into QEMU's exit).
+reboot_init_cpio "$WORK" </dev/null
 
 CMDLINE="console=ttyS0 panic=-1 quiet rdinit=/init"
-# A guest of the nested machine now and then triple-faults at boot (a flaw of the emulated
-# SVM; tests/nested/each-test.sh reruns such tests too): a run that failed that way is taken
-# again, up to twice, and counted.
-triple_fault_in() { grep -q "triple fault" "$@" 2>/dev/null; }
-ms_since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN {printf "%.1f", (b-a)*1000}'; }
-
 # Runs "$@" with its stderr in ERR and prints how long it took in ms; a guest triple fault
-# takes it again (up to three tries), anything else ends the benchmark naming WHAT.
+# takes it again (retry_triple_fault, counted in the raw lines), anything else ends the
+# benchmark naming WHAT.
+taken_again_after_triple_fault() { echo "raw triple-fault $1" | tee -a "$RAW" >&2; }
 timed() {
-    local err=$1 what=$2 t0 try
+    local err=$1 what=$2
     shift 2
-    for try in 1 2 3; do
-        t0=$EPOCHREALTIME
-        if "$@" 2>"$err"; then
-            ms_since "$t0"
-            return
-        fi
-        triple_fault_in "$err" && [[ $try -lt 3 ]] || break
-        echo "raw triple-fault $what" | tee -a "$RAW" >&2
-    done
-    cat "$err" >&2
-    die "$what failed"
+    retry_triple_fault "$err" "$what" ms_of "$@" || die "$what failed"
 }
 
 boot_sandbox_vmm() {
