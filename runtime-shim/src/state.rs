@@ -325,13 +325,30 @@ impl StateStore {
         })
     }
 
-    /// Refuses `action` unless the container is created or running now.
-    pub fn require_live(&self, rec: &ContainerRecord, action: &'static str) -> Result<()> {
+    /// Refuses `action` unless the container's status now is one of `allowed`, which
+    /// `needed` names in words.
+    pub fn require_status(
+        &self,
+        rec: &ContainerRecord,
+        action: &'static str,
+        allowed: &[Status],
+        needed: &'static str,
+    ) -> Result<()> {
         let status = rec.live_status();
-        if matches!(status, Status::Created | Status::Running) {
+        if allowed.contains(&status) {
             return Ok(());
         }
-        Err(self.wrong_state(&rec.id, status, action, "created or running"))
+        Err(self.wrong_state(&rec.id, status, action, needed))
+    }
+
+    /// Refuses `action` unless the container is created or running now.
+    pub fn require_live(&self, rec: &ContainerRecord, action: &'static str) -> Result<()> {
+        self.require_status(
+            rec,
+            action,
+            &[Status::Created, Status::Running],
+            "created or running",
+        )
     }
 
     pub fn save(&self, rec: &ContainerRecord) -> Result<()> {

@@ -55,10 +55,7 @@ pub struct ExecArgs {
 pub fn run(g: &RuntimeConfig, a: ExecArgs) -> Result<i32> {
     let store = StateStore::new(&g.root);
     let rec = store.load(&a.id)?;
-    let status = rec.live_status();
-    if status != Status::Running {
-        return Err(store.wrong_state(&a.id, status, "exec", "running"));
-    }
+    store.require_status(&rec, "exec", &[Status::Running], "running")?;
     let process = build_process(&rec.bundle, &a)?;
     let tty = process["terminal"].as_bool().unwrap_or(false);
     let exec_id = crate::state::generated_id("exec");

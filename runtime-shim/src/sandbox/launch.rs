@@ -234,10 +234,7 @@ pub fn start_container(g: &RuntimeConfig, id: &str) -> Result<()> {
     let store = StateStore::new(&g.root);
     let _lock = store.lock(id)?;
     let mut rec = store.load(id)?;
-    let status = rec.live_status();
-    if status != Status::Created {
-        return Err(store.wrong_state(id, status, "start", "created"));
-    }
+    store.require_status(&rec, "start", &[Status::Created], "created")?;
     let started = link::connect(&rec).and_then(|mut client| {
         client
             .start_container(id)
