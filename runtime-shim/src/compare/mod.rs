@@ -196,8 +196,7 @@ fn vm_ready(g: &RuntimeConfig) -> Result<()> {
             kernel.display()
         )));
     }
-    let agent = crate::sandbox::binaries::find_guest_agent()?;
-    crate::image::disk::ensure_static(&agent)?;
+    crate::sandbox::binaries::find_guest_agent()?;
     crate::sandbox::binaries::find("sandbox-vmm", "SANDBOX_VMM")?;
     Ok(())
 }

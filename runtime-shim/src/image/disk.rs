@@ -15,7 +15,6 @@ use cpio::newc;
 use crate::error::{Error, IoContext, Result};
 use crate::image::store::{ImageStore, EXT4_DIR};
 use crate::image::tree_hash::{hash_file, hash_tree};
-use crate::sandbox::binaries;
 
 /// Says what is happening on anything slow: on the terminal when there is one, else in the
 /// log (stderr may be the container's own).
@@ -179,12 +178,6 @@ fn tree_bytes(root: &Path) -> u64 {
     total
 }
 
-/// The guest initramfs: a newc cpio whose /init is a statically linked `sandbox-agent`.
-pub fn agent_initramfs(store: &Path) -> Result<PathBuf> {
-    let agent = binaries::find_guest_agent()?;
-    initramfs_from(store, &agent)
-}
-
 /// The content hash of `file`, remembered under `dir` by the file's identity (device, inode,
 /// size, modification and change times), so that a start does not read the whole agent
 /// again: any write to the file, or a new file in its place, changes its identity.
@@ -214,9 +207,9 @@ fn remembered_hash(dir: &Path, file: &Path) -> Result<String> {
     Ok(hash)
 }
 
-/// The initramfs with `agent` as /init, cached by the agent's hash.
+/// The guest initramfs: a newc cpio whose /init is `agent`, a statically linked
+/// `sandbox-agent` (`binaries::find_guest_agent` finds one), cached by the agent's hash.
 pub fn initramfs_from(store: &Path, agent: &Path) -> Result<PathBuf> {
-    ensure_static(agent)?;
     let dir = store.join("initramfs");
     fs::create_dir_all(&dir).ctx("create", &dir)?;
     let hash = remembered_hash(&dir, agent)?;
@@ -293,29 +286,6 @@ fn write_initramfs(path: &Path, agent: &Path) -> Result<()> {
         .ctx("write", path)?;
     // The cache trusts any file under the final name: it must be on disk before the rename.
     file.sync_all().ctx("sync", path)
-}
-
-/// A dynamically linked agent cannot run as the guest's /init (there is no libc there).
-pub fn ensure_static(path: &Path) -> Result<()> {
-    let mut head = vec![0u8; 64 * 1024];
-    let n = fs::File::open(path)
-        .and_then(|mut f| f.read(&mut head))
-        .ctx("read", path)?;
-    let head = &head[..n];
-    if !head.starts_with(b"\x7fELF") {
-        return Err(Error::Image(format!(
-            "{} is not an ELF binary",
-            path.display()
-        )));
-    }
-    if head.windows(10).any(|w| w == b"ld-linux-x") {
-        return Err(Error::Image(format!(
-            "{} is dynamically linked; build the guest agent with \
-             RUSTFLAGS='-C target-feature=+crt-static' cargo build -p agent --target x86_64-unknown-linux-gnu",
-            path.display()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -645,11 +615,6 @@ mod tests {
             assert!(names.iter().any(|l| l == n), "{n} missing: {names:?}");
         }
         assert_eq!(initramfs_from(&d, Path::new("/bin/busybox")).unwrap(), cpio);
-        // A dynamically linked binary cannot be /init in a guest without libc.
-        let err = initramfs_from(&d, Path::new("/bin/ls"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("dynamically linked"), "{err}");
         fs::remove_dir_all(&d).unwrap();
     }
 }

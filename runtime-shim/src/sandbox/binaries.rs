@@ -1,9 +1,10 @@
 //! Finding the programs a sandbox needs: an explicit environment variable, then the directory
 //! of the running `sandbox` binary (where cargo and packages put them together), then PATH.
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// The program `env_var` names, when it is set: it is taken as given, or refused.
 fn from_env(env_var: &str) -> Option<Result<PathBuf>> {
@@ -49,7 +50,9 @@ pub fn find(name: &str, env_var: &str) -> Result<PathBuf> {
 /// next to `sandbox` does not hide the static one that set-up installed.
 pub fn find_guest_agent() -> Result<PathBuf> {
     if let Some(found) = from_env("SANDBOX_GUEST_AGENT") {
-        return found;
+        let agent = found?;
+        ensure_static(&agent)?;
+        return Ok(agent);
     }
     let mut candidates = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -71,7 +74,7 @@ pub fn find_guest_agent() -> Result<PathBuf> {
     }
     candidates
         .into_iter()
-        .find(|p| p.is_file() && crate::image::disk::ensure_static(p).is_ok())
+        .find(|p| p.is_file() && ensure_static(p).is_ok())
         .ok_or_else(|| {
             Error::Other(
                 "no statically linked sandbox-agent found for the guest: build it with \
@@ -80,6 +83,29 @@ pub fn find_guest_agent() -> Result<PathBuf> {
                     .into(),
             )
         })
+}
+
+/// A dynamically linked agent cannot run as the guest's /init (there is no libc there).
+fn ensure_static(path: &Path) -> Result<()> {
+    let mut head = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .ctx("read", path)?;
+    let head = &head[..n];
+    if !head.starts_with(b"\x7fELF") {
+        return Err(Error::Other(format!(
+            "{} is not an ELF binary",
+            path.display()
+        )));
+    }
+    if head.windows(10).any(|w| w == b"ld-linux-x") {
+        return Err(Error::Other(format!(
+            "{} is dynamically linked; build the guest agent with \
+             RUSTFLAGS='-C target-feature=+crt-static' cargo build -p agent --target x86_64-unknown-linux-gnu",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Where Debian's packages put virtiofsd: qemu-system-common's C one, the virtiofsd package's
@@ -103,4 +129,23 @@ pub fn find_virtiofsd() -> Result<PathBuf> {
                 VIRTIOFSD_PATHS.join(", ")
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_static_elf_binary_can_be_the_guest_agent() {
+        // Debian's busybox-static is a static ELF binary like the guest agent must be.
+        ensure_static(Path::new("/bin/busybox")).unwrap();
+        // A dynamically linked binary cannot be /init in a guest without libc.
+        let err = ensure_static(Path::new("/bin/ls")).unwrap_err().to_string();
+        assert!(err.contains("/bin/ls is dynamically linked"), "{err}");
+        let script = std::env::temp_dir().join(format!("sandbox-not-elf-{}", std::process::id()));
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        let err = ensure_static(&script).unwrap_err().to_string();
+        std::fs::remove_file(&script).unwrap();
+        assert!(err.contains("is not an ELF binary"), "{err}");
+    }
 }

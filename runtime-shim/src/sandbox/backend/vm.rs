@@ -172,7 +172,8 @@ pub fn launch(
         )));
     }
     let vmm = binaries::find("sandbox-vmm", "SANDBOX_VMM")?;
-    let initrd = disk::agent_initramfs(&g.image_store)?;
+    let agent = binaries::find_guest_agent()?;
+    let initrd = disk::initramfs_from(&g.image_store, &agent)?;
     let mut shares = shares.to_vec();
     let mut disks = Vec::new();
     let rootfs = match guest_rootfs {
