@@ -2,6 +2,7 @@
 //! moment it happens, to whoever holds it (the monitor's connect loop, the shim's tasks), and
 //! why it ended is read from its logs before anyone removes the state directory.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +27,9 @@ struct EndState {
 /// A running back end process and the thread that reaps it.
 pub struct WatchedProcess {
     pid: i32,
+    /// Taken while the process is an unreaped child, so that a signal sent through it reaches
+    /// this process or none, never a later one that reuses the pid after the reaper ran.
+    pidfd: Option<OwnedFd>,
     program: &'static str,
     end: Arc<EndState>,
 }
@@ -35,6 +39,9 @@ impl WatchedProcess {
     /// ends with an error has the tails of `logs` in the reason it ended.
     pub fn watch(child: std::process::Child, program: &'static str, logs: ProcessLogs) -> Self {
         let pid = child.id() as i32;
+        let pidfd = pidfd_open(pid)
+            .map_err(|e| log::warn!("pidfd_open of {program} (pid {pid}): {e}; kill goes by pid"))
+            .ok();
         // The thread reaps it by pid: `Child` would neither kill nor wait when dropped.
         drop(child);
         let end = Arc::new(EndState::default());
@@ -48,7 +55,12 @@ impl WatchedProcess {
             *guard = Some(why);
             watched.changed.notify_all();
         });
-        WatchedProcess { pid, program, end }
+        WatchedProcess {
+            pid,
+            program,
+            pidfd,
+            end,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -90,7 +102,11 @@ impl WatchedProcess {
     pub fn kill(&self) {
         if self.ended().is_none() {
             self.end.killed_here.store(true, Ordering::SeqCst);
-            let _ = nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL);
+            let _ = match &self.pidfd {
+                Some(fd) => pidfd_kill(fd),
+                None => nix::sys::signal::kill(Pid::from_raw(self.pid), Signal::SIGKILL)
+                    .map_err(std::io::Error::from),
+            };
             if self.wait_ended(REAP_LIMIT).is_none() {
                 log::warn!(
                     "{} (pid {}) was not reaped within {}s of SIGKILL",
@@ -101,6 +117,33 @@ impl WatchedProcess {
             }
         }
     }
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and only returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as i32) })
+}
+
+fn pidfd_kill(pidfd: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: a valid pidfd, a signal number, no siginfo (null) and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn wait_for_end(pid: i32) -> Result<WaitStatus, nix::Error> {
