@@ -8,4 +8,4 @@ pub mod serial;
 pub use boot_complete::BootComplete;
 pub use i8042::I8042;
 pub use port_sink::PortSink;
-pub use serial::{EventFdTrigger, SerialDevice};
+pub use serial::{EventFdTrigger, SerialDevice, SerialDeviceState};

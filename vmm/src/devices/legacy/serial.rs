@@ -3,7 +3,8 @@
 
 use std::io::{self, Write};
 
-use vm_superio::serial::NoEvents;
+use serde::{Deserialize, Serialize};
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -38,11 +39,67 @@ pub struct SerialDevice {
     uart: Serial<EventFdTrigger, NoEvents, SerialOut>,
 }
 
+/// The UART's registers and unread input, for a snapshot (vm-superio's `SerialState` has no
+/// serde support of its own).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SerialDeviceState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
 impl SerialDevice {
     pub fn new(out: SerialOut) -> io::Result<Self> {
         Ok(Self {
             uart: Serial::new(EventFdTrigger::new()?, out),
         })
+    }
+
+    /// A UART that carries on from `state`: a restored guest's driver finds the divisor,
+    /// line settings and enabled interrupts it programmed.
+    pub fn from_state(out: SerialOut, state: &SerialDeviceState) -> io::Result<Self> {
+        let state = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let uart = Serial::from_state(&state, EventFdTrigger::new()?, NoEvents, out).map_err(
+            |e| match e {
+                vm_superio::serial::Error::Trigger(e) => e,
+                other => io::Error::new(io::ErrorKind::InvalidData, format!("{other}")),
+            },
+        )?;
+        Ok(Self { uart })
+    }
+
+    pub fn save_state(&self) -> SerialDeviceState {
+        let s = self.uart.state();
+        SerialDeviceState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
     }
 
     /// The eventfd to register as the irqfd for the UART's interrupt line.
@@ -115,6 +172,29 @@ mod tests {
         let mut wide = [0u8; 2];
         dev.read(COM1_PORT, 0, &mut wide);
         assert_eq!(wide, [0xff, 0xff]);
+    }
+
+    #[test]
+    fn a_restored_uart_keeps_its_registers_and_input() {
+        let mut dev = SerialDevice::new(Box::new(io::sink())).unwrap();
+        dev.write(COM1_PORT, 3, &[0x83]); // DLAB on
+        dev.write(COM1_PORT, 0, &[0x0c]); // divisor 12: 9600 baud
+        dev.write(COM1_PORT, 3, &[0x03]); // 8N1, DLAB off
+        dev.write(COM1_PORT, 7, &[0x5a]); // scratch
+        dev.enqueue_input(b"ab");
+        let state = dev.save_state();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: SerialDeviceState = serde_json::from_str(&json).unwrap();
+        let mut restored = SerialDevice::from_state(Box::new(io::sink()), &back).unwrap();
+        assert_eq!(restored.save_state(), state);
+        let mut b = [0u8];
+        restored.read(COM1_PORT, 3, &mut b);
+        assert_eq!(b[0], 0x03);
+        restored.read(COM1_PORT, 7, &mut b);
+        assert_eq!(b[0], 0x5a);
+        restored.read(COM1_PORT, 0, &mut b);
+        assert_eq!(b[0], b'a');
+        assert_eq!(state.baud_divisor_low, 0x0c);
     }
 
     #[test]
