@@ -9,7 +9,11 @@
 //! let devices = virtio.start(|| Ok(()), builder.stop_handle())?;
 //! let vmm = builder.start()?;
 //! ```
+//!
+//! Snapshots: `Vmm::pause`, `Vmm::snapshot` (a paused VM to files), `Vmm::resume`, and
+//! `VmmBuilder::from_snapshot`, which builds the VM from those files instead of a kernel.
 
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -25,14 +29,20 @@ use crate::devices::bus::Bus;
 use crate::devices::legacy::SerialDevice;
 use crate::hypervisor::{self, KvmError};
 use crate::loader::{self, LoaderError};
+use crate::snapshot::vcpu::{VcpuState, VcpuStateSupport};
+use crate::snapshot::vm::VmState;
+use crate::snapshot::{self, MachineState, SnapshotError, SnapshotFiles};
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::stop::{StopHandle, VmExit};
-use crate::vstate::vcpu::{self, BootSetup, Vcpu, VcpuError};
+use crate::vstate::vcpu::{self, BootSetup, Vcpu, VcpuError, VcpuRequest};
 use crate::vstate::vm::{Vm, VmError};
 
 const MIB: u64 = 1 << 20;
 /// How long to wait for vCPU threads to leave KVM_RUN after the VM stopped.
 const VCPU_STOP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a vCPU may take to leave KVM_RUN when paused; generous, since a host that
+/// emulates guest kernel code may take a while to notice the kick.
+const VCPU_PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -58,6 +68,8 @@ pub enum BuildError {
     Vcpu(#[from] VcpuError),
     #[error("cannot start a thread: {0}")]
     Thread(std::io::Error),
+    #[error("snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
 }
 
 pub struct VmmBuilder {
@@ -75,6 +87,14 @@ pub struct VmmBuilder {
     memory_slots: Option<JoinHandle<Result<(), VmError>>>,
     /// vCPUs configured by `load`, for `start`.
     loaded: Option<Vec<Vcpu>>,
+    /// What `load` puts into the VM and its vCPUs instead of booting a kernel.
+    restore: Option<RestoredState>,
+}
+
+/// The KVM state of a snapshot, kept from `from_snapshot` until `load`.
+struct RestoredState {
+    vm: VmState,
+    vcpus: Vec<VcpuState>,
 }
 
 pub use crate::vstate::vcpu::VcpuThreadInit;
@@ -83,16 +103,48 @@ impl VmmBuilder {
     /// `start` is when the process started; the boot-complete port reports time since then.
     pub fn new(config: &VmConfig, start: Instant) -> Result<Self, BuildError> {
         config.validate()?;
-        let kvm = hypervisor::open_kvm()?;
-        hypervisor::check_caps(&kvm)?;
-        let max = kvm.get_max_vcpus();
-        if usize::from(config.vcpus) > max {
-            return Err(BuildError::KvmVcpuLimit {
-                requested: config.vcpus,
-                max,
-            });
-        }
+        let kvm = open_kvm_for(config)?;
         let memory = memory::create_guest_memory(config.mem_mib, config.memory_backing())?;
+        Self::assemble(config, kvm, memory, start, None)
+    }
+
+    /// A VM that carries on from the snapshot in `files` rather than booting `config`'s
+    /// kernel: guest RAM mapped copy-on-write from the memory file, then (in `load`) the vCPU
+    /// and VM state put back. `config` gives the serial output and must ask for the machine
+    /// the snapshot was taken of (vCPUs, memory); its kernel and initrd are not read.
+    pub fn from_snapshot(
+        config: &VmConfig,
+        files: &SnapshotFiles,
+        start: Instant,
+    ) -> Result<Self, BuildError> {
+        config.validate()?;
+        let virtio = configured_virtio_devices(config);
+        if !virtio.is_empty() {
+            return Err(SnapshotError::VirtioDevices(virtio.join(", ")).into());
+        }
+        let machine = MachineState {
+            vcpus: config.vcpus,
+            mem_mib: config.mem_mib,
+        };
+        let state = snapshot::read(files, &machine)?;
+        let kvm = open_kvm_for(config)?;
+        let memory = snapshot::memory::restore(&files.memory, &state.memory, config.mem_mib)
+            .map_err(SnapshotError::from)?;
+        let mut builder = Self::assemble(config, kvm, memory, start, Some(&state.legacy_devices))?;
+        builder.restore = Some(RestoredState {
+            vm: state.vm,
+            vcpus: state.vcpus,
+        });
+        Ok(builder)
+    }
+
+    fn assemble(
+        config: &VmConfig,
+        kvm: Kvm,
+        memory: GuestMemory,
+        start: Instant,
+        legacy_state: Option<&device_manager::LegacyDevicesState>,
+    ) -> Result<Self, BuildError> {
         let vm = Arc::new(Vm::new(&kvm)?);
         log::debug!("VM created after {} us", start.elapsed().as_micros());
         // Registering memory with KVM can take milliseconds (an SRCU grace period, and more
@@ -107,8 +159,14 @@ impl VmmBuilder {
         };
         let stop = StopHandle::new();
         let mut pio_bus = Bus::new();
-        let legacy =
-            device_manager::attach_legacy_devices(&vm, &mut pio_bus, &config.serial, &stop, start)?;
+        let legacy = device_manager::attach_legacy_devices(
+            &vm,
+            &mut pio_bus,
+            &config.serial,
+            &stop,
+            start,
+            legacy_state,
+        )?;
         Ok(Self {
             config: config.clone(),
             kvm,
@@ -123,6 +181,7 @@ impl VmmBuilder {
             start,
             memory_slots: Some(memory_slots),
             loaded: None,
+            restore: None,
         })
     }
 
@@ -177,15 +236,43 @@ impl VmmBuilder {
     /// vCPUs without starting them; afterwards the process has no thread but the caller's
     /// (the jail needs that point). `start` does it if this was not called.
     pub fn load(&mut self) -> Result<(), BuildError> {
+        if let Some(restore) = self.restore.take() {
+            // Restored MSRs (kvmclock's) point KVM at guest pages: the slots must be there.
+            self.join_memory_slots()?;
+            self.loaded = Some(self.restore_vcpus(restore)?);
+        }
         if self.loaded.is_none() {
             self.loaded = Some(self.load_and_configure()?);
         }
+        self.join_memory_slots()
+    }
+
+    fn join_memory_slots(&mut self) -> Result<(), BuildError> {
         if let Some(slots) = self.memory_slots.take() {
             slots
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
         }
         Ok(())
+    }
+
+    /// vCPUs created in the VM whose irqchip and PIT `Vm::new` made, each given its saved
+    /// state; then the VM-wide state, so that the IOAPIC and PIT resume with the vCPUs they
+    /// deliver to already in place.
+    fn restore_vcpus(&self, restore: RestoredState) -> Result<Vec<Vcpu>, BuildError> {
+        let mut vcpus = Vec::with_capacity(restore.vcpus.len());
+        for state in &restore.vcpus {
+            let mut vcpu = Vcpu::new(
+                &self.vm,
+                state.id,
+                self.pio_bus.clone(),
+                self.mmio.bus().clone(),
+            )?;
+            vcpu.restore_state(state)?;
+            vcpus.push(vcpu);
+        }
+        self.vm.restore_state(&restore.vm)?;
+        Ok(vcpus)
     }
 
     /// Loads the guest, configures the vCPUs (unless `load` did) and starts them.
@@ -198,8 +285,11 @@ impl VmmBuilder {
         );
 
         let mut threads = Vec::with_capacity(vcpus.len());
+        let mut requests = Vec::with_capacity(vcpus.len());
         for vcpu in vcpus {
-            match vcpu.spawn(self.stop.clone(), self.vcpu_thread_init.clone()) {
+            let (sender, receiver) = mpsc::channel();
+            requests.push(sender);
+            match vcpu.spawn(self.stop.clone(), self.vcpu_thread_init.clone(), receiver) {
                 Ok(handle) => threads.push(handle),
                 Err(e) => {
                     self.stop.request(VmExit::DeviceFailed {
@@ -213,9 +303,18 @@ impl VmmBuilder {
         }
         Ok(Vmm {
             threads,
+            requests,
+            paused: false,
             stop: self.stop,
-            _vm: self.vm,
-            _memory: self.memory,
+            machine: MachineState {
+                vcpus: self.config.vcpus,
+                mem_mib: self.config.mem_mib,
+            },
+            virtio_devices: self.mmio.cmdline_params().to_vec(),
+            legacy: self.legacy,
+            kvm: self.kvm,
+            vm: self.vm,
+            memory: self.memory,
         })
     }
 
@@ -277,6 +376,35 @@ impl VmmBuilder {
     }
 }
 
+/// Opens /dev/kvm and checks that it can run `config`'s machine.
+fn open_kvm_for(config: &VmConfig) -> Result<Kvm, BuildError> {
+    let kvm = hypervisor::open_kvm()?;
+    hypervisor::check_caps(&kvm)?;
+    let max = kvm.get_max_vcpus();
+    if usize::from(config.vcpus) > max {
+        return Err(BuildError::KvmVcpuLimit {
+            requested: config.vcpus,
+            max,
+        });
+    }
+    Ok(kvm)
+}
+
+/// The virtio devices `config` asks for, by kind.
+fn configured_virtio_devices(config: &VmConfig) -> Vec<String> {
+    let mut names = Vec::new();
+    names.extend(config.disks.iter().map(|_| "virtio-blk".to_string()));
+    names.extend(config.nets.iter().map(|_| "virtio-net".to_string()));
+    if config.vsock.is_some() {
+        names.push("virtio-vsock".into());
+    }
+    names.extend(config.fs.iter().map(|_| "virtio-fs".to_string()));
+    if config.rng {
+        names.push("virtio-rng".into());
+    }
+    names
+}
+
 /// Kicks vCPU threads until they have all returned or the timeout passes.
 fn stop_threads(threads: &[JoinHandle<()>]) -> bool {
     let deadline = Instant::now() + VCPU_STOP_TIMEOUT;
@@ -298,10 +426,18 @@ fn stop_threads(threads: &[JoinHandle<()>]) -> bool {
 /// A running VM.
 pub struct Vmm {
     threads: Vec<JoinHandle<()>>,
+    /// One per vCPU thread, in id order.
+    requests: Vec<Sender<VcpuRequest>>,
+    paused: bool,
     stop: StopHandle,
+    machine: MachineState,
+    /// The `virtio_mmio.device=` of each virtio device: a snapshot cannot hold them yet.
+    virtio_devices: Vec<String>,
+    legacy: device_manager::LegacyDevices,
+    kvm: Kvm,
     // Kept alive until every vCPU thread is gone: KVM maps the memory through the VM.
-    _vm: Arc<Vm>,
-    _memory: GuestMemory,
+    vm: Arc<Vm>,
+    memory: GuestMemory,
 }
 
 impl Vmm {
@@ -309,15 +445,116 @@ impl Vmm {
         self.stop.clone()
     }
 
+    pub fn memory(&self) -> &GuestMemory {
+        &self.memory
+    }
+
+    /// Takes every vCPU out of the guest and keeps it out until `resume`. Returns once each
+    /// has left KVM_RUN and completed the I/O exit it was in, if any. Devices are not
+    /// paused: legacy devices only act on vCPU exits, and a VM with virtio devices cannot be
+    /// snapshotted yet.
+    pub fn pause(&mut self) -> Result<(), SnapshotError> {
+        if self.paused {
+            return Ok(());
+        }
+        let mut acks = Vec::with_capacity(self.requests.len());
+        for sender in &self.requests {
+            let (ack, answer) = mpsc::channel();
+            // Sent before the kick: the thread looks for requests right after KVM_RUN.
+            if sender.send(VcpuRequest::Pause(ack)).is_err() {
+                self.resume();
+                return Err(SnapshotError::NotRunning);
+            }
+            acks.push(answer);
+        }
+        self.paused = true;
+        let deadline = Instant::now() + VCPU_PAUSE_TIMEOUT;
+        for (id, (answer, thread)) in acks.iter().zip(&self.threads).enumerate() {
+            loop {
+                vcpu::kick(thread);
+                match answer.recv_timeout(Duration::from_millis(1)) {
+                    Ok(()) => break,
+                    Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.resume();
+                        return Err(SnapshotError::PauseTimeout {
+                            vcpu: id as u8,
+                            timeout_ms: VCPU_PAUSE_TIMEOUT.as_millis(),
+                        });
+                    }
+                    Err(RecvTimeoutError::Disconnected) => {
+                        self.resume();
+                        return Err(SnapshotError::NotRunning);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets paused vCPUs run the guest again.
+    pub fn resume(&mut self) {
+        for sender in &self.requests {
+            let _ = sender.send(VcpuRequest::Resume);
+        }
+        self.paused = false;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    /// Writes the paused VM to `files`: guest memory, then the vCPUs', the VM's and the
+    /// legacy devices' state. The VM stays paused; `resume` continues it.
+    pub fn snapshot(&self, files: &SnapshotFiles) -> Result<(), SnapshotError> {
+        if !self.paused {
+            return Err(SnapshotError::NotPaused);
+        }
+        if !self.virtio_devices.is_empty() {
+            return Err(SnapshotError::VirtioDevices(self.virtio_devices.join(", ")));
+        }
+        let support =
+            Arc::new(VcpuStateSupport::probe(&self.kvm).map_err(SnapshotError::MsrIndexList)?);
+        let mut vcpus = Vec::with_capacity(self.requests.len());
+        for (id, sender) in self.requests.iter().enumerate() {
+            let vcpu = id as u8;
+            let (reply, answer) = mpsc::channel();
+            sender
+                .send(VcpuRequest::SaveState {
+                    support: support.clone(),
+                    reply,
+                })
+                .map_err(|_| SnapshotError::NotRunning)?;
+            let state = answer
+                .recv()
+                .map_err(|_| SnapshotError::NotRunning)?
+                .map_err(|source| SnapshotError::Vcpu { vcpu, source })?;
+            vcpus.push(state);
+        }
+        let vm = self.vm.save_state()?;
+        snapshot::write(
+            files,
+            &self.memory,
+            self.machine.clone(),
+            vm,
+            vcpus,
+            self.legacy.save_state(),
+        )
+    }
+
     /// Blocks until the VM stops for any reason, stops every vCPU and returns why.
     pub fn wait(self) -> VmExit {
         let Vmm {
             threads,
+            requests,
             stop,
-            _vm: vm,
-            _memory: memory,
+            vm,
+            memory,
+            ..
         } = self;
         stop.wait();
+        // A paused vCPU thread waits for requests: without a sender it ends.
+        drop(requests);
         if stop_threads(&threads) {
             for t in threads {
                 let _ = t.join();

@@ -241,7 +241,9 @@ pub fn probe_kernel_mode_speed(
         }
     });
     let started = Instant::now();
-    let result = vcpu.run_loop(&stop);
+    // Nothing pauses the probe: its request channel has no sender.
+    let (_, requests) = mpsc::channel();
+    let result = vcpu.run_loop(&stop, &requests);
     let ended = Instant::now();
     drop(cancel);
     let _ = watchdog.join();

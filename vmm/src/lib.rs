@@ -10,6 +10,7 @@
 //! - `builder`: puts a VM together from a `config::VmConfig`.
 //! - `check`: `sandbox-vmm check`.
 //! - `jail`: confining the process once its devices are open.
+//! - `snapshot`: the state of a paused VM in files, and a VM built from them.
 
 pub mod arch;
 pub mod builder;
@@ -22,6 +23,7 @@ pub mod jail;
 pub mod loader;
 pub mod logger;
 pub mod seccomp;
+pub mod snapshot;
 pub mod vstate;
 
 pub use builder::{BuildError, Vmm, VmmBuilder};

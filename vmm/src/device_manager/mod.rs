@@ -14,7 +14,7 @@ use crate::arch::x86_64::layout::{
 use crate::config::SerialOutput;
 use crate::devices::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{
-    i8042, port_sink, serial, BootComplete, PortSink, SerialDevice, I8042,
+    i8042, port_sink, serial, BootComplete, PortSink, SerialDevice, SerialDeviceState, I8042,
 };
 use crate::vstate::stop::{StopHandle, VmExit};
 use crate::vstate::vm::{Vm, VmError};
@@ -144,15 +144,42 @@ pub struct LegacyDevices {
     pub serial: Arc<Mutex<SerialDevice>>,
 }
 
+/// The state of the legacy devices that have any: the i8042 (reset only), the boot-complete
+/// port and the absorbed ports keep none the guest can observe.
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LegacyDevicesState {
+    pub serial: SerialDeviceState,
+}
+
+impl LegacyDevices {
+    /// Read while the vCPUs are paused: only vCPU threads touch these devices.
+    pub fn save_state(&self) -> LegacyDevicesState {
+        LegacyDevicesState {
+            serial: self
+                .serial
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .save_state(),
+        }
+    }
+}
+
+/// Puts the legacy devices on `pio`, in their power-on state or, restoring a snapshot, in
+/// `state`.
 pub fn attach_legacy_devices(
     vm: &Vm,
     pio: &mut Bus,
     serial_output: &SerialOutput,
     stop: &StopHandle,
     start: Instant,
+    state: Option<&LegacyDevicesState>,
 ) -> Result<LegacyDevices, DeviceManagerError> {
-    let serial =
-        SerialDevice::new(serial_out(serial_output)?).map_err(DeviceManagerError::Serial)?;
+    let out = serial_out(serial_output)?;
+    let serial = match state {
+        Some(state) => SerialDevice::from_state(out, &state.serial),
+        None => SerialDevice::new(out),
+    }
+    .map_err(DeviceManagerError::Serial)?;
     vm.register_irqfd(serial.interrupt_evt(), IRQ_SERIAL_COM1)?;
     let serial = Arc::new(Mutex::new(serial));
     pio.insert(serial.clone(), serial::COM1_PORT, serial::COM_PORT_LEN)?;

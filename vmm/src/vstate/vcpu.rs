@@ -1,10 +1,11 @@
 //! vCPUs: boot-time configuration, one thread each, and the exit dispatch loop.
 
 use std::cell::Cell;
-use std::sync::Once;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_msr_entry, kvm_run, CpuId, Msrs, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd};
 use vm_memory::GuestAddress;
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -14,6 +15,7 @@ use super::stop::{StopHandle, VmExit};
 use super::vm::Vm;
 use crate::arch::x86_64::{cpu_template::CpuTemplate, cpuid, regs};
 use crate::devices::bus::Bus;
+use crate::snapshot::vcpu::{FpuState, VcpuState, VcpuStateSupport};
 
 /// `KVM_INTERNAL_ERROR_EMULATION`: the in-kernel instruction emulator gave up.
 const INTERNAL_ERROR_EMULATION: u32 = 1;
@@ -79,6 +81,20 @@ pub enum VcpuError {
     ThreadInit(String),
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error("KVM refused MSR {index:#x} of the snapshot (KVM_SET_MSRS set {set} of {total})")]
+    RestoreMsrs {
+        index: u32,
+        set: usize,
+        total: usize,
+    },
+    #[error("the snapshot holds {count} MSRs, more than KVM_SET_MSRS takes at once")]
+    TooManyMsrs { count: usize },
+    #[error("the snapshot's CPUID has {count} entries, more than KVM_SET_CPUID2 takes")]
+    TooManyCpuidEntries { count: usize },
+    #[error("the vCPU state can only be read while the VM is paused")]
+    NotPaused,
+    #[error("KVM_RUN to complete the pending I/O before reading the state returned an exit ({0}) instead of EINTR")]
+    PendingIo(String),
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -157,6 +173,21 @@ pub struct Vcpu {
     mmio: Bus,
 }
 
+/// What the thread that owns the VM asks of a vCPU thread. A request is noticed between two
+/// KVM_RUNs; the sender kicks the thread out of KVM_RUN so that it is noticed at once.
+pub enum VcpuRequest {
+    /// Leave the guest, complete any I/O exit KVM still has half done, answer on the channel
+    /// and wait for further requests.
+    Pause(Sender<()>),
+    /// Read the state (only while paused).
+    SaveState {
+        support: Arc<VcpuStateSupport>,
+        reply: Sender<Result<VcpuState, VcpuError>>,
+    },
+    /// Run the guest again.
+    Resume,
+}
+
 /// What the loop does after an exit.
 enum Next {
     Continue,
@@ -224,12 +255,143 @@ impl Vcpu {
         Ok(())
     }
 
+    /// Reads the whole state of a vCPU that is out of KVM_RUN. KVM finishes an I/O or MMIO
+    /// exit (the value of an `in`, the instruction pointer after it) only when KVM_RUN is
+    /// entered again, so that is done first, with immediate_exit set so no guest code runs.
+    pub fn save_state(&mut self, support: &VcpuStateSupport) -> Result<VcpuState, VcpuError> {
+        self.complete_pending_io()?;
+        let fd = &self.fd;
+        let cpuid = fd
+            .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl("KVM_GET_CPUID2"))?;
+        let xsave = if support.xsave {
+            Some(fd.get_xsave().map_err(ioctl("KVM_GET_XSAVE"))?)
+        } else {
+            None
+        };
+        let xcrs = if support.xcrs {
+            Some(fd.get_xcrs().map_err(ioctl("KVM_GET_XCRS"))?)
+        } else {
+            None
+        };
+        let tsc_khz = fd.get_tsc_khz().ok();
+        Ok(VcpuState {
+            id: self.id,
+            cpuid: cpuid.as_slice().to_vec(),
+            regs: fd.get_regs().map_err(ioctl("KVM_GET_REGS"))?,
+            sregs: fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?,
+            fpu: FpuState::from(&fd.get_fpu().map_err(ioctl("KVM_GET_FPU"))?),
+            xsave,
+            xcrs,
+            lapic: fd.get_lapic().map_err(ioctl("KVM_GET_LAPIC"))?,
+            msrs: self.read_msrs(&support.msrs)?,
+            mp_state: fd.get_mp_state().map_err(ioctl("KVM_GET_MP_STATE"))?,
+            vcpu_events: fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))?,
+            debugregs: fd.get_debug_regs().map_err(ioctl("KVM_GET_DEBUGREGS"))?,
+            tsc_khz,
+        })
+    }
+
+    /// Puts `state` into a freshly created vCPU, in the order KVM needs: CPUID before
+    /// anything it is checked against; segment and control registers (which set the mode
+    /// and the APIC base) before the general registers and the LAPIC; FPU then XSAVE (the
+    /// latter wins where both hold x87/SSE); MSRs with the TSC first; pending events and
+    /// the run state last, since setting registers may clear them.
+    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+        let fd = &self.fd;
+        let cpuid =
+            CpuId::from_entries(&state.cpuid).map_err(|_| VcpuError::TooManyCpuidEntries {
+                count: state.cpuid.len(),
+            })?;
+        fd.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        if let Some(khz) = state.tsc_khz {
+            if fd.get_tsc_khz().ok() != Some(khz) {
+                fd.set_tsc_khz(khz).map_err(ioctl("KVM_SET_TSC_KHZ"))?;
+            }
+        }
+        fd.set_sregs(&state.sregs).map_err(ioctl("KVM_SET_SREGS"))?;
+        fd.set_regs(&state.regs).map_err(ioctl("KVM_SET_REGS"))?;
+        fd.set_fpu(&(&state.fpu).into())
+            .map_err(ioctl("KVM_SET_FPU"))?;
+        if let Some(xsave) = &state.xsave {
+            // SAFETY: the VMM never enables dynamically sized XSAVE features (no
+            // ARCH_REQ_XCOMP_GUEST_PERM), so KVM reads no more than the 4096 bytes of the
+            // legacy kvm_xsave that `xsave` is.
+            unsafe { fd.set_xsave(xsave) }.map_err(ioctl("KVM_SET_XSAVE"))?;
+        }
+        if let Some(xcrs) = &state.xcrs {
+            fd.set_xcrs(xcrs).map_err(ioctl("KVM_SET_XCRS"))?;
+        }
+        fd.set_debug_regs(&state.debugregs)
+            .map_err(ioctl("KVM_SET_DEBUGREGS"))?;
+        fd.set_lapic(&state.lapic).map_err(ioctl("KVM_SET_LAPIC"))?;
+        let msrs = Msrs::from_entries(&state.msrs).map_err(|_| VcpuError::TooManyMsrs {
+            count: state.msrs.len(),
+        })?;
+        let set = fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
+        if set != state.msrs.len() {
+            return Err(VcpuError::RestoreMsrs {
+                index: state.msrs[set].index,
+                set,
+                total: state.msrs.len(),
+            });
+        }
+        fd.set_vcpu_events(&state.vcpu_events)
+            .map_err(ioctl("KVM_SET_VCPU_EVENTS"))?;
+        fd.set_mp_state(state.mp_state)
+            .map_err(ioctl("KVM_SET_MP_STATE"))?;
+        Ok(())
+    }
+
+    /// Reads every MSR of `indices` that KVM lets this vCPU read. KVM_GET_MSRS stops at the
+    /// first MSR it cannot read and says how many it did read, so that one is dropped and
+    /// the rest is asked for again.
+    fn read_msrs(&self, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, VcpuError> {
+        let mut read = Vec::with_capacity(indices.len());
+        let mut rest = indices;
+        while !rest.is_empty() {
+            let entries: Vec<kvm_msr_entry> = rest
+                .iter()
+                .map(|&index| kvm_msr_entry {
+                    index,
+                    ..Default::default()
+                })
+                .collect();
+            let mut msrs = Msrs::from_entries(&entries)
+                .map_err(|_| VcpuError::TooManyMsrs { count: rest.len() })?;
+            let n = self.fd.get_msrs(&mut msrs).map_err(ioctl("KVM_GET_MSRS"))?;
+            read.extend_from_slice(&msrs.as_slice()[..n]);
+            if n < rest.len() {
+                log::debug!(
+                    "vCPU {}: MSR {:#x} is not readable, left out of the snapshot",
+                    self.id,
+                    rest[n]
+                );
+            }
+            rest = &rest[(n + 1).min(rest.len())..];
+        }
+        Ok(read)
+    }
+
+    fn complete_pending_io(&mut self) -> Result<(), VcpuError> {
+        self.fd.set_kvm_immediate_exit(1);
+        let result = match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => Ok(()),
+            Err(e) => Err(VcpuError::Run(e)),
+            Ok(exit) => Err(VcpuError::PendingIo(format!("{exit:?}"))),
+        };
+        self.fd.set_kvm_immediate_exit(0);
+        result
+    }
+
     /// Starts the vCPU on its own thread. The thread ends when the VM stops; an error it hits
-    /// stops the VM.
+    /// stops the VM. `requests` pauses it, reads its state and resumes it; when its sender is
+    /// dropped the thread keeps running the guest (or, if paused, ends).
     pub fn spawn(
         self,
         stop: StopHandle,
         init: Option<VcpuThreadInit>,
+        requests: Receiver<VcpuRequest>,
     ) -> Result<JoinHandle<()>, VcpuError> {
         install_kick_handler()?;
         let id = self.id;
@@ -246,7 +408,7 @@ impl Vcpu {
                         return;
                     }
                 }
-                if let Err(error) = vcpu.run_loop(&stop) {
+                if let Err(error) = vcpu.run_loop(&stop, &requests) {
                     stop.request(VmExit::VcpuFailed { vcpu: id, error });
                 }
             })
@@ -254,16 +416,60 @@ impl Vcpu {
     }
 
     /// Runs until the VM is asked to stop (Ok) or this vCPU hits an unhandled exit (Err).
-    pub fn run_loop(&mut self, stop: &StopHandle) -> Result<(), VcpuError> {
+    pub fn run_loop(
+        &mut self,
+        stop: &StopHandle,
+        requests: &Receiver<VcpuRequest>,
+    ) -> Result<(), VcpuError> {
         let _kick = KickGuard::arm(&mut self.fd);
+        let mut controlled = true;
         loop {
             if stop.is_stopping() {
                 return Ok(());
+            }
+            if controlled {
+                match requests.try_recv() {
+                    Ok(VcpuRequest::Pause(ack)) => {
+                        if !self.paused(stop, requests, ack)? {
+                            return Ok(());
+                        }
+                    }
+                    // Not paused: there is no consistent state to read.
+                    Ok(VcpuRequest::SaveState { reply, .. }) => {
+                        let _ = reply.send(Err(VcpuError::NotPaused));
+                    }
+                    Ok(VcpuRequest::Resume) | Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => controlled = false,
+                }
             }
             match self.run_once() {
                 Next::Continue => {}
                 Next::Internal => self.handle_internal_error()?,
                 Next::Fail(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Out of the guest until told to resume (true) or until the VM stops or the controller
+    /// is gone (false).
+    fn paused(
+        &mut self,
+        stop: &StopHandle,
+        requests: &Receiver<VcpuRequest>,
+        ack: Sender<()>,
+    ) -> Result<bool, VcpuError> {
+        self.complete_pending_io()?;
+        let _ = ack.send(());
+        loop {
+            match requests.recv() {
+                Ok(VcpuRequest::Pause(ack)) => {
+                    let _ = ack.send(());
+                }
+                Ok(VcpuRequest::SaveState { support, reply }) => {
+                    let _ = reply.send(self.save_state(&support));
+                }
+                Ok(VcpuRequest::Resume) => return Ok(!stop.is_stopping()),
+                Err(_) => return Ok(false),
             }
         }
     }

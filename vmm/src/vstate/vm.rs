@@ -1,12 +1,16 @@
 //! The KVM VM: memory slots, in-kernel interrupt controllers and PIT, irqfd/ioeventfd.
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{
+    kvm_irqchip, kvm_pit_config, kvm_userspace_memory_region, KVM_IRQCHIP_IOAPIC,
+    KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_PIT_SPEAKER_DUMMY,
+};
 use kvm_ioctls::{IoEventAddress, Kvm, VmFd};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::memory::GuestMemory;
 use crate::arch::x86_64::layout::{KVM_IDENTITY_MAP_ADDR, KVM_TSS_ADDR};
+use crate::snapshot::vm::VmState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -38,6 +42,16 @@ pub enum VmError {
         addr: u64,
         source: kvm_ioctls::Error,
     },
+    /// Reading or writing VM state for a snapshot; `ioctl` names the call (and the chip).
+    #[error("{ioctl} failed: {source}")]
+    State {
+        ioctl: &'static str,
+        source: kvm_ioctls::Error,
+    },
+}
+
+fn state_error(ioctl: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> VmError {
+    move |source| VmError::State { ioctl, source }
 }
 
 pub struct Vm {
@@ -116,5 +130,54 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The in-kernel PICs, IOAPIC, PIT and clock. The vCPUs must be paused, or the state read
+    /// is not one the guest was ever in.
+    pub fn save_state(&self) -> Result<VmState, VmError> {
+        let chip = |chip_id, ioctl| {
+            let mut chip = kvm_irqchip {
+                chip_id,
+                ..Default::default()
+            };
+            self.fd
+                .get_irqchip(&mut chip)
+                .map(|()| chip)
+                .map_err(state_error(ioctl))
+        };
+        Ok(VmState {
+            pic_master: chip(KVM_IRQCHIP_PIC_MASTER, "KVM_GET_IRQCHIP (PIC master)")?,
+            pic_slave: chip(KVM_IRQCHIP_PIC_SLAVE, "KVM_GET_IRQCHIP (PIC slave)")?,
+            ioapic: chip(KVM_IRQCHIP_IOAPIC, "KVM_GET_IRQCHIP (IOAPIC)")?,
+            pit: self.fd.get_pit2().map_err(state_error("KVM_GET_PIT2"))?,
+            clock: self.fd.get_clock().map_err(state_error("KVM_GET_CLOCK"))?,
+        })
+    }
+
+    /// Puts back what `save_state` read, into a VM made by `new` (which created the irqchip
+    /// and the PIT these calls fill in).
+    pub fn restore_state(&self, state: &VmState) -> Result<(), VmError> {
+        self.fd
+            .set_irqchip(&state.pic_master)
+            .map_err(state_error("KVM_SET_IRQCHIP (PIC master)"))?;
+        self.fd
+            .set_irqchip(&state.pic_slave)
+            .map_err(state_error("KVM_SET_IRQCHIP (PIC slave)"))?;
+        self.fd
+            .set_irqchip(&state.ioapic)
+            .map_err(state_error("KVM_SET_IRQCHIP (IOAPIC)"))?;
+        self.fd
+            .set_pit2(&state.pit)
+            .map_err(state_error("KVM_SET_PIT2"))?;
+        // Without KVM_CLOCK_REALTIME the clock resumes where it was paused rather than
+        // jumping by however long the snapshot sat on disk; the other flags only describe
+        // what KVM_GET_CLOCK filled in.
+        let clock = kvm_bindings::kvm_clock_data {
+            clock: state.clock.clock,
+            ..Default::default()
+        };
+        self.fd
+            .set_clock(&clock)
+            .map_err(state_error("KVM_SET_CLOCK"))
     }
 }
