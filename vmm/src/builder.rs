@@ -13,7 +13,7 @@
 //! Snapshots: `Vmm::pause`, `Vmm::snapshot` (a paused VM to files), `Vmm::resume`, and
 //! `VmmBuilder::from_snapshot`, which builds the VM from those files instead of a kernel.
 
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -304,6 +304,7 @@ impl VmmBuilder {
         Ok(Vmm {
             threads,
             requests,
+            pause_acks: Vec::new(),
             paused: false,
             stop: self.stop,
             machine: MachineState {
@@ -428,6 +429,8 @@ pub struct Vmm {
     threads: Vec<JoinHandle<()>>,
     /// One per vCPU thread, in id order.
     requests: Vec<Sender<VcpuRequest>>,
+    /// Answers to a `request_pause` that `pause` has not waited for yet.
+    pause_acks: Vec<Receiver<()>>,
     paused: bool,
     stop: StopHandle,
     machine: MachineState,
@@ -449,6 +452,28 @@ impl Vmm {
         &self.memory
     }
 
+    /// Asks every vCPU to leave the guest, without waiting: each stops at its next exit
+    /// (the kick makes one at once). `pause` waits for them. Split from it so that a caller
+    /// on a device path can ask while a vCPU is inside that device's handler; that vCPU then
+    /// stops right after the exit it is handling.
+    pub fn request_pause(&mut self) -> Result<(), SnapshotError> {
+        if self.paused || !self.pause_acks.is_empty() {
+            return Ok(());
+        }
+        for (sender, thread) in self.requests.iter().zip(&self.threads) {
+            let (ack, answer) = mpsc::channel();
+            // Sent before the kick: the thread looks for requests right after KVM_RUN.
+            if sender.send(VcpuRequest::Pause(ack)).is_err() {
+                self.pause_acks.clear();
+                self.resume();
+                return Err(SnapshotError::NotRunning);
+            }
+            self.pause_acks.push(answer);
+            vcpu::kick(thread);
+        }
+        Ok(())
+    }
+
     /// Takes every vCPU out of the guest and keeps it out until `resume`. Returns once each
     /// has left KVM_RUN and completed the I/O exit it was in, if any. Devices are not
     /// paused: legacy devices only act on vCPU exits, and a VM with virtio devices cannot be
@@ -457,24 +482,17 @@ impl Vmm {
         if self.paused {
             return Ok(());
         }
-        let mut acks = Vec::with_capacity(self.requests.len());
-        for sender in &self.requests {
-            let (ack, answer) = mpsc::channel();
-            // Sent before the kick: the thread looks for requests right after KVM_RUN.
-            if sender.send(VcpuRequest::Pause(ack)).is_err() {
-                self.resume();
-                return Err(SnapshotError::NotRunning);
-            }
-            acks.push(answer);
-        }
+        self.request_pause()?;
+        let acks = std::mem::take(&mut self.pause_acks);
         self.paused = true;
         let deadline = Instant::now() + VCPU_PAUSE_TIMEOUT;
         for (id, (answer, thread)) in acks.iter().zip(&self.threads).enumerate() {
             loop {
-                vcpu::kick(thread);
                 match answer.recv_timeout(Duration::from_millis(1)) {
                     Ok(()) => break,
-                    Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+                    Err(RecvTimeoutError::Timeout) if Instant::now() < deadline => {
+                        vcpu::kick(thread)
+                    }
                     Err(RecvTimeoutError::Timeout) => {
                         self.resume();
                         return Err(SnapshotError::PauseTimeout {
