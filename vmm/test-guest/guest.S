@@ -18,6 +18,10 @@
 #define I8042_RESET         0xfe
 #define BOOT_COMPLETE_PORT  0x510
 #define BOOT_COMPLETE_VALUE 0x1
+/* The counter (testguest.counter): a port a test may answer, and the amount of work. */
+#define COUNTER_PORT        0x520
+#define COUNTER_ROUNDS      16
+#define COUNTER_STEPS       0x4000
 
 /* Offsets into Linux's struct boot_params (arch/x86/include/uapi/asm/bootparam.h). */
 #define BP_EXT_RAMDISK_IMAGE 0x0c0
@@ -117,6 +121,7 @@ _start:
     call check_cpus
     call check_virtio
     call signal_boot_complete
+    call run_counter
     PRINT "TESTGUEST done\n"
     jmp reset_vm
 
@@ -888,6 +893,58 @@ signal_boot_complete:
     ret
 
 /* ------------------------------------------------------------------------------------------ */
+/* With `testguest.counter` on the command line: a deterministic computation in rounds, long
+ * enough to be paused in the middle of (snapshot tests). Each round reads COUNTER_PORT (a
+ * test device answers; unclaimed it reads all ones) into the state, runs COUNTER_STEPS
+ * xorshift steps plus the round number, and prints the state; the last line has the result. */
+
+run_counter:
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rdi
+    push %r12
+    lea counter_key(%rip), %rdi
+    mov $(counter_key_end - counter_key), %edx
+    call cmdline_contains
+    jc 9f
+    PRINT "COUNTER start\n"
+    mov $0x9e3779b97f4a7c15, %rbx       /* the state */
+    xor %r12d, %r12d                    /* the round */
+1:  mov $COUNTER_PORT, %dx
+    in %dx, %eax                        /* zero-extended into rax */
+    xor %rax, %rbx
+    mov $COUNTER_STEPS, %ecx
+2:  mov %rbx, %rax
+    shl $13, %rax
+    xor %rax, %rbx
+    mov %rbx, %rax
+    shr $7, %rax
+    xor %rax, %rbx
+    mov %rbx, %rax
+    shl $17, %rax
+    xor %rax, %rbx
+    add %r12, %rbx
+    dec %ecx
+    jnz 2b
+    PRINTHEX "COUNTER round=", %r12
+    PRINTHEX " value=", %rbx
+    PRINT "\n"
+    inc %r12
+    cmp $COUNTER_ROUNDS, %r12
+    jb 1b
+    PRINTHEX "CHECK counter ok value=", %rbx
+    PRINT "\n"
+9:  pop %r12
+    pop %rdi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    ret
+
+/* ------------------------------------------------------------------------------------------ */
 /* Application processor path: the trampoline is copied to TRAMPOLINE and entered in real mode
  * at CS = TRAMPOLINE >> 4, IP = 0; it must only use offsets relative to its own start. */
 
@@ -964,6 +1021,10 @@ gdt_desc:
 idt_desc:
     .word 32 * 16 - 1
     .quad idt
+
+counter_key:
+    .ascii "testguest.counter"
+counter_key_end:
 
 .balign 8
 exception_stubs:
