@@ -378,8 +378,7 @@ fn a_snapshot_needs_a_paused_vm() {
     port.reached.recv_timeout(TIMEOUT).unwrap();
     let err = vmm
         .snapshot(&SnapshotFiles::in_dir(dir.path()))
-        .err()
-        .expect("a snapshot of a running VM");
+        .expect_err("a snapshot of a running VM");
     assert!(matches!(err, SnapshotError::NotPaused), "{err}");
     assert!(!dir.file("state").exists());
     port.go.send(()).unwrap();

@@ -253,7 +253,7 @@ mod tests {
             .unwrap()
             .set_len(4 * MIB - 4096)
             .unwrap();
-        let err = restore(&path, &state, 4).err().expect("a truncated file");
+        let err = restore(&path, &state, 4).expect_err("a truncated file");
         let text = err.to_string();
         assert!(matches!(err, MemoryFileError::Length { .. }), "{text}");
         assert!(text.contains(&path.display().to_string()), "{text}");
@@ -266,13 +266,13 @@ mod tests {
         let path = dir.path().join("memory");
         let mem = create_guest_memory(4, MemoryBacking::Anonymous).unwrap();
         let mut state = save(&mem, &path).unwrap();
-        let err = restore(&path, &state, 8).err().expect("another size");
+        let err = restore(&path, &state, 8).expect_err("another size");
         assert!(
             matches!(err, MemoryFileError::Layout { mem_mib: 8, .. }),
             "{err}"
         );
         state.regions[0].file_offset = 4096;
-        let err = restore(&path, &state, 4).err().expect("a moved region");
+        let err = restore(&path, &state, 4).expect_err("a moved region");
         assert!(matches!(err, MemoryFileError::Layout { .. }), "{err}");
     }
 }
