@@ -185,13 +185,7 @@ fn a_restored_guest_carries_on_where_it_was_paused() {
     assert_eq!(counter_part(&serial_lines(&source_serial)), expected);
 
     // A fresh VM from the snapshot prints the rest, and only the rest: no second boot.
-    let restored_serial = dir.file("restored.serial");
-    let mut builder =
-        VmmBuilder::from_snapshot(&config(&restored_serial), &files, Instant::now()).unwrap();
-    add_counter_port(&mut builder, None);
-    let exit = wait(builder.start().unwrap());
-    assert!(matches!(exit, VmExit::GuestReset), "restored VM: {exit}");
-    let after = serial_lines(&restored_serial);
+    let after = run_restored(&files, &dir.file("restored.serial"), "restored VM");
     assert_eq!(
         after,
         expected[PAUSE_ROUND as usize + 1..],
@@ -199,13 +193,8 @@ fn a_restored_guest_carries_on_where_it_was_paused() {
     );
 
     // The same snapshot restores again (its memory file is only ever read).
-    let again_serial = dir.file("again.serial");
-    let mut builder =
-        VmmBuilder::from_snapshot(&config(&again_serial), &files, Instant::now()).unwrap();
-    add_counter_port(&mut builder, None);
-    let exit = wait(builder.start().unwrap());
-    assert!(matches!(exit, VmExit::GuestReset), "second restore: {exit}");
-    assert_eq!(serial_lines(&again_serial), after);
+    let again = run_restored(&files, &dir.file("again.serial"), "second restore");
+    assert_eq!(again, after);
 }
 
 #[test]
@@ -242,11 +231,7 @@ fn a_guest_paused_at_any_moment_restores_from_its_snapshot() {
     wait(source);
 
     let restored_serial = dir.file("restored.serial");
-    let mut builder =
-        VmmBuilder::from_snapshot(&config(&restored_serial), &files, Instant::now()).unwrap();
-    add_counter_port(&mut builder, None);
-    let exit = wait(builder.start().unwrap());
-    assert!(matches!(exit, VmExit::GuestReset), "restored VM: {exit}");
+    run_restored(&files, &restored_serial, "restored VM");
     // What the source printed before the pause and what the restored VM printed after it
     // make up the output of one uninterrupted run, a line cut in the middle included.
     let source_text = std::fs::read_to_string(&serial).unwrap();
@@ -254,6 +239,16 @@ fn a_guest_paused_at_any_moment_restores_from_its_snapshot() {
     let whole = format!("{source_text}{restored_text}");
     let lines: Vec<String> = whole.lines().map(str::to_string).collect();
     assert_eq!(counter_part(&lines), expected, "paused after {printed:?}");
+}
+
+/// Builds a VM from `files`, runs it with the counter port until the guest resets (`what`
+/// names it if it ends otherwise), and returns what its serial printed.
+fn run_restored(files: &SnapshotFiles, serial: &Path, what: &str) -> Vec<String> {
+    let mut builder = VmmBuilder::from_snapshot(&config(serial), files, Instant::now()).unwrap();
+    add_counter_port(&mut builder, None);
+    let exit = wait(builder.start().unwrap());
+    assert!(matches!(exit, VmExit::GuestReset), "{what}: {exit}");
+    serial_lines(serial)
 }
 
 fn build_error(result: Result<VmmBuilder, BuildError>) -> BuildError {
