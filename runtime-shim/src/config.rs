@@ -15,7 +15,8 @@ pub const DEFAULT_IMAGE_STORE: &str = "/var/lib/sandbox/images";
 pub const ALLOW_SLOW_KVM_ENV: &str = "SANDBOX_ALLOW_SLOW_KVM";
 /// Turns the VMM's jail off (`0`, `false`) where a caller cannot pass `--jail-vmm=false`.
 pub const JAIL_VMM_ENV: &str = "SANDBOX_JAIL_VMM";
-/// Caps every jailed VMM's memory and CPU where a caller cannot pass `--cap-vmm`.
+/// Turns the cap on every jailed VMM's memory and CPU on (`1`, `true`) where a caller cannot
+/// pass `--cap-vmm`.
 pub const CAP_VMM_ENV: &str = "SANDBOX_CAP_VMM";
 
 /// A yes/no environment variable's value, as callers that cannot pass flags set it.
@@ -95,7 +96,7 @@ pub struct RuntimeConfig {
     /// confined"). On by default.
     pub jail_vmm: bool,
     /// Put each jailed VMM in a cgroup of its own that caps its memory and CPU. Off by
-    /// default: see docs/security.md, "The VMM confined".
+    /// default: it slows a start (docs/security.md, "The VMM confined").
     pub cap_vmm: bool,
     pub logging: Logging,
 }
@@ -132,9 +133,9 @@ impl RuntimeConfig {
     }
 
     /// The global flags that give a child `sandbox` process (a container's monitor, a compare
-    /// probe) this configuration. A child inherits this process's environment, so the flags
-    /// that are only ever turned on (`--allow-slow-kvm`, `--cap-vmm`) read the same
-    /// variables there; the jail is said either way, as a flag outranks the variable.
+    /// probe) this configuration. A child inherits this process's environment, so a flag
+    /// that is only ever turned on (`--allow-slow-kvm`) reads the same variable there; the
+    /// jail and the cap are said either way, as a flag outranks the variable.
     pub fn to_args(&self) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--root".into(),
@@ -152,9 +153,7 @@ impl RuntimeConfig {
             args.push("--allow-slow-kvm".into());
         }
         args.push(format!("--jail-vmm={}", self.jail_vmm).into());
-        if self.cap_vmm {
-            args.push("--cap-vmm".into());
-        }
+        args.push(format!("--cap-vmm={}", self.cap_vmm).into());
         if let Some(file) = &self.logging.file {
             args.push("--log".into());
             args.push(file.clone().into());

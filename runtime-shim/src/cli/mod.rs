@@ -67,9 +67,8 @@ pub struct GlobalOpts {
         value_parser = config::parse_switch
     )]
     pub allow_slow_kvm: bool,
-    /// Start every VMM confined (the default): its own root directory, uid/gid 65534,
-    /// no_new_privs and a cgroup capping its memory and CPU (docs/security.md).
-    /// `--jail-vmm=false` starts it unconfined.
+    /// Start every VMM confined (the default): its own root directory, uid/gid 65534 and
+    /// no_new_privs (docs/security.md). `--jail-vmm=false` starts it unconfined.
     #[arg(
         long = "jail-vmm",
         global = true,
@@ -83,12 +82,17 @@ pub struct GlobalOpts {
     )]
     pub jail_vmm: bool,
     /// Also put every jailed VMM in a cgroup of its own that caps its memory (guest memory +
-    /// 128 MiB) and CPU (one per vCPU plus one); docs/security.md.
+    /// 128 MiB) and CPU (one per vCPU plus one); off by default, docs/security.md.
     #[arg(
         long = "cap-vmm",
         global = true,
         env = config::CAP_VMM_ENV,
-        value_parser = config::parse_switch
+        value_parser = config::parse_switch,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value_t = RuntimeConfig::default().cap_vmm,
+        default_missing_value = "true",
+        value_name = "true|false"
     )]
     pub cap_vmm: bool,
     /// Where imported images and cached rootfs disk images live.
@@ -249,20 +253,30 @@ mod tests {
     }
 
     #[test]
-    fn the_vmm_is_jailed_unless_told_otherwise() {
-        let jailed = |args: &[&str]| {
-            let argv = ["sandbox"].iter().chain(args).chain(&["list"]);
-            Cli::try_parse_from(argv).map(|c| c.global.runtime_config().jail_vmm)
-        };
-        // No variable set in this test binary's environment (scripts/test.sh sets none).
-        if std::env::var_os(config::JAIL_VMM_ENV).is_none() {
-            assert!(jailed(&[]).unwrap());
+    fn the_vmm_is_jailed_uncapped_unless_told_otherwise() {
+        type Field = fn(&RuntimeConfig) -> bool;
+        let switches: [(&str, &str, Field, bool); 2] = [
+            ("--jail-vmm", config::JAIL_VMM_ENV, |c| c.jail_vmm, true),
+            ("--cap-vmm", config::CAP_VMM_ENV, |c| c.cap_vmm, false),
+        ];
+        for (flag, env, field, default) in switches {
+            let on = |arg: Option<String>| {
+                let argv = ["sandbox".to_string()]
+                    .into_iter()
+                    .chain(arg)
+                    .chain(["list".into()]);
+                Cli::try_parse_from(argv).map(|c| field(&c.global.runtime_config()))
+            };
+            // No variable set in this test binary's environment (scripts/test.sh sets none).
+            if std::env::var_os(env).is_none() {
+                assert_eq!(on(None).unwrap(), default, "{flag} by default");
+            }
+            assert!(on(Some(flag.into())).unwrap());
+            assert!(on(Some(format!("{flag}=true"))).unwrap());
+            assert!(!on(Some(format!("{flag}=false"))).unwrap());
+            assert!(!on(Some(format!("{flag}=0"))).unwrap());
+            assert!(on(Some(format!("{flag}=maybe"))).is_err());
         }
-        assert!(jailed(&["--jail-vmm"]).unwrap());
-        assert!(jailed(&["--jail-vmm=true"]).unwrap());
-        assert!(!jailed(&["--jail-vmm=false"]).unwrap());
-        assert!(!jailed(&["--jail-vmm=0"]).unwrap());
-        assert!(jailed(&["--jail-vmm=maybe"]).is_err());
     }
 
     #[test]

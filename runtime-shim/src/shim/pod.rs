@@ -52,7 +52,7 @@ fn runtime_config(opts: &ShimOptions, isolation: Isolation) -> Result<RuntimeCon
         isolation,
         allow_slow_kvm: opts.allow_slow_kvm || from_environment(config::ALLOW_SLOW_KVM_ENV, false)?,
         jail_vmm: from_environment(config::JAIL_VMM_ENV, RuntimeConfig::default().jail_vmm)?,
-        cap_vmm: from_environment(config::CAP_VMM_ENV, false)?,
+        cap_vmm: from_environment(config::CAP_VMM_ENV, RuntimeConfig::default().cap_vmm)?,
         ..RuntimeConfig::default()
     })
 }
