@@ -54,9 +54,10 @@ esac
 "$repo/tests/nested/prepare.sh"
 # Everything in L1 is emulated: the tests' own wait bounds stretch to match.
 export SANDBOX_TEST_SLOWDOWN=${SANDBOX_TEST_SLOWDOWN:-20}
-# A guest's triple fault in L1 runs its test once more, counted below (see each-test.sh).
-export SANDBOX_RERUN_TRIPLE_FAULT=1
+# A test that fails in L1 runs once more, counted and named below (see each-test.sh).
+export SANDBOX_RERUN_IN_L1=1
 triple_faults=0
+run_again=()
 # L1 itself can stop under TCG (its vCPUs spin and its heartbeat ends; run.sh says so and
 # exits 125). Each such stop is reported and counted, and a fresh L1 runs the tests that had
 # not finished, the one that was running among them from its start, for as long as each L1
@@ -87,6 +88,7 @@ while :; do
     rc=${PIPESTATUS[0]}
     set -e
     triple_faults=$((triple_faults + $(grep -c ': guest triple fault; running it once more$' "$log" || true)))
+    mapfile -t -O "${#run_again[@]}" run_again < <(sed -n 's/^=== \(.*\): .*; running it once more$/\1/p' "$log")
     left=()
     for t in "${remaining[@]}"; do
         if grep -qxF "=== $t: ok" <(sed 's/ ([0-9]*s)$//' "$log"); then
@@ -124,6 +126,9 @@ failed=$((failed + ${#remaining[@]}))
 for t in "${not_run[@]}"; do
     echo "NOT RUN in L1: $t (see tests/nested/vm-tests.sh and docs/testing.md)"
 done
-echo "vm-tests.sh: $total VM tests run, $stops L1 stops, $triple_faults guest triple faults (run again), ${#not_run[@]} not run in L1"
+for t in "${run_again[@]}"; do
+    echo "run again after a failure in L1: $t"
+done
+echo "vm-tests.sh: $total VM tests run, $stops L1 stops, ${#run_again[@]} run again after a failure ($triple_faults of them guest triple faults), ${#not_run[@]} not run in L1"
 echo "vm: $passed passed, $failed failed"
 [ $failed -eq 0 ] && [ $passed -eq "$total" ]
