@@ -73,12 +73,21 @@ pub enum MemoryFileError {
 
 /// The layout `mem_mib` MiB of guest RAM has, packed into one file in address order.
 pub fn layout_for(mem_mib: u64) -> MemoryState {
+    packed(
+        ram_ranges(mem_mib * MIB)
+            .into_iter()
+            .map(|(addr, len)| (addr.raw_value(), len)),
+    )
+}
+
+/// Regions given as (guest address, length), one after the other in one file.
+fn packed(regions: impl IntoIterator<Item = (u64, u64)>) -> MemoryState {
     let mut offset = 0;
-    let regions = ram_ranges(mem_mib * MIB)
+    let regions = regions
         .into_iter()
-        .map(|(addr, len)| {
+        .map(|(guest_addr, len)| {
             let region = MemoryRegionState {
-                guest_addr: addr.raw_value(),
+                guest_addr,
                 len,
                 file_offset: offset,
             };
@@ -109,15 +118,13 @@ pub fn save(mem: &GuestMemory, path: &Path) -> Result<MemoryState, MemoryFileErr
         .truncate(true)
         .open(path)
         .map_err(&err)?;
-    let mut regions = Vec::new();
-    let mut offset = 0u64;
+    let state = packed(mem.iter().map(|r| (r.start_addr().raw_value(), r.len())));
     let mut buf = vec![0u8; CHUNK];
-    for region in mem.iter() {
+    for (region, placed) in mem.iter().zip(&state.regions) {
         let start = region.start_addr();
-        let len = region.len();
         let mut done = 0u64;
-        while done < len {
-            let n = CHUNK.min((len - done) as usize);
+        while done < placed.len {
+            let n = CHUNK.min((placed.len - done) as usize);
             let addr = start.unchecked_add(done);
             mem.read_slice(&mut buf[..n], addr)
                 .map_err(|source| MemoryFileError::Read {
@@ -126,26 +133,17 @@ pub fn save(mem: &GuestMemory, path: &Path) -> Result<MemoryState, MemoryFileErr
                 })?;
             for (i, page) in buf[..n].chunks(PAGE).enumerate() {
                 if page.iter().any(|&b| b != 0) {
-                    let at = offset + done + (i * PAGE) as u64;
+                    let at = placed.file_offset + done + (i * PAGE) as u64;
                     file.write_all_at(page, at).map_err(&err)?;
                 }
             }
             done += n as u64;
         }
-        regions.push(MemoryRegionState {
-            guest_addr: start.raw_value(),
-            len,
-            file_offset: offset,
-        });
-        offset += len;
     }
     // Trailing zero pages were never written: the length makes them part of the file.
-    file.set_len(offset).map_err(&err)?;
+    file.set_len(state.file_len).map_err(&err)?;
     file.sync_all().map_err(&err)?;
-    Ok(MemoryState {
-        regions,
-        file_len: offset,
-    })
+    Ok(state)
 }
 
 /// Maps guest RAM MAP_PRIVATE from the memory file at `path`, after checking that the layout

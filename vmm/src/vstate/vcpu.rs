@@ -191,6 +191,8 @@ pub enum VcpuRequest {
 /// What the loop does after an exit.
 enum Next {
     Continue,
+    /// KVM_RUN returned for a signal: the kick that comes with every request, among others.
+    Kicked,
     Internal,
     Fail(VcpuError),
 }
@@ -423,11 +425,14 @@ impl Vcpu {
     ) -> Result<(), VcpuError> {
         let _kick = KickGuard::arm(&mut self.fd);
         let mut controlled = true;
+        // Requests are looked for only after a kick (each is sent before its kick), not on
+        // every exit.
+        let mut kicked = true;
         loop {
             if stop.is_stopping() {
                 return Ok(());
             }
-            if controlled {
+            if controlled && std::mem::take(&mut kicked) {
                 match requests.try_recv() {
                     Ok(VcpuRequest::Pause(ack)) => {
                         if !self.paused(stop, requests, ack)? {
@@ -444,6 +449,7 @@ impl Vcpu {
             }
             match self.run_once() {
                 Next::Continue => {}
+                Next::Kicked => kicked = true,
                 Next::Internal => self.handle_internal_error()?,
                 Next::Fail(e) => return Err(e),
             }
@@ -479,7 +485,7 @@ impl Vcpu {
             Ok(exit) => exit,
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 self.fd.set_kvm_immediate_exit(0);
-                return Next::Continue;
+                return Next::Kicked;
             }
             Err(e) => return Next::Fail(VcpuError::Run(e)),
         };
@@ -510,7 +516,7 @@ impl Vcpu {
                 }
                 Next::Continue
             }
-            VcpuExit::Intr => Next::Continue,
+            VcpuExit::Intr => Next::Kicked,
             VcpuExit::InternalError => Next::Internal,
             VcpuExit::Shutdown => Next::Fail(VcpuError::Shutdown { rip: self.rip() }),
             VcpuExit::FailEntry(reason, cpu) => Next::Fail(VcpuError::FailEntry {
